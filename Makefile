@@ -1,0 +1,49 @@
+# liqo-gateway: see README.md. Every target works on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := wireguard-go wireguard-tools iptables iproute2 iputils-ping conntrack \
+	util-linux procps netcat-openbsd kmod
+PROTO_OUT := services/api
+
+.PHONY: install apt venv proto lint test test-unit bench demo clean-host
+
+install: apt venv
+
+# Installs only what is missing, so a second run touches nothing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+proto: venv
+	./scripts/gen-proto.sh $(PY) $(PROTO_OUT)
+
+lint: venv
+	$(VENV)/bin/ruff check services sandbox tests bench
+	$(VENV)/bin/mypy services sandbox
+	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --diff --exit-code
+
+test: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+bench: install
+	$(PY) bench/natmap_apply.py --sizes 100,1000,10000
+
+# Removes every Liqo object this machine's netagent created (uninstall); touches nothing else.
+clean-host: venv
+	$(VENV)/bin/liqo-netagent cleanup
