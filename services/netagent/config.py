@@ -1,0 +1,34 @@
+"""Netagent configuration: every name, port and number of the dataplane, with Liqo's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    socket_path: str = "/run/liqo/netagent.sock"
+    # Group that may use the socket (the controllers' group); None keeps the process's group.
+    socket_group: int | None = None
+    netns_name: str = "liqo-netns"
+    host_veth: str = "liqo.host"
+    gateway_veth: str = "liqo.gateway"
+    wg_device: str = "liqo.tunnel"
+    listen_port: int = 5871
+    mtu: int = 1340
+    table_id: int = 18952
+    # Priority of the host policy rules for table_id: after `local` (0), before `main` (32766).
+    rule_priority: int = 18952
+    # Next hops; never assigned to an interface (static neighbours make them reachable).
+    gateway_veth_ip: IPv4Address = IPv4Address("169.254.100.1")  # used from the host, points at liqo.gateway
+    host_veth_ip: IPv4Address = IPv4Address("169.254.100.2")  # used from liqo-netns, points at liqo.host
+    tunnel_ip: IPv4Address = IPv4Address("169.254.0.1")  # on the WireGuard device; probe address
+    probe_port: int = 12345
+    probe_interval: float = 2.0
+    probe_loss_threshold: int = 5
+    # "auto" (kernel module when present, else wireguard-go), "kernel" or "userspace".
+    wireguard_implementation: str = "auto"
+    # Where the agent keeps what it was asked (desired tunnels, NAT maps, role) to adopt after restart.
+    state_path: str = "/run/liqo/netagent-state.json"
+    metrics_address: str = ""  # "host:port"; empty disables the endpoint
