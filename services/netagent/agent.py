@@ -1,0 +1,456 @@
+"""The netagent's orchestrator: holds the desired state and drives the kernel layers towards it.
+
+Every mutation follows the same path: validate (pure), update the desired state in memory, converge
+the layers it touches, persist. Kernel writes are serialized by one lock. The layers compute their
+own diffs, so converging an unchanged state writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, check_public_key
+from services.netagent import iptables, natrules, netns, routes, state, veth
+from services.netagent.config import AgentConfig
+from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
+from services.netagent.probe import Prober, ProbeState, ProbeStatus
+from services.netagent.role import Fence, Grant, Role, StaleEpoch
+from services.netagent.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+
+__all__ = ["Agent", "StaleEpoch", "TunnelView"]
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+MIN_MTU, MAX_MTU = 1280, 9000
+
+
+class TunnelState:
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True)
+class TunnelView:
+    """A tunnel's spec and observed status, as the API reports it."""
+
+    spec: TunnelSpec
+    state: str
+    state_since: float  # wall clock
+    endpoint_ip: IPv4Address | None
+    latency: float | None
+    handshake_age: float | None
+    rx_bytes: int
+    tx_bytes: int
+    nat_mapping_count: int
+
+
+def resolve_endpoint(endpoint: str, current: IPv4Address | None) -> IPv4Address:
+    """IPv4 literal as is; a DNS name resolved, keeping `current` while it is still in the answer set
+    (round-robin DNS must not make the peer endpoint hop on every call)."""
+    try:
+        return IPv4Address(endpoint)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(endpoint, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+    except OSError as e:
+        raise Transient(f"endpoint {endpoint!r} does not resolve: {e}") from e
+    answers = [IPv4Address(info[4][0]) for info in infos]
+    if not answers:
+        raise Transient(f"endpoint {endpoint!r} has no IPv4 address")
+    return current if current in answers else answers[0]
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, on_apply: Callable[[str, float], None] | None = None) -> None:
+        self.cfg = cfg
+        self._on_apply = on_apply or (lambda what, seconds: None)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._version = 0  # bumped on every role or status change; watchers wait on it
+        self._fence = Fence()
+        self._state = state.AgentState()
+        self._state_since: dict[str, float] = {}
+        self._private_key_set = False
+        self._stopping = threading.Event()
+        self.started_at = time.monotonic()
+        self._device: WireGuardDevice | None = None
+        self._iptables = iptables.Iptables(cfg.netns_name)
+        self._prober = Prober(
+            netns=cfg.netns_name,
+            port=cfg.probe_port,
+            interval=cfg.probe_interval,
+            loss_threshold=cfg.probe_loss_threshold,
+            on_change=self._on_probe_change,
+        )
+        self._expiry_thread = threading.Thread(target=self._watch_expiry, name="role-expiry", daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Creates or adopts the netns, veth and device, then converges to the persisted state."""
+        cfg = self.cfg
+        persisted = state.load(cfg.state_path)
+        with self._lock:
+            self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
+            self._timed("veth", lambda: veth.ensure_veth(cfg))
+            self._device = open_device(cfg)
+            if persisted is not None:
+                self._state = persisted
+                if persisted.active_until_wall is not None:
+                    self._fence.restore(persisted.epoch, persisted.active_until_wall)
+                else:
+                    self._fence.set(Role.STANDBY, persisted.epoch, 0, "restored")
+            self._timed("wireguard", lambda: self.device.ensure(None, self.listen_port, self.mtu))
+            self._private_key_set = self.device.public_key() is not None
+            self._converge_all()
+            now = time.time()
+            self._state_since = {cid: now for cid in self._state.tunnels}
+        self._prober.start()
+        self._update_probe_targets()
+        self._expiry_thread.start()
+        log.info(
+            "netagent started",
+            extra={"tunnels": len(self._state.tunnels), "role": self._fence.current().role.value,
+                   "implementation": self.device.implementation},
+        )
+
+    def stop(self) -> None:
+        """Stops serving and leaves kernel state alone, so traffic keeps flowing across a restart."""
+        self._stopping.set()
+        self._notify()
+        self._prober.stop()
+        with self._lock:
+            self._persist()
+
+    @property
+    def device(self) -> WireGuardDevice:
+        if self._device is None:
+            raise Transient("agent is starting")
+        return self._device
+
+    @property
+    def listen_port(self) -> int:
+        return self._state.listen_port or self.cfg.listen_port
+
+    @property
+    def mtu(self) -> int:
+        return self._state.mtu or self.cfg.mtu
+
+    # ---- device and role -------------------------------------------------------------------------
+
+    def configure_device(self, private_key: str, listen_port: int, mtu: int) -> str:
+        check_public_key("private_key", private_key)  # same encoding as a public key
+        if listen_port and not 1 <= listen_port <= 65535:
+            raise SpecError(f"listen_port: {listen_port} not in 1..65535")
+        if mtu and not MIN_MTU <= mtu <= MAX_MTU:
+            raise SpecError(f"mtu: {mtu} not in {MIN_MTU}..{MAX_MTU}")
+        with self._lock:
+            mtu_changed = bool(mtu) and mtu != self.mtu
+            self._state.listen_port = listen_port or self.listen_port
+            self._state.mtu = mtu or self.mtu
+            self._timed("wireguard", lambda: self.device.ensure(private_key, self.listen_port, self.mtu))
+            self._private_key_set = True
+            if mtu_changed:  # MSS clamping follows the MTU
+                self._converge_iptables()
+            self._persist()
+            key = self.device.public_key()
+        assert key is not None
+        return key
+
+    def set_role(self, role: Role, epoch: int, ttl: float, reason: str) -> Grant:
+        with self._lock:
+            if role is Role.ACTIVE and not self._private_key_set:
+                raise NotConfigured("ACTIVE needs a configured device: call ConfigureDevice first")
+            try:
+                before = self._fence.current()
+                grant = self._fence.set(role, epoch, ttl, reason)
+            except ValueError as e:
+                raise SpecError(str(e)) from None
+            self._state.epoch = grant.epoch
+            self._state.active_until_wall = grant.expires_wall
+            if before.role is not grant.role:
+                log.info("role changed", extra={"role": grant.role.value, "epoch": epoch, "reason": reason})
+                self._sync_peers()
+                self._mark_all_changed()
+            self._persist()
+        self._notify()
+        return grant
+
+    def role(self) -> Grant:
+        return self._fence.current()
+
+    def role_seconds_left(self) -> float | None:
+        return self._fence.seconds_left()
+
+    def _require_active(self) -> None:
+        if self._fence.current().role is not Role.ACTIVE:
+            raise NotActive("agent is standby: mutations need the ACTIVE role")
+        if not self._private_key_set:
+            raise NotConfigured("device not configured: call ConfigureDevice first")
+
+    def _watch_expiry(self) -> None:
+        """Demotes on expiry: a lapsed grant must stop authenticated traffic at once."""
+        while not self._stopping.is_set():
+            left = self._fence.seconds_left()
+            self._stopping.wait(0.5 if left is None else min(0.5, left + 0.001))
+            with self._lock:
+                grant = self._fence.current()
+                if grant.role is Role.STANDBY and self._state.active_until_wall is not None:
+                    log.warning("role expired: removing WireGuard peers", extra={"epoch": grant.epoch})
+                    self._state.active_until_wall = None
+                    self._sync_peers()
+                    self._mark_all_changed()
+                    self._persist()
+                    self._notify()
+
+    # ---- tunnels ---------------------------------------------------------------------------------
+
+    def ensure_tunnel(self, spec: TunnelSpec) -> tuple[TunnelView, bool]:
+        with self._lock:
+            self._require_active()
+            for other in self._state.tunnels.values():
+                if other.cluster_id == spec.cluster_id:
+                    continue
+                for mine in spec.allowed_ips:
+                    for theirs in other.allowed_ips:
+                        if mine.overlaps(theirs):
+                            raise SpecError(
+                                f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}: remap it"
+                            )
+            old = self._state.tunnels.get(spec.cluster_id)
+            if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
+                # Mappings are addresses of the old external CIDR: re-check them against the new one.
+                kept = self._state.nat_maps.get(spec.cluster_id, {})
+                natrules.parse_nat_map(spec, {str(o): str(n) for o, n in kept.items()})
+            endpoint_ip = resolve_endpoint(spec.endpoint, self._state.endpoints.get(spec.cluster_id))
+            changed = old != spec or self._state.endpoints.get(spec.cluster_id) != endpoint_ip
+            self._state.tunnels[spec.cluster_id] = spec
+            self._state.endpoints[spec.cluster_id] = endpoint_ip
+            if changed:
+                self._state_since[spec.cluster_id] = time.time()
+            try:
+                kernel_changed = self._converge_all()
+            finally:
+                self._persist()
+            view = self._view(spec.cluster_id, self._peer_states())
+        self._update_probe_targets()
+        self._notify()
+        return view, changed or kernel_changed
+
+    def delete_tunnel(self, cluster_id: str) -> bool:
+        check_cluster_id(cluster_id)
+        with self._lock:
+            self._require_active()
+            if cluster_id not in self._state.tunnels:
+                return False
+            del self._state.tunnels[cluster_id]
+            self._state.endpoints.pop(cluster_id, None)
+            self._state.nat_maps.pop(cluster_id, None)
+            self._state_since.pop(cluster_id, None)
+            try:
+                self._converge_all()
+            finally:
+                self._persist()
+        self._update_probe_targets()
+        self._notify()
+        return True
+
+    def set_nat_mappings(self, cluster_id: str, mappings: Mapping[str, str]) -> tuple[int, bool]:
+        check_cluster_id(cluster_id)
+        with self._lock:
+            spec = self._state.tunnels.get(cluster_id)
+            if spec is None:
+                self._require_active()
+                raise NotReady(f"tunnel for cluster {cluster_id!r} is not ready")
+            parsed = natrules.parse_nat_map(spec, mappings)
+            self._require_active()
+            if self._state.nat_maps.get(cluster_id, {}) == parsed:
+                return len(parsed), False
+            self._state.nat_maps[cluster_id] = parsed
+            try:
+                changed = self._converge_iptables()
+            finally:
+                self._persist()
+        self._notify()
+        return len(parsed), changed
+
+    def delete_nat_mappings(self, cluster_id: str) -> bool:
+        check_cluster_id(cluster_id)
+        with self._lock:
+            self._require_active()
+            if not self._state.nat_maps.get(cluster_id):
+                self._state.nat_maps.pop(cluster_id, None)
+                return False
+            del self._state.nat_maps[cluster_id]
+            try:
+                self._converge_iptables()
+            finally:
+                self._persist()
+        self._notify()
+        return True
+
+    def list_tunnels(self) -> list[TunnelView]:
+        with self._lock:
+            peers = self._peer_states()
+            return [self._view(cid, peers) for cid in sorted(self._state.tunnels)]
+
+    def tunnel_count(self) -> int:
+        return len(self._state.tunnels)
+
+    # ---- watching --------------------------------------------------------------------------------
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """Blocks until the change counter moves past `seen` (or timeout); returns the counter."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != seen or self._stopping.is_set(), timeout)
+            return self._version
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def _on_probe_change(self, cluster_id: str, status: ProbeStatus) -> None:
+        self._state_since[cluster_id] = time.time()
+        self._notify()
+
+    def _mark_all_changed(self) -> None:
+        now = time.time()
+        for cid in self._state.tunnels:
+            self._state_since[cid] = now
+
+    # ---- convergence -----------------------------------------------------------------------------
+
+    def _converge_all(self) -> bool:
+        specs = list(self._state.tunnels.values())
+        self._timed("routes", lambda: routes.sync_netns_routes(self.cfg, specs))
+        self._timed("routes", lambda: routes.sync_host_routing(self.cfg, specs))
+        changed = self._converge_iptables()
+        return self._sync_peers() or changed
+
+    def _converge_iptables(self) -> bool:
+        desired = natrules.desired_state(
+            self._state.tunnels.values(), self._state.nat_maps, dataclasses.replace(self.cfg, mtu=self.mtu)
+        )
+        return self._timed("iptables", lambda: self._iptables.apply(desired))
+
+    def _sync_peers(self) -> bool:
+        """Programs exactly the peers of the desired tunnels when ACTIVE, none otherwise; removes
+        stale peers by the key actually programmed (Liqo removed by the new key: bug 12.1.2)."""
+        desired: dict[str, PeerConfig] = {}
+        if self._fence.current().role is Role.ACTIVE:
+            for cid, spec in self._state.tunnels.items():
+                desired[spec.public_key] = PeerConfig(
+                    public_key=spec.public_key,
+                    endpoint_ip=self._state.endpoints[cid],
+                    endpoint_port=spec.endpoint_port,
+                    allowed_ips=spec.allowed_ips,
+                    persistent_keepalive=spec.persistent_keepalive,
+                )
+
+        def apply() -> bool:
+            current = {p.public_key: p for p in self.device.peers()}
+            changed = False
+            for key in current.keys() - desired.keys():
+                self.device.remove_peer(key)
+                changed = True
+            for key, peer in desired.items():
+                have = current.get(key)
+                if have is None or not peer.matches(have):
+                    self.device.set_peer(peer)
+                    changed = True
+            return changed
+
+        return self._timed("wireguard", apply)
+
+    def _timed(self, what: str, fn: Callable[[], bool | object]) -> bool:
+        start = time.perf_counter()
+        try:
+            result = fn()
+        except (SpecError, NotActive, NotConfigured, NotReady, Transient):
+            raise
+        except (OSError, iptables.IptablesError, RuntimeError) as e:
+            raise Transient(f"{what}: {e}") from e
+        finally:
+            self._on_apply(what, time.perf_counter() - start)
+        return bool(result)
+
+    def _persist(self) -> None:
+        try:
+            state.save(self.cfg.state_path, self._state)
+        except OSError as e:  # losing the file only costs adoption after a restart
+            log.error("cannot persist state", extra={"path": self.cfg.state_path, "error": str(e)})
+
+    def _update_probe_targets(self) -> None:
+        with self._lock:
+            targets = {cid: spec.probe_target for cid, spec in self._state.tunnels.items()}
+        self._prober.set_targets(targets)
+
+    # ---- views -----------------------------------------------------------------------------------
+
+    def _peer_states(self) -> dict[str, PeerState]:
+        try:
+            return {p.public_key: p for p in self.device.peers()}
+        except (OSError, RuntimeError) as e:
+            log.warning("cannot read WireGuard peers", extra={"error": str(e)})
+            return {}
+
+    def _view(self, cluster_id: str, peers: Mapping[str, PeerState]) -> TunnelView:
+        spec = self._state.tunnels[cluster_id]
+        peer = peers.get(spec.public_key)
+        probe = self._prober.status(cluster_id)
+        if self._fence.current().role is not Role.ACTIVE:
+            st = TunnelState.FENCED
+        elif probe is None or probe.state is ProbeState.CONNECTING:
+            st = TunnelState.CONNECTING
+        elif probe.state is ProbeState.CONNECTED:
+            st = TunnelState.CONNECTED
+        else:
+            st = TunnelState.DISCONNECTED
+        handshake_age = None
+        if peer is not None and peer.last_handshake:
+            handshake_age = max(0.0, time.time() - peer.last_handshake)
+        return TunnelView(
+            spec=spec,
+            state=st,
+            state_since=self._state_since.get(cluster_id, time.time()),
+            endpoint_ip=self._state.endpoints.get(cluster_id),
+            latency=probe.latency if probe is not None and st == TunnelState.CONNECTED else None,
+            handshake_age=handshake_age,
+            rx_bytes=peer.rx_bytes if peer else 0,
+            tx_bytes=peer.tx_bytes if peer else 0,
+            nat_mapping_count=len(self._state.nat_maps.get(cluster_id, {})),
+        )
+
+
+def cleanup(cfg: AgentConfig) -> None:
+    """Removes everything Liqo created on this node (uninstall) and nothing else."""
+    routes.remove_host_routing(cfg)
+    if netns.netns_exists(cfg.netns_name):
+        iptables.Iptables(cfg.netns_name).remove_all()
+    try:
+        open_device(cfg, create=False).delete()
+    except FileNotFoundError:
+        pass
+    veth.delete_veth(cfg)
+    netns.delete_netns(cfg.netns_name)
+    for path in (cfg.state_path, cfg.socket_path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

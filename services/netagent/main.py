@@ -1,0 +1,108 @@
+"""liqo-netagent: the privileged dataplane daemon (serve) and the node uninstaller (cleanup)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from ipaddress import IPv4Address
+
+from services.common.logging import setup_logging
+from services.netagent import agent as agent_mod
+from services.netagent.config import AgentConfig
+from services.netagent.metrics import NetagentMetrics
+from services.netagent.server import group_id, serve
+
+log = logging.getLogger("liqo-netagent")
+D = AgentConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="liqo-netagent",
+        description="Privileged Liqo gateway dataplane agent: serves liqo.netagent.v1 on a Unix socket.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("command", nargs="?", choices=["serve", "cleanup"], default="serve",
+                   help="serve the API, or remove every Liqo object on this node (uninstall) and exit")
+    p.add_argument("--socket", default=D.socket_path, help="Unix socket to serve on (mode 0660)")
+    p.add_argument("--socket-group", default="", help="group (name or gid) owning the socket; the controllers' group")
+    p.add_argument("--netns", default=D.netns_name, help="name of the gateway network namespace")
+    p.add_argument("--host-veth", default=D.host_veth, help="veth end in the host namespace")
+    p.add_argument("--gateway-veth", default=D.gateway_veth, help="veth end in the gateway namespace")
+    p.add_argument("--wg-device", default=D.wg_device, help="WireGuard device name")
+    p.add_argument("--listen-port", type=int, default=D.listen_port, help="WireGuard UDP port")
+    p.add_argument("--mtu", type=int, default=D.mtu, help="MTU of the tunnel and veth (underlay MTU - 60)")
+    p.add_argument("--table-id", type=int, default=D.table_id, help="host routing table for remote CIDRs")
+    p.add_argument("--rule-priority", type=int, default=D.rule_priority, help="priority of the host policy rules")
+    p.add_argument("--tunnel-ip", default=str(D.tunnel_ip), help="address of the WireGuard device (probe target)")
+    p.add_argument("--probe-port", type=int, default=D.probe_port, help="UDP port of the connectivity probe")
+    p.add_argument("--probe-interval", type=float, default=D.probe_interval, help="seconds between probe pings")
+    p.add_argument("--probe-loss-threshold", type=int, default=D.probe_loss_threshold,
+                   help="lost pings before a tunnel is disconnected")
+    p.add_argument("--wireguard-implementation", choices=["auto", "kernel", "userspace"],
+                   default=D.wireguard_implementation, help="auto: kernel module when present, else wireguard-go")
+    p.add_argument("--state-path", default=D.state_path, help="where desired state is kept for restart adoption")
+    p.add_argument("--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(
+        socket_path=a.socket,
+        socket_group=group_id(a.socket_group) if a.socket_group else None,
+        netns_name=a.netns,
+        host_veth=a.host_veth,
+        gateway_veth=a.gateway_veth,
+        wg_device=a.wg_device,
+        listen_port=a.listen_port,
+        mtu=a.mtu,
+        table_id=a.table_id,
+        rule_priority=a.rule_priority,
+        tunnel_ip=IPv4Address(a.tunnel_ip),
+        probe_port=a.probe_port,
+        probe_interval=a.probe_interval,
+        probe_loss_threshold=a.probe_loss_threshold,
+        wireguard_implementation=a.wireguard_implementation,
+        state_path=a.state_path,
+        metrics_address=a.metrics_address,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("netagent", args.log_level)
+    cfg = config_from_args(args)
+    if args.command == "cleanup":
+        agent_mod.cleanup(cfg)
+        log.info("removed every Liqo object on this node")
+        return 0
+
+    metrics = NetagentMetrics()
+    agent = agent_mod.Agent(cfg, on_apply=metrics.observe_apply)
+    agent.start()
+    metrics.bind(agent)
+    stop_metrics = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None
+    server = serve(agent, cfg.socket_path, cfg.socket_group, metrics.observe_rpc)
+
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping: kernel state is left in place", extra={"signal": signum})
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    server.stop(grace=2).wait()
+    agent.stop()
+    if stop_metrics is not None:
+        stop_metrics()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

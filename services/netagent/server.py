@@ -1,0 +1,360 @@
+"""gRPC front of the agent: translates messages to agent calls and agent errors to the documented codes."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
+from services.common.tunnelspec import NONE_CIDR, SpecError, TunnelSpec, check_cluster_id
+from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
+from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
+from services.netagent.role import Grant, Role, StaleEpoch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NetAgentService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a 65 536-entry NAT map is ~3 MiB
+DEFAULT_STATUS_INTERVAL = 5.0
+# How often streams re-check liveness of the client when nothing changes.
+STREAM_POLL = 1.0
+
+_ROLE_TO_PB = {Role.ACTIVE: pb.ROLE_ACTIVE, Role.STANDBY: pb.ROLE_STANDBY}
+_STATE_TO_PB = {
+    TunnelState.CONNECTING: pb.TUNNEL_STATE_CONNECTING,
+    TunnelState.CONNECTED: pb.TUNNEL_STATE_CONNECTED,
+    TunnelState.DISCONNECTED: pb.TUNNEL_STATE_DISCONNECTED,
+    TunnelState.FENCED: pb.TUNNEL_STATE_FENCED,
+}
+_IMPL_TO_PB = {
+    "kernel": pb.WIREGUARD_IMPLEMENTATION_KERNEL,
+    "userspace": pb.WIREGUARD_IMPLEMENTATION_USERSPACE,
+}
+_ERROR_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (SpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotActive, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION),
+    (Transient, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _timestamp(wall: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(wall * 1e9))
+    return t
+
+
+def _cidr(value: object) -> str:
+    return NONE_CIDR if value is None else str(value)
+
+
+def spec_from_pb(t: pb.Tunnel) -> TunnelSpec:
+    return TunnelSpec.parse(
+        cluster_id=t.cluster_id,
+        cluster_name=t.cluster_name,
+        local_pod_cidr=t.local_pod_cidr,
+        local_nat_pod_cidr=t.local_nat_pod_cidr,
+        local_external_cidr=t.local_external_cidr,
+        local_nat_external_cidr=t.local_nat_external_cidr,
+        remote_pod_cidr=t.remote_pod_cidr,
+        remote_nat_pod_cidr=t.remote_nat_pod_cidr,
+        remote_external_cidr=t.remote_external_cidr,
+        remote_nat_external_cidr=t.remote_nat_external_cidr,
+        endpoint=t.endpoint,
+        endpoint_port=t.endpoint_port,
+        public_key=t.public_key,
+        persistent_keepalive=t.persistent_keepalive.seconds if t.HasField("persistent_keepalive") else 0,
+    )
+
+
+def spec_to_pb(s: TunnelSpec) -> pb.Tunnel:
+    t = pb.Tunnel(
+        cluster_id=s.cluster_id,
+        cluster_name=s.cluster_name,
+        local_pod_cidr=str(s.local_pod_cidr),
+        local_nat_pod_cidr=_cidr(s.local_nat_pod_cidr),
+        local_external_cidr=str(s.local_external_cidr),
+        local_nat_external_cidr=_cidr(s.local_nat_external_cidr),
+        remote_pod_cidr=str(s.remote_pod_cidr),
+        remote_nat_pod_cidr=_cidr(s.remote_nat_pod_cidr),
+        remote_external_cidr=str(s.remote_external_cidr),
+        remote_nat_external_cidr=_cidr(s.remote_nat_external_cidr),
+        endpoint=s.endpoint,
+        endpoint_port=s.endpoint_port,
+        public_key=s.public_key,
+    )
+    if s.persistent_keepalive:
+        t.persistent_keepalive.CopyFrom(_duration(s.persistent_keepalive))
+    return t
+
+
+def status_to_pb(v: TunnelView) -> pb.TunnelStatus:
+    st = pb.TunnelStatus(
+        cluster_id=v.spec.cluster_id,
+        state=_STATE_TO_PB[v.state],
+        endpoint_ip=str(v.endpoint_ip or ""),
+        endpoint_port=v.spec.endpoint_port,
+        public_key=v.spec.public_key,
+        allowed_ips=[str(c) for c in v.spec.allowed_ips],
+        rx_bytes=v.rx_bytes,
+        tx_bytes=v.tx_bytes,
+    )
+    st.state_since.CopyFrom(_timestamp(v.state_since))
+    if v.latency is not None:
+        st.latency.CopyFrom(_duration(v.latency))
+    if v.handshake_age is not None:
+        st.handshake_age.CopyFrom(_duration(v.handshake_age))
+    return st
+
+
+def _grant_to_pb(g: Grant) -> tuple[int, int, Timestamp | None]:
+    return _ROLE_TO_PB[g.role], g.epoch, None if g.expires_wall is None else _timestamp(g.expires_wall)
+
+
+class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
+    def __init__(self, agent: Agent, observe_rpc: Callable[[str, str, float], None] | None = None) -> None:
+        self.agent = agent
+        self._observe = observe_rpc or (lambda method, code, seconds: None)
+
+    def _call(self, method: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        """Runs fn, mapping agent errors to their documented codes; INTERNAL for anything else."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return fn()
+        except Exception as e:
+            for kind, c in _ERROR_CODES:
+                if isinstance(e, kind):
+                    code = c
+                    break
+            else:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("rpc failed", extra={"method": method})
+            if code is not grpc.StatusCode.INTERNAL:
+                log.info("rpc refused", extra={"method": method, "code": code.name, "error": str(e)})
+            context.abort(code, str(e))
+            raise  # unreachable: abort raises
+        finally:
+            self._observe(method, code.name, time.perf_counter() - start)
+
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        def run() -> pb.GetInfoResponse:
+            a = self.agent
+            role, epoch, _ = _grant_to_pb(a.role())
+            key = a.device.public_key()
+            return pb.GetInfoResponse(
+                version=VERSION,
+                wireguard_implementation=_IMPL_TO_PB[a.device.implementation],
+                role=role,  # type: ignore[arg-type]
+                epoch=epoch,
+                uptime=_duration(time.monotonic() - a.started_at),
+                public_key=key or "",
+                listen_port=a.listen_port,
+                mtu=a.mtu,
+                device_configured=key is not None,
+                tunnel_count=a.tunnel_count(),
+            )
+
+        return self._call("GetInfo", context, run)
+
+    def ConfigureDevice(
+        self, request: pb.ConfigureDeviceRequest, context: grpc.ServicerContext
+    ) -> pb.ConfigureDeviceResponse:
+        def run() -> pb.ConfigureDeviceResponse:
+            key = self.agent.configure_device(request.private_key, request.listen_port, request.mtu)
+            return pb.ConfigureDeviceResponse(public_key=key, listen_port=self.agent.listen_port, mtu=self.agent.mtu)
+
+        return self._call("ConfigureDevice", context, run)
+
+    def SetRole(self, request: pb.SetRoleRequest, context: grpc.ServicerContext) -> pb.SetRoleResponse:
+        def run() -> pb.SetRoleResponse:
+            if request.role == pb.ROLE_ACTIVE:
+                if not request.HasField("ttl"):
+                    raise SpecError("ttl: required for ROLE_ACTIVE")
+                role, ttl = Role.ACTIVE, request.ttl.ToNanoseconds() / 1e9
+            elif request.role == pb.ROLE_STANDBY:
+                role, ttl = Role.STANDBY, 0.0
+            else:
+                raise SpecError("role: must be ROLE_ACTIVE or ROLE_STANDBY")
+            grant = self.agent.set_role(role, request.epoch, ttl, request.reason or "set")
+            r, epoch, expires = _grant_to_pb(grant)
+            resp = pb.SetRoleResponse(role=r, epoch=epoch)  # type: ignore[arg-type]
+            if expires is not None:
+                resp.expires_at.CopyFrom(expires)
+            return resp
+
+        return self._call("SetRole", context, run)
+
+    def WatchRole(
+        self, request: pb.WatchRoleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchRoleResponse]:
+        last: tuple[int, int, float | None] | None = None
+        seen = -1
+        while context.is_active() and not self.agent.stopping:
+            g = self.agent.role()
+            key = (_ROLE_TO_PB[g.role], g.epoch, g.expires_wall)
+            # Renewals move expires_at every retry period; stream them so watchers see liveness.
+            if key != last:
+                last = key
+                r, epoch, expires = _grant_to_pb(g)
+                msg = pb.WatchRoleResponse(role=r, epoch=epoch, reason=g.reason)  # type: ignore[arg-type]
+                if expires is not None:
+                    msg.expires_at.CopyFrom(expires)
+                yield msg
+            left = self.agent.role_seconds_left()
+            timeout = STREAM_POLL if left is None else min(STREAM_POLL, left + 0.01)
+            seen = self.agent.wait_for_change(seen, timeout)
+
+    def EnsureTunnel(
+        self, request: pb.EnsureTunnelRequest, context: grpc.ServicerContext
+    ) -> pb.EnsureTunnelResponse:
+        def run() -> pb.EnsureTunnelResponse:
+            if not request.HasField("tunnel"):
+                raise SpecError("tunnel: required")
+            view, changed = self.agent.ensure_tunnel(spec_from_pb(request.tunnel))
+            return pb.EnsureTunnelResponse(status=status_to_pb(view), changed=changed)
+
+        return self._call("EnsureTunnel", context, run)
+
+    def DeleteTunnel(
+        self, request: pb.DeleteTunnelRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteTunnelResponse:
+        return self._call(
+            "DeleteTunnel", context, lambda: pb.DeleteTunnelResponse(deleted=self.agent.delete_tunnel(request.cluster_id))
+        )
+
+    def ListTunnels(self, request: pb.ListTunnelsRequest, context: grpc.ServicerContext) -> pb.ListTunnelsResponse:
+        def run() -> pb.ListTunnelsResponse:
+            return pb.ListTunnelsResponse(
+                tunnels=[
+                    pb.TunnelEntry(tunnel=spec_to_pb(v.spec), status=status_to_pb(v), nat_mapping_count=v.nat_mapping_count)
+                    for v in self.agent.list_tunnels()
+                ]
+            )
+
+        return self._call("ListTunnels", context, run)
+
+    def WatchTunnelStatus(
+        self, request: pb.WatchTunnelStatusRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchTunnelStatusResponse]:
+        only = request.cluster_id
+        if only:
+            self._call("WatchTunnelStatus", context, lambda: check_cluster_id(only))
+        interval = (
+            request.min_interval.ToNanoseconds() / 1e9
+            if request.HasField("min_interval") and request.min_interval.ToNanoseconds() > 0
+            else DEFAULT_STATUS_INTERVAL
+        )
+        sent: dict[str, tuple[pb.TunnelStatus, float]] = {}
+        seen = -1
+        while context.is_active() and not self.agent.stopping:
+            now = time.monotonic()
+            current = {v.spec.cluster_id: v for v in self.agent.list_tunnels() if not only or v.spec.cluster_id == only}
+            for cid in list(sent):
+                if cid not in current:
+                    del sent[cid]
+                    yield pb.WatchTunnelStatusResponse(status=pb.TunnelStatus(cluster_id=cid), deleted=True)
+            for cid, view in current.items():
+                msg = status_to_pb(view)
+                prev = sent.get(cid)
+                if prev is None or _significant(prev[0], msg) or (now - prev[1] >= interval and _counters(prev[0], msg)):
+                    sent[cid] = (msg, now)
+                    yield pb.WatchTunnelStatusResponse(status=msg)
+            seen = self.agent.wait_for_change(seen, min(interval, STREAM_POLL))
+
+    def SetNatMappings(
+        self, request: pb.SetNatMappingsRequest, context: grpc.ServicerContext
+    ) -> pb.SetNatMappingsResponse:
+        def run() -> pb.SetNatMappingsResponse:
+            count, changed = self.agent.set_nat_mappings(request.cluster_id, dict(request.mappings))
+            return pb.SetNatMappingsResponse(count=count, changed=changed)
+
+        return self._call("SetNatMappings", context, run)
+
+    def DeleteNatMappings(
+        self, request: pb.DeleteNatMappingsRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteNatMappingsResponse:
+        return self._call(
+            "DeleteNatMappings",
+            context,
+            lambda: pb.DeleteNatMappingsResponse(deleted=self.agent.delete_nat_mappings(request.cluster_id)),
+        )
+
+
+def _significant(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
+    """A change every watcher must see at once (state, endpoint, key, routes)."""
+    return (a.state, a.endpoint_ip, a.endpoint_port, a.public_key, list(a.allowed_ips)) != (
+        b.state,
+        b.endpoint_ip,
+        b.endpoint_port,
+        b.public_key,
+        list(b.allowed_ips),
+    )
+
+
+def _counters(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
+    return (a.rx_bytes, a.tx_bytes, a.latency, a.handshake_age) != (b.rx_bytes, b.tx_bytes, b.latency, b.handshake_age)
+
+
+def serve(
+    agent: Agent,
+    socket_path: str,
+    socket_group: int | None = None,
+    observe_rpc: Callable[[str, str, float], None] | None = None,
+    max_workers: int = 16,
+) -> grpc.Server:
+    """Starts the gRPC server on a Unix socket (mode 0660), with reflection and grpc.health.v1."""
+    os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
+    try:
+        os.unlink(socket_path)  # a stale socket from a killed agent
+    except FileNotFoundError:
+        pass
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    pb_grpc.add_NetAgentServiceServicer_to_server(NetAgentServicer(agent, observe_rpc), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    old_umask = os.umask(0o117)  # the socket is born 0660: no window where others can connect
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o660)
+    if socket_group is not None:
+        os.chown(socket_path, -1, socket_group)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"socket": socket_path})
+    return server
+
+
+def group_id(name_or_id: str) -> int:
+    return int(name_or_id) if name_or_id.isdigit() else grp.getgrnam(name_or_id).gr_gid
