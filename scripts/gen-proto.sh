@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates typed Python code for protos/ into OUT (default services/api).
+# Regenerates typed Python code for protos/ into OUT (default services/api), importable as PKG
+# (default: OUT with dots).
 # protoc emits absolute imports named after the proto package (liqo.netagent.v1); they are rewritten
 # to this project's package so the generated code lives inside `services`.
 set -euo pipefail
@@ -13,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
   --plugin=protoc-gen-mypy="$BIN/protoc-gen-mypy" --mypy_out="$tmp" \
   --plugin=protoc-gen-mypy_grpc="$BIN/protoc-gen-mypy_grpc" --mypy_grpc_out="$tmp" \
   $(cd protos && find . -name '*.proto' | sed 's|^\./||' | sort)
-pkg=$(echo "$OUT" | tr / .)
+pkg=${3:-$(echo "$OUT" | tr / .)}
 find "$tmp" -name '*.py*' -exec sed -i -E "s/^(from|import) liqo\.netagent\.v1/\1 ${pkg}.netagent.v1/" {} +
 rm -rf "$OUT/netagent"
 mkdir -p "$OUT"
