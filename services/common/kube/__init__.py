@@ -1,0 +1,93 @@
+"""The shared controller runtime: what the tunnel, natmap and labeler controllers are built on.
+
+Layered like kopf, each module importing only the ones above it; nothing here knows about
+TunnelEndpoints or the netagent:
+
+- `client`     KubeClient: JSON verbs over the official client's ApiClient, every request with a
+               timeout, one error type (KubeError with .status, .reason, .not_found, .conflict,
+               .gone, .unreachable). ResourceRef says where a kind lives (PODS, SECRETS, ...).
+- `backoff`    Backoff: capped exponential delay with jitter.
+- `workqueue`  WorkQueue: de-duplicating keys, one key at a time, per-key rate-limited retries.
+- `informer`   Informer: list, then watch from the list's resourceVersion with bookmarks; re-list
+               on 410 Gone; reconnect with capped backoff; an in-memory cache by key.
+- `status`     patch_status: a merge patch on /status, sent only when the status differs.
+- `events`     EventRecorder: core v1 Events (Normal/Warning), de-duplicated in a time window.
+- `metrics`    ControllerMetrics (private registry) and HealthServer (/healthz, /readyz, /metrics).
+- `config`     add_runtime_flags / RuntimeConfig: the common flags and POD_NAME/NAMESPACE/IP.
+- `logs`       setup_logging: JSON lines with the `extra` fields.
+- `controller` Controller (informers -> queue -> workers -> reconcile(key), resync, pause/resume)
+               and Manager (owns the client, metrics, health endpoint, background loops, SIGTERM).
+
+Typical use::
+
+    cfg = RuntimeConfig.from_args(args)
+    setup_logging("liqo-natmap-controller", cfg.log_level)
+    mgr = Manager("liqo-natmap-controller", KubeClient.from_kubeconfig(cfg.kubeconfig,
+                  timeout=cfg.request_timeout), http_bind_address=cfg.http_bind_address,
+                  pod_name=cfg.pod_name, watch_timeout=cfg.watch_timeout)
+    inf = mgr.informer(NATMAPPINGS)
+    ctl = mgr.add_controller(Controller("natmap", reconcile, metrics=mgr.metrics,
+                                        workers=cfg.workers, resync_period=cfg.resync_period))
+    ctl.watch(inf)
+    mgr.add_runnable("role-watch", watch_role)      # any loop taking the stop Event
+    sys.exit(mgr.run())                             # blocks until SIGTERM/SIGINT
+
+`reconcile(key)` reads the object with `inf.get(key)` (None = deleted), returns None when done or a
+delay to be called again, and raises to be retried with backoff (RetryableError: no traceback).
+"""
+
+from services.common.kube.backoff import Backoff
+from services.common.kube.client import (
+    EVENTS,
+    JSON,
+    LEASES,
+    MERGE_PATCH,
+    PODS,
+    SECRETS,
+    SERVICES,
+    KubeClient,
+    KubeError,
+    ResourceRef,
+    load_api_client,
+    object_key,
+    split_key,
+)
+from services.common.kube.config import RuntimeConfig, add_runtime_flags
+from services.common.kube.controller import Controller, Manager, RetryableError
+from services.common.kube.events import EventRecorder
+from services.common.kube.informer import Informer
+from services.common.kube.logs import setup_logging
+from services.common.kube.metrics import ControllerMetrics, HealthServer
+from services.common.kube.status import merge_patch_diff, patch_status
+from services.common.kube.workqueue import ShutDown, WorkQueue
+
+__all__ = [
+    "EVENTS",
+    "JSON",
+    "LEASES",
+    "MERGE_PATCH",
+    "PODS",
+    "SECRETS",
+    "SERVICES",
+    "Backoff",
+    "Controller",
+    "ControllerMetrics",
+    "EventRecorder",
+    "HealthServer",
+    "Informer",
+    "KubeClient",
+    "KubeError",
+    "Manager",
+    "ResourceRef",
+    "RetryableError",
+    "RuntimeConfig",
+    "ShutDown",
+    "WorkQueue",
+    "add_runtime_flags",
+    "load_api_client",
+    "merge_patch_diff",
+    "object_key",
+    "patch_status",
+    "setup_logging",
+    "split_key",
+]
