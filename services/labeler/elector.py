@@ -1,0 +1,316 @@
+"""The election loop: the thin I/O around services/common/leaderelection.py.
+
+One attempt per retry period (ticks are aligned, so a slow attempt does not push the next one out):
+read the Lease, plan, write, settle, then bring the netagent's role in line (fencing). A 409 makes a
+leader re-read at once; a release seen on the Lease watch makes a follower try at once, so a graceful
+hand-over does not wait for the next tick. On stop, a leader first sets its netagent STANDBY and only
+then empties the Lease: a successor can never go ACTIVE while our peers are still live.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+import grpc
+
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.leaderelection import (
+    Change,
+    Edge,
+    ElectionState,
+    Failed,
+    HeldByOther,
+    LeaseRecord,
+    Observed,
+    Outcome,
+    RoleDirective,
+    Timings,
+    Write,
+    Wrote,
+    micro_time,
+    needs_call,
+    note_agent_epoch,
+    observe,
+    parse_time,
+    plan_claim,
+    role_directive,
+    settle,
+)
+from services.common.netagent_client import NetAgentError
+from services.labeler.lease_lock import LeaseLock, LockFailed
+from services.labeler.metrics import LabelerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class RoleAgent(Protocol):
+    """The part of NetAgentClient the elector uses (one attempt per call, short deadline)."""
+
+    def set_role(self, role: pb.Role.ValueType, epoch: int, ttl: float, reason: str = "") -> Any: ...
+
+    def get_info(self, *, retry_deadline: float | None = None) -> Any: ...
+
+
+def _stale_epoch(e: NetAgentError) -> bool:
+    return e.code == grpc.StatusCode.FAILED_PRECONDITION and "epoch" in e.details.lower()
+
+
+class Elector:
+    def __init__(
+        self,
+        lock: LeaseLock,
+        agent: RoleAgent,
+        identity: str,
+        timings: Timings,
+        metrics: LabelerMetrics,
+        *,
+        on_active: Callable[[int], None] = lambda _epoch: None,
+        on_standby: Callable[[str], None] = lambda _reason: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.lock = lock
+        self.agent = agent
+        self.identity = identity
+        self.timings = timings
+        self.metrics = metrics
+        self.on_active = on_active
+        self.on_standby = on_standby
+        self.clock = clock
+        self.wall = wall
+        self.state = ElectionState()
+        self.observed: Observed | None = None
+        self.granted: RoleDirective | None = None  # what the netagent last accepted
+        self.wake = threading.Event()
+        self.last_tick = clock()
+        self._active_epoch: int | None = None  # tenure whose first ACTIVE was confirmed
+        self._previous: LeaseRecord | None = None  # the record we took over from
+
+    # --- what other threads ask ------------------------------------------------------------------
+
+    def may_write(self) -> bool:
+        """Leader with an unexpired ACTIVE role confirmed by the netagent: labels may be written."""
+        g = self.granted
+        return (
+            self.state.leading
+            and g is not None
+            and g.active
+            and g.until is not None
+            and g.until > self.clock()
+        )
+
+    def healthy(self) -> bool:
+        t = self.timings
+        return self.clock() - self.last_tick < 2 * t.retry_period + 3 * self.lock.timeout + 1.0
+
+    def lease_changed(self, record: LeaseRecord) -> None:
+        """From the Lease watch: a released lease is worth an attempt now."""
+        if not record.holder and not self.state.leading:
+            self.wake.set()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        next_at = self.clock()
+        try:
+            while not stop.is_set():
+                self.tick()
+                next_at += self.timings.retry_period
+                now = self.clock()
+                next_at = max(next_at, now)
+                while not stop.is_set() and self.clock() < next_at:
+                    if self.wake.wait(min(0.1, max(0.0, next_at - self.clock()))):
+                        next_at = self.clock()
+                        break
+        finally:
+            self.release()
+
+    def tick(self) -> None:
+        self.wake.clear()
+        self.last_tick = self.clock()
+        change = settle(self.state, self._attempt(), self.clock(), self.timings)
+        if change.reread:
+            self._apply(change)
+            change = settle(self.state, self._attempt(), self.clock(), self.timings)
+        self._apply(change)
+        self.sync_role()
+
+    def _attempt(self) -> Outcome:
+        try:
+            got = self.lock.read()
+        except LockFailed as e:
+            self.metrics.attempts.labels(e.kind.value).inc()
+            log.warning("lease read failed", extra={"kind": e.kind.value, "error": e.detail})
+            return Failed(e.kind, e.detail)
+        self.observed = None if got is None else observe(self.observed, got[0], got[1], self.clock())
+        if self.observed is not None:
+            self.metrics.epoch.set(self.observed.record.transitions)
+        plan = plan_claim(
+            self.identity, self.observed, self.clock(), self.wall(), self.timings, self.state.min_epoch
+        )
+        if isinstance(plan, HeldByOther):
+            self.metrics.attempts.labels("held").inc()
+            return plan
+        return self._write(plan)
+
+    def _write(self, plan: Write) -> Outcome:
+        sent_at = self.clock()
+        try:
+            record, rv = self.lock.write(plan)
+        except LockFailed as e:
+            self.metrics.attempts.labels(e.kind.value).inc()
+            log.warning(
+                "lease write failed",
+                extra={"kind": e.kind.value, "error": e.detail, "acquiring": plan.acquiring},
+            )
+            return Failed(e.kind, e.detail)
+        if plan.acquiring:
+            self._previous = self.observed.record if self.observed else None
+        self.observed = Observed(record, rv, sent_at)
+        self.metrics.attempts.labels("acquired" if plan.acquiring else "renewed").inc()
+        return Wrote(record, sent_at)
+
+    def _apply(self, change: Change) -> None:
+        was_outage = self.state.outage
+        self.state = change.state
+        self.metrics.is_leader.set(1 if self.state.leading else 0)
+        self.metrics.api_outage.set(1 if self.state.outage else 0)
+        if self.state.outage and not was_outage:
+            log.warning(
+                "API server unreachable: keeping the dataplane active within the outage grace",
+                extra={"outage_grace": self.timings.outage_grace},
+            )
+        if change.edge is Edge.ACQUIRED:
+            self.metrics.transitions.labels("acquired").inc()
+            log.info("lease acquired", extra={"identity": self.identity, "epoch": self.state.epoch})
+        elif change.edge is Edge.LOST:
+            self.metrics.transitions.labels("lost").inc()
+            log.warning("leadership lost, fencing the dataplane", extra={"reason": change.reason})
+            self._active_epoch = None
+            self.on_standby(change.reason)
+
+    # --- fencing ---------------------------------------------------------------------------------
+
+    def sync_role(self) -> None:
+        now = self.clock()
+        want = role_directive(self.state, now, self.timings)
+        if not needs_call(want, self.granted, now):
+            self._role_gauge()
+            return
+        if want.active:
+            self._grant_active(want)
+        else:
+            self._grant_standby(want.epoch, "not the lease holder")
+        self._role_gauge()
+
+    def _role_gauge(self) -> None:
+        self.metrics.role_active.set(1 if self.may_write() else 0)
+
+    def _grant_active(self, want: RoleDirective) -> None:
+        assert want.until is not None
+        ttl = want.until - self.clock()  # computed at the last moment: the fencing bound needs it
+        if ttl <= 0:
+            return
+        reason = "lease outage grace" if self.state.outage else f"lease held by {self.identity}"
+        try:
+            self.agent.set_role(pb.ROLE_ACTIVE, want.epoch, ttl, reason)
+        except NetAgentError as e:
+            self.metrics.role_errors.inc()
+            log.warning("netagent refused the ACTIVE role", extra={"error": str(e), "epoch": want.epoch})
+            if _stale_epoch(e):
+                self._learn_agent_epoch()
+            return
+        self.granted = want
+        if self._active_epoch != want.epoch:
+            self._active_epoch = want.epoch
+            self._first_active()
+
+    def _first_active(self) -> None:
+        started = self.state.tenure_started
+        if started is not None:
+            self.metrics.failover.set(self.clock() - started)
+        prev = self._previous
+        prev_write = parse_time(prev.renew_time) if prev is not None else None
+        if prev is not None and prev.holder != self.identity and prev_write is not None:
+            self.metrics.leaderless.set(max(0.0, self.wall() - prev_write))
+        log.info(
+            "netagent ACTIVE",
+            extra={
+                "epoch": self.state.epoch,
+                "failover_s": round(self.clock() - started, 3) if started is not None else None,
+                "previous_holder": prev.holder if prev else None,
+            },
+        )
+        self.on_active(self.state.epoch)
+
+    def _grant_standby(self, epoch: int, reason: str) -> bool:
+        for _ in range(2):
+            try:
+                self.agent.set_role(pb.ROLE_STANDBY, epoch, 0.0, reason)
+            except NetAgentError as e:
+                self.metrics.role_errors.inc()
+                if _stale_epoch(e):
+                    # Demoting is always safe: repeat it at the epoch the agent holds.
+                    try:
+                        epoch = max(epoch, int(self.agent.get_info(retry_deadline=0.0).epoch))
+                        continue
+                    except NetAgentError:
+                        pass
+                log.warning("netagent refused the STANDBY role", extra={"error": str(e)})
+                return False
+            self.granted = RoleDirective(False, epoch)
+            return True
+        return False
+
+    def _learn_agent_epoch(self) -> None:
+        try:
+            info = self.agent.get_info(retry_deadline=0.0)
+        except NetAgentError as e:
+            log.warning("netagent GetInfo failed", extra={"error": str(e)})
+            return
+        self.state = note_agent_epoch(self.state, int(info.epoch))
+        log.warning("lease epoch behind the netagent's; raising it", extra={"agent_epoch": int(info.epoch)})
+
+    # --- graceful release --------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Fence first, then empty the Lease (leaseDurationSeconds 1) so a standby takes over at once.
+        If the netagent cannot be set STANDBY, the Lease is left to expire: releasing it would let a
+        successor go ACTIVE while our role may still run."""
+        if not self.state.leading:
+            return
+        epoch = self.state.epoch
+        if not self._grant_standby(epoch, "shutting down"):
+            log.warning("not releasing the lease: the netagent role could not be withdrawn")
+            return
+        st = self.state
+        self.state = ElectionState(seen_epoch=st.seen_epoch, epoch=epoch, min_epoch=st.min_epoch)
+        self.metrics.is_leader.set(0)
+        self._role_gauge()
+        self.on_standby("released")
+        for _ in range(2):
+            obs = self.observed
+            if obs is None or obs.record.holder != self.identity:
+                return
+            stamp = micro_time(self.wall())
+            rec = replace(obs.record, holder="", duration=1, acquire_time=stamp, renew_time=stamp)
+            try:
+                self.lock.write(Write(rec, obs.resource_version, acquiring=False))
+            except LockFailed as e:
+                log.warning("lease release failed", extra={"kind": e.kind.value, "error": e.detail})
+                try:
+                    got = self.lock.read()
+                except LockFailed:
+                    return
+                if got is None:
+                    return
+                self.observed = Observed(got[0], got[1], self.clock())
+                continue
+            self.metrics.transitions.labels("released").inc()
+            log.info("lease released", extra={"epoch": epoch})
+            return
