@@ -1,0 +1,331 @@
+"""The TunnelEndpoint controller: CRs in, netagent calls out, status back.
+
+- reconcile(key): finalizer, validation (invalid -> status Error + Warning Event, no netagent call),
+  EnsureTunnel, DeleteTunnel on deletion; DNS endpoints are re-ensured every `dns_refresh` seconds
+  (the netagent re-resolves on each EnsureTunnel, keeping the current address while still valid).
+- Runs only while the netagent's role is ACTIVE: the controller is paused at once when the role
+  stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
+  tunnels that no TunnelEndpoint claims.
+- Status comes from the netagent's WatchTunnelStatus stream (the probe, with hysteresis there) and
+  is merge-patched only when it changed; latency at most every `latency_interval` seconds.
+- The device keeper makes sure the netagent's device holds the shared key pair (also after a
+  netagent restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.kube import (
+    JSON,
+    Backoff,
+    Controller,
+    KubeClient,
+    KubeError,
+    Manager,
+    ResourceRef,
+    RetryableError,
+    patch_status,
+)
+from services.common.kube.client import MERGE_PATCH
+from services.common.netagent_client import NetAgentClient, NetAgentError, RoleWatcher, follow_stream
+from services.common.tunnelspec import SpecError
+from services.tunnel import status as st
+from services.tunnel.keys import KeyPair, KeySecretError, ensure_key_secret
+from services.tunnel.mapping import cluster_id_of, is_dns_endpoint, tunnel_from_endpoint
+
+log = logging.getLogger(__name__)
+
+TUNNEL_ENDPOINTS = ResourceRef("net.liqo.io", "v1alpha1", "tunnelendpoints", "TunnelEndpoint")
+FINALIZER = "liqo-gateway.net.liqo.io"
+
+
+@dataclass(frozen=True)
+class TunnelOptions:
+    pod_namespace: str
+    pod_ip: str
+    secret_name: str = "wireguard-pubkey"
+    listen_port: int = 0
+    mtu: int = 0
+    dns_refresh: float = 60.0
+    latency_interval: float = 30.0
+    status_min_interval: float = 5.0
+    persistent_keepalive: int = 0
+    device_check_interval: float = 10.0
+
+
+class TunnelController:
+    def __init__(self, mgr: Manager, agent: NetAgentClient, opts: TunnelOptions, *, workers: int = 4,
+                 resync_period: float = 300.0, backoff: Backoff | None = None) -> None:
+        self.mgr = mgr
+        self.kube: KubeClient = mgr.client
+        self.agent = agent
+        self.opts = opts
+        self.events = mgr.events
+        self.informer = mgr.informer(TUNNEL_ENDPOINTS)
+        self.controller = mgr.add_controller(
+            Controller("tunnelendpoint", self.reconcile, metrics=mgr.metrics, workers=workers,
+                       resync_period=resync_period, backoff=backoff)
+        )
+        self.controller.watch(self.informer)
+        self.controller.pause()  # until the netagent says ACTIVE
+        self.role = RoleWatcher(agent, self._on_role)
+        self.keys: KeyPair | None = None
+        self.device_ready = threading.Event()
+        self._programmed: dict[str, str] = {}  # key -> clusterID we ensured for it
+        self._lock = threading.Lock()
+        self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> latest from the stream
+        self._gc_wanted = threading.Event()
+        mgr.add_runnable("role-watch", self.role.run)
+        mgr.add_runnable("device-keeper", self._device_keeper)
+        mgr.add_runnable("tunnel-status", self._status_stream)
+        mgr.add_runnable("orphan-gc", self._orphan_gc_loop)
+
+    # --- role ------------------------------------------------------------------------------------
+
+    def _on_role(self, active: bool) -> None:
+        if active and self.device_ready.is_set():
+            self.controller.resume()
+            self._gc_wanted.set()
+        elif not active:
+            self.controller.pause()
+
+    # --- device keys -----------------------------------------------------------------------------
+
+    def _device_keeper(self, stop: threading.Event) -> None:
+        """Loads (or creates) the key Secret, then keeps the netagent's device configured with it."""
+        backoff = Backoff(base=0.5, cap=30.0)
+        failures = 0
+        while not stop.is_set():
+            try:
+                if self.keys is None:
+                    self.keys = ensure_key_secret(self.kube, self.opts.pod_namespace, self.opts.secret_name)
+                info = self.agent.get_info(retry_deadline=0)
+                if not info.device_configured or info.public_key != self.keys.public_key:
+                    resp = self.agent.configure_device(
+                        self.keys.private_key, listen_port=self.opts.listen_port, mtu=self.opts.mtu
+                    )
+                    log.info("netagent device configured", extra={"public_key": resp.public_key,
+                                                                 "listen_port": resp.listen_port})
+                if not self.device_ready.is_set():
+                    self.device_ready.set()
+                    if self.role.active:
+                        self._on_role(True)
+                failures = 0
+                stop.wait(self.opts.device_check_interval)
+            except (KubeError, NetAgentError, KeySecretError) as e:
+                delay = backoff.delay(failures)
+                failures += 1
+                log.warning("device setup failed, retrying",
+                            extra={"error": str(e), "retry_in": round(delay, 2)})
+                stop.wait(delay)
+
+    # --- reconcile -------------------------------------------------------------------------------
+
+    def reconcile(self, key: str) -> float | None:
+        obj = self.informer.get(key)
+        if obj is None:
+            # Deleted without our finalizer (e.g. forced): the orphan GC removes its tunnel.
+            self._gc_wanted.set()
+            return None
+        md = obj["metadata"]
+        if md.get("deletionTimestamp"):
+            self._finalize(key, obj)
+            return None
+        if FINALIZER not in (md.get("finalizers") or []):
+            obj = self._patch_finalizers(obj, [*(md.get("finalizers") or []), FINALIZER])
+        try:
+            tunnel = tunnel_from_endpoint(obj, persistent_keepalive=self.opts.persistent_keepalive)
+        except SpecError as e:
+            self._fail(obj, "InvalidSpec", f"invalid TunnelEndpoint: {e}")
+            return None
+        other = self._duplicate_of(key, tunnel.cluster_id)
+        if other:
+            self._fail(obj, "DuplicateCluster",
+                       f"clusterID {tunnel.cluster_id} is already used by TunnelEndpoint {other}")
+            return None
+        old_cid = self._programmed.get(key)
+        if old_cid and old_cid != tunnel.cluster_id:
+            self._call(obj, lambda: self.agent.delete_tunnel(old_cid))
+        try:
+            resp = self.agent.ensure_tunnel(tunnel)
+        except NetAgentError as e:
+            if e.invalid:
+                self._fail(obj, "Refused", f"the netagent refused the tunnel: {e.details}")
+                return None
+            if e.unavailable:
+                self.events.warning(obj, "Processing", f"tunnel not configured yet: {e.details}")
+            raise RetryableError(str(e)) from None
+        with self._lock:
+            self._programmed[key] = tunnel.cluster_id
+            self._last_status[tunnel.cluster_id] = resp.status
+        if resp.changed:
+            self.events.normal(
+                obj, "TunnelConfigured",
+                f"tunnel to {tunnel.cluster_name or tunnel.cluster_id} configured "
+                f"(endpoint {tunnel.endpoint}:{tunnel.endpoint_port})",
+            )
+        self._write_status(obj, resp.status)
+        return self.opts.dns_refresh if is_dns_endpoint(tunnel.endpoint) else None
+
+    def _finalize(self, key: str, obj: JSON) -> None:
+        md = obj["metadata"]
+        if FINALIZER not in (md.get("finalizers") or []):
+            return
+        cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
+        for cid in cids:
+            if self._duplicate_of(key, cid):
+                continue  # another TunnelEndpoint owns this cluster's tunnel
+            self._call(obj, lambda c=cid: self.agent.delete_tunnel(c))
+        self._patch_finalizers(obj, [f for f in md.get("finalizers") or [] if f != FINALIZER])
+        with self._lock:
+            self._programmed.pop(key, None)
+            for cid in cids:
+                self._last_status.pop(cid, None)
+        log.info("tunnel removed", extra={"key": key, "clusters": sorted(cids)})
+        # A TunnelEndpoint refused as a duplicate of this one can now take the cluster over.
+        for other in self.informer.items():
+            if cluster_id_of(other) in cids and other["metadata"]["name"] != md["name"]:
+                omd = other["metadata"]
+                self.controller.enqueue(f"{omd.get('namespace')}/{omd['name']}")
+
+    def _call(self, obj: JSON, fn: Any) -> Any:
+        try:
+            return fn()
+        except NetAgentError as e:
+            if not e.invalid:
+                raise RetryableError(str(e)) from None
+            self.events.warning(obj, "Processing", str(e))
+            return None
+
+    def _patch_finalizers(self, obj: JSON, finalizers: list[str]) -> JSON:
+        md = obj["metadata"]
+        # resourceVersion makes it optimistic: a concurrent change answers 409 and we retry.
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": md["resourceVersion"]}}
+        try:
+            return self.kube.patch(TUNNEL_ENDPOINTS, md["name"], patch, md.get("namespace"),
+                                   content_type=MERGE_PATCH)
+        except KubeError as e:
+            if e.not_found:
+                return obj
+            raise RetryableError(f"updating finalizers: {e}") from None
+
+    def _duplicate_of(self, key: str, cid: str) -> str | None:
+        """The key of an older live TunnelEndpoint with the same clusterID, if any."""
+        me = self.informer.get(key)
+        mine = (me or {}).get("metadata", {})
+        mine_order = (mine.get("creationTimestamp") or "", key)
+        for other in self.informer.items():
+            omd = other["metadata"]
+            okey = f"{omd.get('namespace')}/{omd['name']}"
+            if okey == key or omd.get("deletionTimestamp") or cluster_id_of(other) != cid:
+                continue
+            if (omd.get("creationTimestamp") or "", okey) < mine_order:
+                return okey
+        return None
+
+    def _fail(self, obj: JSON, reason: str, message: str) -> None:
+        self.events.warning(obj, reason, message)
+        self._patch(obj, st.error_status(message, self.opts.pod_ip))
+
+    def _patch(self, obj: JSON, desired: JSON) -> None:
+        if not self.role.active:
+            return  # only the active gateway writes status
+        try:
+            patch_status(self.kube, TUNNEL_ENDPOINTS, obj, desired)
+        except KubeError as e:
+            if not e.not_found:
+                raise RetryableError(f"writing status: {e}") from None
+
+    # --- status from the netagent ----------------------------------------------------------------
+
+    def _write_status(self, obj: JSON, ts: pb.TunnelStatus) -> None:
+        current = obj.get("status") or {}
+        desired = st.desired_status(ts, current, gateway_ip=self.opts.pod_ip, now=datetime.now(UTC),
+                                    latency_interval=self.opts.latency_interval)
+        if desired is None:
+            return
+        before = (current.get("connection") or {}).get("status")
+        self._patch(obj, desired)
+        after = desired["connection"]["status"]
+        if before and before != after:
+            if after == st.ERROR:
+                self.events.warning(obj, "Disconnected", desired["connection"]["statusMessage"])
+            else:
+                self.events.normal(obj, after, desired["connection"]["statusMessage"])
+
+    def _key_for_cluster(self, cid: str) -> str | None:
+        with self._lock:
+            for key, c in self._programmed.items():
+                if c == cid:
+                    return key
+        for other in self.informer.items():
+            if cluster_id_of(other) == cid and not other["metadata"].get("deletionTimestamp"):
+                md = other["metadata"]
+                return f"{md.get('namespace')}/{md['name']}"
+        return None
+
+    def on_tunnel_status(self, msg: pb.WatchTunnelStatusResponse) -> None:
+        cid = msg.status.cluster_id
+        if msg.deleted:
+            with self._lock:
+                self._last_status.pop(cid, None)
+            return
+        with self._lock:
+            self._last_status[cid] = msg.status
+        if not self.role.active:
+            return
+        key = self._key_for_cluster(cid)
+        obj = self.informer.get(key) if key else None
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            self._write_status(obj, msg.status)
+        except RetryableError as e:
+            # The next stream update or reconcile writes it again.
+            log.warning("status write failed", extra={"key": key, "error": str(e)})
+
+    def _status_stream(self, stop: threading.Event) -> None:
+        follow_stream(
+            "WatchTunnelStatus",
+            lambda: self.agent.watch_tunnel_status(min_interval=self.opts.status_min_interval),
+            self.on_tunnel_status,
+            stop,
+        )
+
+    # --- orphans ---------------------------------------------------------------------------------
+
+    def _orphan_gc_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._gc_wanted.wait(timeout=self.controller.resync_period)
+            if stop.is_set():
+                return
+            self._gc_wanted.clear()
+            if not self.role.active or not self.informer.has_synced:
+                continue
+            try:
+                removed = self.collect_orphans()
+                if removed:
+                    log.info("removed netagent tunnels no TunnelEndpoint claims", extra={"clusters": removed})
+            except NetAgentError as e:
+                log.warning("orphan collection failed", extra={"error": str(e)})
+                self._gc_wanted.set()
+                stop.wait(2.0)
+
+    def collect_orphans(self) -> list[str]:
+        """Deletes the netagent's tunnels whose cluster no TunnelEndpoint in the cache names."""
+        removed = []
+        for entry in self.agent.list_tunnels():
+            cid = entry.tunnel.cluster_id
+            claimed = {cluster_id_of(o) for o in self.informer.items()}  # fresh for each decision
+            with self._lock:
+                claimed |= set(self._programmed.values())
+            if cid not in claimed:
+                self.agent.delete_tunnel(cid)
+                removed.append(cid)
+        return removed

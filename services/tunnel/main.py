@@ -1,0 +1,95 @@
+"""liqo-tunnel-controller: reconciles TunnelEndpoints into netagent tunnels while this gateway is active."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from services.common.kube import Backoff, KubeClient, Manager, RuntimeConfig, add_runtime_flags, setup_logging
+from services.common.netagent_client import NetAgentClient
+from services.tunnel.controller import TunnelController, TunnelOptions
+from services.tunnel.keys import DEFAULT_SECRET_NAME
+
+COMPONENT = "liqo-tunnel-controller"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=COMPONENT,
+        description="Reconciles net.liqo.io/v1alpha1 TunnelEndpoints into WireGuard tunnels through the "
+        "netagent, while the netagent's role is ACTIVE, and writes their status. Owns the shared "
+        "WireGuard key Secret. Environment: POD_NAMESPACE (required: where the key Secret lives), "
+        "POD_IP (required: written as status.gatewayIP), POD_NAME (Event source).",
+    )
+    add_runtime_flags(p, default_http=":8081")
+    g = p.add_argument_group("tunnels")
+    g.add_argument("--wireguard-secret-name", default=DEFAULT_SECRET_NAME,
+                   help="Secret in POD_NAMESPACE holding the WireGuard key pair shared by all replicas "
+                   "(created if absent)"
+                   " (default %(default)s)")
+    g.add_argument("--listen-port", type=int, default=0,
+                   help="WireGuard UDP port to configure on the netagent; 0 keeps the netagent's (5871)"
+                   " (default %(default)s)")
+    g.add_argument("--mtu", type=int, default=0,
+                   help="MTU of the WireGuard device; 0 keeps the netagent's (1340)"
+                   " (default %(default)s)")
+    g.add_argument("--dns-refresh-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="how often tunnels whose endpointIP is a DNS name are re-ensured, which "
+                   "re-resolves the name (the current address is kept while still in the answer)"
+                   " (default %(default)s)")
+    g.add_argument("--latency-update-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="minimum time between two status writes that only refresh the latency "
+                   "(a connection state change is written at once)"
+                   " (default %(default)s)")
+    g.add_argument("--status-min-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="minimum interval the netagent's status stream reports an unchanged tunnel"
+                   " (default %(default)s)")
+    g.add_argument("--persistent-keepalive", type=int, default=0, metavar="SECONDS",
+                   help="WireGuard persistent keepalive for every peer, 0 disables it (the 2 s "
+                   "connectivity probe already keeps NAT mappings open)"
+                   " (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = RuntimeConfig.from_args(args)
+        cfg.require_env("POD_NAMESPACE", "POD_IP")
+    except ValueError as e:
+        print(f"{COMPONENT}: {e}", file=sys.stderr)
+        return 2
+    setup_logging(COMPONENT, cfg.log_level)
+    client = KubeClient.from_kubeconfig(cfg.kubeconfig, timeout=cfg.request_timeout)
+    mgr = Manager(COMPONENT, client, http_bind_address=cfg.http_bind_address,
+                  pod_name=cfg.pod_name or cfg.pod_ip, watch_timeout=cfg.watch_timeout)
+    agent = NetAgentClient(cfg.netagent_socket, timeout=cfg.request_timeout)
+    TunnelController(
+        mgr,
+        agent,
+        TunnelOptions(
+            pod_namespace=cfg.pod_namespace,
+            pod_ip=cfg.pod_ip,
+            secret_name=args.wireguard_secret_name,
+            listen_port=args.listen_port,
+            mtu=args.mtu,
+            dns_refresh=args.dns_refresh_interval,
+            latency_interval=args.latency_update_interval,
+            status_min_interval=args.status_min_interval,
+            persistent_keepalive=args.persistent_keepalive,
+        ),
+        workers=cfg.workers,
+        resync_period=cfg.resync_period,
+        backoff=Backoff(base=cfg.retry_base_delay, cap=cfg.retry_max_delay),
+    )
+    logging.getLogger(__name__).info("starting", extra={"netagent_socket": cfg.netagent_socket})
+    try:
+        return mgr.run()
+    finally:
+        agent.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
