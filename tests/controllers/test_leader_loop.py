@@ -1,0 +1,265 @@
+"""The election loop (services/labeler/elector.py) with two replicas in threads: real NetAgentClient over
+gRPC to fake netagents that enforce the real fencing grant, and a fake Lease store with resourceVersion
+semantics and injectable outages/partitions (see test_labeler_fakes.py). Short timings (lease 2 s,
+renew deadline 1.5 s, retry 0.5 s) keep it quick; the subprocess tests against the in-memory API
+server use the same code with real HTTP.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import CollectorRegistry
+from test_labeler_fakes import MemoryLeaseStore, MemoryLock, RecordingNetAgent, overlap, serve
+
+from services.common.leaderelection import LeaseRecord, Timings, micro_time
+from services.common.netagent_client import NetAgentClient
+from services.labeler.elector import Elector
+from services.labeler.metrics import LabelerMetrics
+
+FAST = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=4.0)
+
+
+@dataclass
+class Replica:
+    name: str
+    agent: RecordingNetAgent
+    lock: MemoryLock
+    elector: Elector
+    metrics: LabelerMetrics
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.elector.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def halt(self, graceful: bool = True) -> None:
+        if not graceful:  # as SIGKILL: no release, the netagent keeps whatever role it was granted
+            self.elector.release = lambda: None  # type: ignore[method-assign]
+        self.stop.set()
+        if self.thread:
+            self.thread.join(5)
+            assert not self.thread.is_alive()
+
+
+class Cluster:
+    def __init__(self, timings: Timings, tmp: str) -> None:
+        self.timings = timings
+        self.tmp = tmp
+        self.store = MemoryLeaseStore()
+        self.replicas: list[Replica] = []
+        self.servers: list[object] = []
+        self.clients: list[NetAgentClient] = []
+        self.double_active_samples = 0
+        self.samples = 0
+        self._sampling = threading.Event()
+
+    def add(self, name: str) -> Replica:
+        agent = RecordingNetAgent(name)
+        sock = f"{self.tmp}/{name}.sock"
+        self.servers.append(serve(agent, sock))
+        client = NetAgentClient(sock, timeout=0.5, retry_deadline=0.0)
+        self.clients.append(client)
+        lock = self.store.lock_for(timeout=0.2)
+        metrics = LabelerMetrics(CollectorRegistry())
+        elector = Elector(lock, client, name, self.timings, metrics)  # type: ignore[arg-type]
+        self.store.watchers.append(elector.lease_changed)
+        r = Replica(name, agent, lock, elector, metrics)
+        self.replicas.append(r)
+        return r
+
+    def sample(self) -> None:
+        """Every 50 ms: how many agents hold an unexpired ACTIVE role right now."""
+        while not self._sampling.wait(0.05):
+            n = sum(1 for r in self.replicas if r.agent.active())
+            self.samples += 1
+            if n > 1:
+                self.double_active_samples += 1
+
+    def start_sampling(self) -> None:
+        threading.Thread(target=self.sample, daemon=True).start()
+
+    def close(self) -> None:
+        self._sampling.set()
+        for r in self.replicas:
+            r.stop.set()
+            if r.thread:
+                r.thread.join(5)
+        for c in self.clients:
+            c.close()
+        for s in self.servers:
+            s.stop(0)  # type: ignore[attr-defined]
+
+    def leaders(self) -> list[Replica]:
+        return [r for r in self.replicas if r.elector.state.leading]
+
+    def active_overlap(self) -> float:
+        a, b = (r.agent.active_intervals() for r in self.replicas[:2])
+        return overlap(a, b)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[Callable[[Timings], Cluster]]:
+    made: list[Cluster] = []
+    with tempfile.TemporaryDirectory(prefix="liqo-lbl-") as tmp:
+
+        def make(timings: Timings) -> Cluster:
+            c = Cluster(timings, tmp)
+            made.append(c)
+            return c
+
+        yield make
+        for c in made:
+            c.close()
+
+
+Make = Callable[[Timings], Cluster]
+
+
+def two_replicas(make: Make, timings: Timings = FAST) -> tuple[Cluster, Replica, Replica]:
+    c = make(timings)
+    a, b = c.add("gw-a"), c.add("gw-b")
+    c.start_sampling()
+    a.start()
+    b.start()
+    assert wait_for(lambda: any(r.agent.active() for r in (a, b)), 5), "nobody became active"
+    leader, follower = (a, b) if a.agent.active() else (b, a)
+    return c, leader, follower
+
+
+def test_exactly_one_leader_and_crash_handover(cluster_factory: Callable[[Timings], Cluster]) -> None:
+    c, leader, follower = two_replicas(cluster_factory)
+    time.sleep(2.0)  # several renewals
+    assert c.leaders() == [leader]
+    assert leader.agent.active() and not follower.agent.active()
+    assert [x.active for x in follower.agent.calls] == [False]  # told STANDBY once, nothing else
+    epoch = leader.elector.state.epoch
+
+    killed_at = time.monotonic()
+    leader.halt(graceful=False)
+    assert wait_for(follower.agent.active, FAST.lease_duration + FAST.retry_period + 1.0)
+    handover = follower.agent.became_active_at(killed_at)
+    assert handover is not None
+    took = handover - killed_at
+    print(f"crash handover: {took:.2f}s (lease {FAST.lease_duration}s)")
+    assert took <= FAST.lease_duration + FAST.retry_period + 0.5
+    # The old role ran out before the new one began: never two live dataplanes.
+    assert c.active_overlap() == 0.0
+    assert c.double_active_samples == 0 and c.samples > 50
+    assert follower.elector.state.epoch == epoch + 1
+    assert follower.metrics.failover._value.get() < 0.5
+    assert follower.metrics.leaderless._value.get() > 0
+
+
+def test_graceful_stop_hands_over_at_once(cluster_factory: Callable[[Timings], Cluster]) -> None:
+    c, leader, follower = two_replicas(cluster_factory)
+    time.sleep(1.0)
+    stopped_at = time.monotonic()
+    leader.halt(graceful=True)
+    assert not leader.agent.active()  # fenced before the Lease was released
+    assert wait_for(follower.agent.active, 2.0)
+    became = follower.agent.became_active_at(stopped_at)
+    assert became is not None
+    print(f"graceful handover: {became - stopped_at:.3f}s")
+    assert became - stopped_at < 1.0
+    assert c.store.record is not None and c.store.record.holder == follower.name
+    assert c.active_overlap() == 0.0 and c.double_active_samples == 0
+
+
+def test_api_outage_within_grace_keeps_the_leader_active(cluster_factory: Make) -> None:
+    c, leader, follower = two_replicas(cluster_factory)
+    time.sleep(1.0)
+    epoch = leader.elector.state.epoch
+    c.store.down = True
+    outage = 3.0  # longer than the lease (2 s), shorter than the grace (4 s)
+    end = time.monotonic() + outage
+    inactive = 0
+    while time.monotonic() < end:
+        inactive += 0 if leader.agent.active() else 1
+        assert not follower.agent.active()
+        time.sleep(0.05)
+    assert leader.elector.state.outage
+    c.store.down = False
+    assert inactive == 0, "the leader's dataplane stopped during an outage shorter than the grace"
+    assert wait_for(lambda: not leader.elector.state.outage, 2.0)
+    assert leader.elector.state.leading and leader.elector.state.epoch == epoch
+    assert not follower.elector.state.leading
+    assert c.store.record is not None and c.store.record.holder == leader.name
+    assert c.double_active_samples == 0 and c.active_overlap() == 0.0
+
+
+def test_api_outage_longer_than_grace_lets_the_role_expire(
+    cluster_factory: Callable[[Timings], Cluster],
+) -> None:
+    t = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=2.5)
+    c, leader, follower = two_replicas(cluster_factory, t)
+    time.sleep(1.0)
+    c.store.down = True
+    down_at = time.monotonic()
+    assert wait_for(lambda: not leader.agent.active(), t.outage_grace + 1.0)
+    lapsed = time.monotonic() - down_at
+    print(f"role lapsed {lapsed:.2f}s into the outage (grace {t.outage_grace}s)")
+    assert lapsed <= t.outage_grace + 0.3  # measured from the outage start, so at most the grace
+    # The role ends exactly at last write + grace; the loop notices at its next attempt.
+    assert wait_for(lambda: not leader.elector.state.leading, t.retry_period + 0.5)
+    assert not follower.agent.active()
+    time.sleep(1.0)
+    c.store.down = False
+    assert wait_for(lambda: len(c.leaders()) == 1 and any(r.agent.active() for r in c.replicas), 5.0)
+    time.sleep(1.0)
+    assert len(c.leaders()) == 1
+    assert c.double_active_samples == 0 and c.active_overlap() == 0.0
+
+
+@pytest.mark.parametrize(("grace", "may_overlap"), [(4.0, True), (1.0, False)])
+def test_partitioned_leader_split_brain_bounded_by_grace(
+    cluster_factory: Callable[[Timings], Cluster], grace: float, may_overlap: bool
+) -> None:
+    """Only the leader loses the API server: the other replica takes over after the lease duration,
+    and the old role lives on at most until last renewal + grace. So the overlap is at most
+    grace - lease_duration, and none when grace <= lease_duration - fencing margin."""
+    t = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=grace)
+    c, leader, follower = two_replicas(cluster_factory, t)
+    time.sleep(1.0)
+    leader.lock.cut = True
+    assert wait_for(follower.agent.active, t.lease_duration + 2 * t.retry_period + 1.0)
+    assert wait_for(lambda: not leader.agent.active(), grace + 1.0)
+    both = c.active_overlap()
+    print(f"partition, grace {grace}s: both active for {both:.2f}s")
+    assert both <= max(0.0, grace - t.lease_duration) + 0.1
+    if not may_overlap:
+        assert both == 0.0 and c.double_active_samples == 0
+
+
+def test_lease_taken_by_another_writer_demotes_at_once(cluster_factory: Callable[[Timings], Cluster]) -> None:
+    c, leader, _follower = two_replicas(cluster_factory)
+    time.sleep(1.0)
+    assert c.store.record is not None
+    epoch = c.store.record.transitions
+    stamp = micro_time(time.time())
+    c.store.force(LeaseRecord("intruder", 2, epoch + 1, stamp, stamp))
+    forced_at = time.monotonic()
+    assert wait_for(lambda: not leader.agent.active(), FAST.retry_period + 1.0)
+    print(f"demoted {time.monotonic() - forced_at:.2f}s after another holder took the lease")
+    assert leader.thread is not None and leader.thread.is_alive()  # no crash
+    assert leader.agent.calls[-1].active is False and leader.agent.calls[-1].epoch == epoch + 1
+    # Both keep campaigning: once the intruder's lease runs out, one of them leads again.
+    assert wait_for(lambda: any(r.agent.active() for r in c.replicas), 2 + 2 * FAST.retry_period + 1.0)
+    assert len(c.leaders()) == 1
+    assert c.store.record is not None and c.store.record.transitions == epoch + 2
+    assert c.double_active_samples == 0
