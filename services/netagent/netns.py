@@ -1,0 +1,155 @@
+"""The gateway's named network namespace: create or adopt, open netlink in it, run commands in it.
+
+Named namespaces live as bind mounts under /run/netns (pyroute2's NETNS_RUN_DIR) of the current mount
+namespace. Unlike Liqo, which deleted and recreated `liqo-netns` at every start, an existing namespace
+is adopted: recreating it would cut every tunnel while the agent restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+__all__ = [
+    "NETNS_DIR",
+    "KernelError",
+    "delete_netns",
+    "ensure_netns",
+    "host_iproute",
+    "kernel_errors",
+    "netns_exists",
+    "netns_iproute",
+    "netns_path",
+    "netns_socket",
+    "run_in_netns",
+]
+
+NETNS_DIR = "/var/run/netns"
+_NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
+_CLONE_NEWNET = 0x40000000
+# What `ip netns` accepts: no slashes, not "." or "..", a sane length.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class KernelError(OSError):
+    """A netlink request failed; an OSError so callers treat it like any other kernel failure."""
+
+
+@contextlib.contextmanager
+def kernel_errors(what: str) -> Iterator[None]:
+    """Re-raises pyroute2's NetlinkError (not an OSError) as KernelError with context."""
+    try:
+        yield
+    except NetlinkError as e:
+        raise KernelError(e.code, f"{what}: {os.strerror(e.code) if e.code else e}") from e
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"netns name {name!r}: 1..63 characters of [A-Za-z0-9._-]")
+    return name
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, check_name(name))
+
+
+def netns_exists(name: str) -> bool:
+    """True when /run/netns/NAME is a mounted network namespace (not a stale empty file)."""
+    path = netns_path(name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        # A leftover mount point (namespace gone) is a plain file: NS_GET_NSTYPE fails on it.
+        return bool(fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def ensure_netns(name: str) -> bool:
+    """Creates the named netns unless it exists (adopted as is); returns True when created."""
+    if netns_exists(name):
+        return False
+    path = netns_path(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # stale mount point of a namespace that is gone
+    pyr_netns.create(name)
+    if not netns_exists(name):
+        raise KernelError(errno.EIO, f"netns {name}: created but not usable")
+    # A fresh namespace has loopback down; the probe and local traffic want it up.
+    with netns_iproute(name) as ipr, kernel_errors(f"netns {name}: lo up"):
+        (lo,) = ipr.link_lookup(ifname="lo")
+        ipr.link("set", index=lo, state="up")
+    return True
+
+
+def delete_netns(name: str) -> bool:
+    """Removes the named netns (its links go with it); absent is fine. Returns True when removed."""
+    path = netns_path(name)
+    if not os.path.exists(path):
+        return False
+    pyr_netns.remove(name)
+    return True
+
+
+def host_iproute() -> IPRoute:
+    """Netlink in the current ("host") network namespace."""
+    return IPRoute()
+
+
+def netns_iproute(name: str) -> IPRoute:
+    """Netlink inside the named netns; never creates it (flags=0), FileNotFoundError when absent."""
+    if not netns_exists(name):
+        raise FileNotFoundError(errno.ENOENT, f"netns {name} does not exist", netns_path(name))
+    return IPRoute(netns=name, flags=0)
+
+
+def netns_socket(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket created inside the named netns (e.g. the probe's UDP socket)."""
+    if not netns_exists(name):
+        raise FileNotFoundError(errno.ENOENT, f"netns {name} does not exist", netns_path(name))
+    sock: socket.socket = pyr_netns.create_socket(netns=name, family=family, socket_type=kind, flags=0)
+    return sock
+
+
+def run_in_netns(
+    name: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30, input: str | None = None,
+    **kw: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Runs a command in the named netns (network namespace only: mounts stay ours, so the
+    wireguard-go sockets under /var/run/wireguard remain visible)."""
+    if not argv:
+        raise ValueError("empty command")
+    cmd = ["nsenter", f"--net={netns_path(name)}", "--", *argv]
+    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input, check=False, **kw)
+    if check and cp.returncode != 0:
+        raise subprocess.CalledProcessError(cp.returncode, list(argv), cp.stdout, cp.stderr)
+    return cp
+
+
+def read_sysctl(name: str, key: str) -> str:
+    """Reads a sysctl inside the named netns (/proc/sys/net is per network namespace)."""
+    return run_in_netns(name, ["cat", "/proc/sys/" + key.replace(".", "/")]).stdout.strip()
+
+
+def write_sysctl(name: str, key: str, value: str) -> bool:
+    """Writes a sysctl inside the named netns when it differs; returns True when it changed."""
+    if read_sysctl(name, key) == value:
+        return False
+    run_in_netns(name, ["sysctl", "-qw", f"{key}={value}"])
+    return True

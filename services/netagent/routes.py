@@ -1,0 +1,318 @@
+"""Routes and policy rules for the tunnels: computed as data, then converged on the kernel.
+
+Desired state is a pure function of the tunnel specs and the config (`desired_*`). The appliers read
+the Liqo-owned subset of the kernel's state, diff it against the desired set and write only the
+difference, so adopting state left by a previous agent writes nothing and state nobody claims goes.
+
+Ownership (nothing else is ever read for deletion or written):
+- in the gateway netns: IPv4 routes of the main table whose device is the WireGuard device;
+- in the host namespace: IPv4 routes of table `cfg.table_id` and the IPv4 rules that look it up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from services.common.tunnelspec import TunnelSpec
+from services.netagent.config import AgentConfig
+from services.netagent.netns import KernelError, host_iproute, kernel_errors, netns_exists, netns_iproute
+
+__all__ = [
+    "MAIN_TABLE",
+    "Route",
+    "Rule",
+    "desired_host_routes",
+    "desired_host_rules",
+    "desired_netns_routes",
+    "plan",
+    "remove_host_routing",
+    "sync_host_routing",
+    "sync_netns_routes",
+]
+
+MAIN_TABLE = 254
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RTN_UNICAST = 1
+RTNH_F_ONLINK = 4
+FR_ACT_TO_TBL = 1
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """An IPv4 unicast route: `dst [via gateway] dev dev [onlink] table table`."""
+
+    table: int
+    dst: IPv4Network
+    dev: str
+    gateway: IPv4Address | None = None
+    onlink: bool = False
+
+    @property
+    def scope(self) -> int:
+        # What `ip route add` picks: link scope without a gateway, universe with one.
+        return RT_SCOPE_LINK if self.gateway is None else RT_SCOPE_UNIVERSE
+
+    def __str__(self) -> str:
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"{self.dst}{via} dev {self.dev}{' onlink' if self.onlink else ''} table {self.table}"
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """An IPv4 policy rule `[from src] [to dst] lookup table priority priority`.
+
+    iif/oif/fwmark are read so that an owned rule carrying extra selectors is seen as different
+    (and deleted exactly); desired rules never set them."""
+
+    priority: int
+    table: int
+    src: IPv4Network | None = None
+    dst: IPv4Network | None = None
+    iif: str | None = None
+    oif: str | None = None
+    fwmark: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"from {self.src or 'all'}"]
+        if self.dst:
+            parts.append(f"to {self.dst}")
+        parts += [f"iif {self.iif}"] * bool(self.iif) + [f"oif {self.oif}"] * bool(self.oif)
+        if self.fwmark is not None:
+            parts.append(f"fwmark {self.fwmark:#x}")
+        return f"{self.priority}: {' '.join(parts)} lookup {self.table}"
+
+
+# ---- desired state (pure) ---------------------------------------------------------------------------
+
+
+def _remote_cidrs(specs: Iterable[TunnelSpec]) -> list[IPv4Network]:
+    """R* and X* of every tunnel, deduplicated, in a stable order."""
+    seen: dict[IPv4Network, None] = {}
+    for spec in specs:
+        for net in spec.allowed_ips:
+            seen.setdefault(net, None)
+    return sorted(seen)
+
+
+def desired_netns_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Route]:
+    """In the gateway netns: every remote CIDR into the tunnel."""
+    return {Route(MAIN_TABLE, net, cfg.wg_device) for net in _remote_cidrs(specs)}
+
+
+def desired_host_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Route]:
+    """In the host's table: every remote CIDR via the gateway end of the veth."""
+    return {
+        Route(cfg.table_id, net, cfg.host_veth, gateway=cfg.gateway_veth_ip, onlink=True)
+        for net in _remote_cidrs(specs)
+    }
+
+
+def desired_host_rules(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Rule]:
+    """In the host: traffic from the remote cluster (replies, and what the gateway forwards) and to it
+    (this is the gateway node) looks up the Liqo table."""
+    rules: set[Rule] = set()
+    for net in _remote_cidrs(specs):
+        rules.add(Rule(cfg.rule_priority, cfg.table_id, src=net))
+        rules.add(Rule(cfg.rule_priority, cfg.table_id, dst=net))
+    return rules
+
+
+T = TypeVar("T")
+
+
+def plan(current: Iterable[T], desired: Iterable[T]) -> tuple[list[T], list[T]]:
+    """(to_add, to_remove), both sorted so that the writes are deterministic."""
+    cur, want = set(current), set(desired)
+    return sorted(want - cur), sorted(cur - want)  # type: ignore[type-var]
+
+
+# ---- reading the kernel ------------------------------------------------------------------------------
+
+
+def _names(ipr: IPRoute) -> dict[int, str]:
+    return {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.link("dump")}
+
+
+def _route_of(msg: Any, names: dict[int, str]) -> Route:
+    """The Route a kernel message describes. Anything we never write (multipath, another type or
+    scope) gets a device name no desired route has, so an owned one is deleted, never kept."""
+    oif = msg.get_attr("RTA_OIF")
+    dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+    gw = msg.get_attr("RTA_GATEWAY")
+    route = Route(
+        table=msg.get_attr("RTA_TABLE") or msg["table"],
+        dst=IPv4Network(f"{dst}/{msg['dst_len']}"),
+        dev=names.get(oif, f"?if{oif}") if oif is not None else "?multipath",
+        gateway=IPv4Address(gw) if gw else None,
+        onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+    )
+    if msg["type"] != RTN_UNICAST or msg["scope"] != route.scope or msg["tos"]:
+        return Route(route.table, route.dst, f"?{route.dev}/type{msg['type']}/scope{msg['scope']}",
+                     route.gateway, route.onlink)
+    return route
+
+
+def _read_routes(ipr: IPRoute, table: int, dev: str | None = None) -> list[tuple[Route, Any]]:
+    """The IPv4 routes of `table` (only those through `dev` when given), with their messages."""
+    names = _names(ipr)
+    out = []
+    for msg in ipr.route("dump", family=socket.AF_INET, table=table):
+        if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+            continue
+        if dev is not None and names.get(msg.get_attr("RTA_OIF") or -1) != dev:
+            continue
+        out.append((_route_of(msg, names), msg))
+    return out
+
+
+def _read_rules(ipr: IPRoute, table: int) -> list[Rule]:
+    rules = []
+    for msg in ipr.rule("dump", family=socket.AF_INET):
+        if (msg.get_attr("FRA_TABLE") or msg["table"]) != table:
+            continue
+        src, dst = msg.get_attr("FRA_SRC"), msg.get_attr("FRA_DST")
+        rules.append(
+            Rule(
+                priority=msg.get_attr("FRA_PRIORITY") or 0,
+                table=table,
+                src=IPv4Network(f"{src}/{msg['src_len']}") if src else None,
+                dst=IPv4Network(f"{dst}/{msg['dst_len']}") if dst else None,
+                iif=msg.get_attr("FRA_IIFNAME"),
+                oif=msg.get_attr("FRA_OIFNAME"),
+                fwmark=msg.get_attr("FRA_FWMARK"),
+            )
+        )
+    return rules
+
+
+# ---- writing the kernel ------------------------------------------------------------------------------
+
+
+def _route_args(route: Route, ifindex: int) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "dst": str(route.dst),
+        "oif": ifindex,
+        "table": route.table,
+        "scope": route.scope,
+        "proto": 3,  # boot/static, as `ip route add` writes
+        "type": RTN_UNICAST,
+    }
+    if route.gateway is not None:
+        args["gateway"] = str(route.gateway)
+    if route.onlink:
+        args["flags"] = RTNH_F_ONLINK
+    return args
+
+
+def _rule_args(rule: Rule) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "family": socket.AF_INET,
+        "table": rule.table,
+        "priority": rule.priority,
+        "action": FR_ACT_TO_TBL,
+    }
+    if rule.src is not None:
+        args.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+    if rule.dst is not None:
+        args.update(dst=str(rule.dst.network_address), dst_len=rule.dst.prefixlen)
+    if rule.iif:
+        args["iifname"] = rule.iif
+    if rule.oif:
+        args["oifname"] = rule.oif
+    if rule.fwmark is not None:
+        args["fwmark"] = rule.fwmark
+    return args
+
+
+def _ifindex(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise FileNotFoundError(f"link {name} does not exist")
+    return int(found[0])
+
+
+def _delete_route_msg(ipr: IPRoute, route: Route, msg: Any) -> None:
+    """Deletes exactly the route `msg` describes (every key the kernel matches on)."""
+    args: dict[str, Any] = {
+        "dst": f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}",
+        "table": route.table,
+        "tos": msg["tos"],
+        "type": msg["type"],
+        "scope": msg["scope"],
+        "proto": msg["proto"],
+        "priority": msg.get_attr("RTA_PRIORITY") or 0,
+    }
+    if msg.get_attr("RTA_OIF") is not None:
+        args["oif"] = msg.get_attr("RTA_OIF")
+    if msg.get_attr("RTA_GATEWAY") is not None:
+        args["gateway"] = msg.get_attr("RTA_GATEWAY")
+    try:
+        ipr.route("del", **args)
+    except NetlinkError as e:
+        if e.code != errno.ESRCH:  # gone already (rewritten in place by a replace): fine
+            raise KernelError(e.code, f"route del {route}: {os.strerror(e.code)}") from e
+
+
+def _converge_routes(ipr: IPRoute, current: Sequence[tuple[Route, Any]], desired: set[Route]) -> bool:
+    """Adds/replaces missing routes, then deletes owned routes not desired (add first: no gap)."""
+    to_add, _ = plan((r for r, _ in current), desired)
+    for route in to_add:
+        with kernel_errors(f"route replace {route}"):
+            ipr.route("replace", **_route_args(route, _ifindex(ipr, route.dev)))
+    # `replace` rewrote in place the route with the same (table, dst, tos 0, metric 0): not stale.
+    replaced = {(r.table, r.dst) for r in to_add}
+    stale = [
+        (r, m) for r, m in current
+        if r not in desired
+        and not ((r.table, r.dst) in replaced and not m["tos"] and not m.get_attr("RTA_PRIORITY"))
+    ]
+    for route, msg in stale:
+        _delete_route_msg(ipr, route, msg)
+    return bool(to_add or stale)
+
+
+def sync_netns_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> bool:
+    """Converges the gateway netns's routes through the WireGuard device; True when it wrote."""
+    desired = desired_netns_routes(cfg, specs)
+    if not netns_exists(cfg.netns_name):
+        if desired:
+            raise FileNotFoundError(f"netns {cfg.netns_name} does not exist")
+        return False
+    with netns_iproute(cfg.netns_name) as ipr:
+        if not ipr.link_lookup(ifname=cfg.wg_device):
+            if desired:
+                raise FileNotFoundError(f"{cfg.wg_device} does not exist in {cfg.netns_name}")
+            return False  # no device, so no route through it either
+        current = _read_routes(ipr, MAIN_TABLE, dev=cfg.wg_device)
+        return _converge_routes(ipr, current, desired)
+
+
+def sync_host_routing(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> bool:
+    """Converges table `cfg.table_id` and the rules looking it up; True when it wrote."""
+    specs = list(specs)
+    want_rules = desired_host_rules(cfg, specs)
+    with host_iproute() as ipr:
+        changed = _converge_routes(ipr, _read_routes(ipr, cfg.table_id), desired_host_routes(cfg, specs))
+        to_add, to_remove = plan(_read_rules(ipr, cfg.table_id), want_rules)
+        for rule in to_add:
+            with kernel_errors(f"rule add {rule}"):
+                ipr.rule("add", **_rule_args(rule))
+        for rule in to_remove:
+            with kernel_errors(f"rule del {rule}"):
+                ipr.rule("del", **_rule_args(rule))
+        return changed or bool(to_add or to_remove)
+
+
+def remove_host_routing(cfg: AgentConfig) -> bool:
+    """Removes every rule looking up `cfg.table_id` and every route in it; True when it wrote."""
+    return sync_host_routing(cfg, [])
