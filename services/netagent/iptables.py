@@ -1,0 +1,324 @@
+"""Converges the Liqo-owned iptables state of a network namespace to a `natrules.Ruleset`.
+
+Reads with one `iptables-legacy-save`, writes only the difference as ONE
+`iptables-legacy-restore --noflush` per changed table: the kernel swaps each table atomically, so a
+failed write changes nothing in that table, and a one-rule change costs a one-line script instead of
+a rewrite. Only `LIQO-*` chains and, in other chains, rules jumping to a `LIQO-*` chain are touched.
+
+The script builders and the save parser are pure functions (unit-tested); `Iptables` runs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+
+from services.netagent.natrules import TABLES, Args, Ruleset, is_liqo_chain, jump_target
+
+__all__ = ["Iptables", "IptablesError", "parse_save", "render_rule", "table_script"]
+
+log = logging.getLogger(__name__)
+
+SAVE = "iptables-legacy-save"
+RESTORE = "iptables-legacy-restore"
+# Above this many single-rule edits (or a quarter of the chain) rewriting the chain is cheaper:
+# libiptc inserts and deletes by walking the chain, so many of them are quadratic.
+MIN_EDIT_BUDGET = 64
+SUFFIX_RE = re.compile(r"^LIQO-(?:PSTRT|PRRT|PRRT-MAP|FRWD-EXT)-CLS-([0-9a-f]+)$")
+_TOKEN_RE = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_ESCAPE_RE = re.compile(r"\\(.)")
+
+Chains = Mapping[str, tuple[Args, ...]]
+
+
+class IptablesError(Exception):
+    """Reading or writing iptables failed; nothing was changed by the failed write (UNAVAILABLE)."""
+
+
+# ---- pure: parsing and rendering ---------------------------------------------------------------
+
+
+def _split(line: str) -> list[str]:
+    if '"' not in line:
+        return line.split()
+    return [
+        _ESCAPE_RE.sub(r"\1", m.group(1)) if m.group(1) is not None else m.group(2)
+        for m in _TOKEN_RE.finditer(line)
+    ]
+
+
+def _owned_head(rules: Sequence[Args]) -> tuple[Args, ...]:
+    """A foreign chain's rules down to its last jump into a LIQO chain (empty if there is none)."""
+    for i in range(len(rules) - 1, -1, -1):
+        target = jump_target(rules[i])
+        if target is not None and is_liqo_chain(target):
+            return tuple(rules[: i + 1])
+    return ()
+
+
+def parse_save(text: str) -> Ruleset:
+    """The Liqo-owned part of `iptables-legacy-save` output (see `Ruleset`)."""
+    tables: dict[str, dict[str, tuple[Args, ...]]] = {}
+    liqo: dict[str, list[Args]] = {}
+    foreign: dict[str, list[Args]] = {}
+    table = ""
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        if line[0] == "*":
+            table, liqo, foreign = line[1:].strip(), {}, {}
+        elif line[0] == ":":
+            name = line[1:].split(" ", 1)[0]
+            if is_liqo_chain(name):
+                liqo[name] = []
+        elif line.startswith("-A "):
+            words = _split(line)
+            chain, rule = words[1], tuple(words[2:])
+            if is_liqo_chain(chain):
+                liqo.setdefault(chain, []).append(rule)
+            else:
+                foreign.setdefault(chain, []).append(rule)
+        elif line.strip() == "COMMIT":
+            owned = {name: tuple(rules) for name, rules in liqo.items()}
+            for name, rules in foreign.items():
+                head = _owned_head(rules)
+                if head:
+                    owned[name] = head
+            if owned:
+                tables[table] = owned
+    return Ruleset(tables)
+
+
+def _quote(arg: str) -> str:
+    if any(c in arg for c in '"\\\n\r'):
+        raise IptablesError(f"cannot render argument {arg!r}: quotes, backslashes and newlines are refused")
+    if arg == "" or any(c.isspace() for c in arg):
+        return f'"{arg}"'
+    return arg
+
+
+def _join(rule: Args) -> str:
+    line = " ".join(rule)
+    # Fast path (10 000-rule scripts): no argument needs quoting or is refused.
+    if (
+        line.count(" ") == len(rule) - 1
+        and "" not in rule
+        and '"' not in line
+        and "\\" not in line
+        and "\t" not in line
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line
+    return " ".join(map(_quote, rule))
+
+
+def render_rule(chain: str, rule: Args, op: str = "-A", position: int | None = None) -> str:
+    """One restore line, e.g. `-A LIQO-MSS -o liqo.tunnel ...` or `-I FORWARD 1 -j LIQO-FORWARD`."""
+    if position is None:
+        return f"{op} {chain} {_join(rule)}"
+    return f"{op} {chain} {position} {_join(rule)}"
+
+
+def _chain_edits(chain: str, cur: tuple[Args, ...], des: tuple[Args, ...]) -> list[str] | None:
+    """Few in-place edits turning `cur` into `des`, or None when rewriting the chain is cheaper.
+
+    Deletions name the rule, not its number: with a stale view of the chain the restore then fails
+    (and the caller re-reads) instead of deleting somebody else's rule."""
+    cur_set, des_set = set(cur), set(des)
+    if len(cur_set) != len(cur) or len(des_set) != len(des):
+        return None  # duplicates: deleting by content would be ambiguous
+    budget = max(MIN_EDIT_BUDGET, len(des) // 4)
+    gone = [r for r in cur if r not in des_set]
+    new = [j for j, r in enumerate(des) if r not in cur_set]
+    if len(gone) + len(new) > budget:
+        return None
+    if [r for r in cur if r in des_set] == [r for r in des if r in cur_set]:
+        # The rules kept stay in order: delete the gone ones, then insert each new one at its final
+        # position, top-down, so that everything above it is already in place.
+        return [render_rule(chain, r, "-D") for r in gone] + [
+            render_rule(chain, des[j], "-I", j + 1) for j in new
+        ]
+    # Kept rules were reordered: a sequence diff, applied bottom-up so that the positions above each
+    # edit are still those of `cur`.
+    ops = difflib.SequenceMatcher(None, cur, des, autojunk=False).get_opcodes()
+    if sum((i2 - i1) + (j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal") > budget:
+        return None
+    lines: list[str] = []
+    for tag, i1, i2, j1, j2 in reversed(ops):
+        if tag in ("delete", "replace"):
+            lines += [render_rule(chain, rule, "-D") for rule in cur[i1:i2]]
+        if tag in ("insert", "replace"):
+            lines += [render_rule(chain, rule, "-I", i1 + 1 + k) for k, rule in enumerate(des[j1:j2])]
+    return lines
+
+
+def table_script(table: str, current: Chains, desired: Chains) -> str | None:
+    """The restore script (for `--noflush`) turning the owned state `current` of one table into
+    `desired`, or None when they are equal."""
+    declare: list[str] = []  # create new chains, flush rewritten and doomed ones
+    edits: list[str] = []
+    remove: list[str] = []  # -X last: every reference to a doomed chain is gone by then
+    for chain in sorted(current.keys() | desired.keys()):
+        cur, des = current.get(chain), desired.get(chain)
+        if cur == des:
+            continue
+        if not is_liqo_chain(chain):
+            for rule in des or ():
+                target = jump_target(rule)
+                if target is None or not is_liqo_chain(target):
+                    raise ValueError(f"{table}/{chain}: only jumps to LIQO chains may be owned, not {rule}")
+            # Remove every Liqo jump, then put the desired ones on top; others' rules stay.
+            edits += [render_rule(chain, r, "-D") for r in cur or () if is_liqo_chain(jump_target(r) or "")]
+            edits += [render_rule(chain, r, "-I", i + 1) for i, r in enumerate(des or ())]
+        elif des is None:
+            declare.append(f"-F {chain}")
+            remove.append(f"-X {chain}")
+        else:
+            lines = None if cur is None else _chain_edits(chain, cur, des)
+            if lines is None:  # new or rewritten: ":CHAIN" creates it or, with --noflush, flushes it
+                declare.append(f":{chain} - [0:0]")
+                edits += [render_rule(chain, r) for r in des]
+            else:
+                edits += lines
+    if not (declare or edits or remove):
+        return None
+    return "\n".join([f"*{table}", *declare, *edits, *remove, "COMMIT", ""])
+
+
+# ---- the applier ---------------------------------------------------------------------------------
+
+
+class Iptables:
+    """The Liqo-owned iptables of one named network namespace (`None`: the current one).
+
+    Keeps what it last read or wrote, so converging an unchanged state runs no process and a change
+    writes a diff without reading the table first. Any failure drops that cache; `invalidate()` does
+    it on demand (e.g. periodically, to repair changes made behind the agent's back)."""
+
+    def __init__(self, netns: str | None, *, lock_wait: int = 10, timeout: float = 60.0) -> None:
+        if netns is not None and (not netns or "/" in netns or netns in (".", "..")):
+            raise ValueError(f"invalid netns name {netns!r}")
+        self.netns = netns
+        self._lock_wait = lock_wait
+        self._timeout = timeout
+        self._cache: Ruleset | None = None
+        self._mutex = threading.Lock()
+        self.restores = 0  # restore processes run so far (observability and tests)
+
+    def _argv(self, *cmd: str) -> list[str]:
+        if self.netns is None:
+            return list(cmd)
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        try:
+            proc = subprocess.run(
+                self._argv(*argv), input=stdin, capture_output=True, text=True,
+                timeout=self._timeout, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise IptablesError(f"{argv[0]}: {e}") from e
+        if proc.returncode != 0:
+            raise IptablesError(f"{argv[0]} exited {proc.returncode}: {_explain(proc.stderr, stdin)}")
+        return proc.stdout
+
+    def _read(self) -> Ruleset:
+        self._cache = None
+        state = parse_save(self._run([SAVE]))
+        self._cache = state
+        return state
+
+    def _restore(self, script: str) -> None:
+        self.restores += 1
+        self._run([RESTORE, "--noflush", "-w", str(self._lock_wait)], script)
+
+    def read(self) -> Ruleset:
+        """What the kernel holds now (always re-read; refreshes the cache)."""
+        with self._mutex:
+            return self._read()
+
+    def invalidate(self) -> None:
+        """Forget the cached view: the next apply re-reads the kernel first."""
+        with self._mutex:
+            self._cache = None
+
+    def apply(self, desired: Ruleset) -> bool:
+        """Converge to `desired`; True if something was written. On failure every table is left as
+        it was and IptablesError is raised. A failure from a stale cache is retried once after a
+        fresh read."""
+        with self._mutex:
+            try:
+                return self._apply(desired)
+            except IptablesError as e:
+                log.warning("iptables apply failed, re-reading and retrying once", extra={"error": str(e)})
+                self._cache = None
+                try:
+                    return self._apply(desired)
+                except IptablesError:
+                    self._cache = None
+                    raise
+
+    def _apply(self, desired: Ruleset) -> bool:
+        current = self._cache if self._cache is not None else self._read()
+        tables = sorted(current.tables.keys() | desired.tables.keys(), key=_table_order)
+        scripts: list[tuple[str, str]] = []
+        for table in tables:
+            script = table_script(table, current.table(table), desired.table(table))
+            if script is not None:
+                scripts.append((table, script))
+        if not scripts:
+            return False
+        done: list[str] = []
+        for table, script in scripts:
+            try:
+                self._restore(script)
+            except IptablesError:
+                self._roll_back(done, current, desired)
+                raise
+            done.append(table)
+        self._cache = Ruleset({t: dict(desired.table(t)) for t in tables if desired.table(t)})
+        return True
+
+    def _roll_back(self, done: list[str], before: Ruleset, after: Ruleset) -> None:
+        """Tables are atomic one by one: undo those already committed when a later one fails."""
+        for table in reversed(done):
+            script = table_script(table, after.table(table), before.table(table))
+            if script is None:
+                continue
+            try:
+                self._restore(script)
+            except IptablesError as e:  # the next apply re-reads and converges anyway
+                log.error("iptables roll back failed", extra={"table": table, "error": str(e)})
+
+    def remove_all(self) -> None:
+        """Delete every LIQO chain and every jump into one (cleanup); nothing else."""
+        with self._mutex:
+            self._read()
+            self._apply(Ruleset())
+
+    def cluster_suffixes(self) -> set[str]:
+        """Chain suffixes of the per-cluster chains present in the kernel (fresh read)."""
+        state = self.read()
+        chains = (chain for owned in state.tables.values() for chain in owned)
+        return {m.group(1) for chain in chains if (m := SUFFIX_RE.match(chain))}
+
+
+def _table_order(table: str) -> int:
+    return TABLES.index(table) if table in TABLES else len(TABLES)
+
+
+def _explain(stderr: str, script: str | None) -> str:
+    """The tool's message plus the script line it blames, if any."""
+    msg = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+    m = re.search(r"line (\d+) failed", stderr)
+    if m and script is not None:
+        lines = script.splitlines()
+        n = int(m.group(1))
+        if 0 < n <= len(lines):
+            msg += f": {lines[n - 1][:200]}"
+    return msg
