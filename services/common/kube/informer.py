@@ -53,7 +53,7 @@ class Informer:
         self.field_selector = field_selector
         self.watch_timeout = watch_timeout
         self.read_margin = read_margin
-        self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self.backoff = backoff or Backoff(base=0.5, cap=5.0)
         self.name = name or ref.plural
         self._handlers: list[Handler] = []
         self._cache: dict[str, JSON] = {}

@@ -1,0 +1,344 @@
+"""Tunnel and NatMapping controllers against the in-memory API server and an IN-PROCESS FAKE
+netagent gRPC servicer (`FakeNetAgent`).
+
+What this proves: the controllers' Kubernetes side and their use of the netagent API (role gating,
+finalizers, validation, status from the status stream, orphan collection, retries when a cluster's
+tunnel is not ready, catching up after an API outage). It does NOT prove the dataplane: the fake
+records calls and programs nothing. The dataplane proof is test_controllers_e2e.py with a real
+netagent.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from sandbox.kubeapi import KubeAPIServer
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
+from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, Manager
+from services.common.netagent_client import NetAgentClient, duration
+from services.natmap.controller import NATMAPPINGS, NatMappingController
+from services.tunnel.controller import FINALIZER, TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
+from services.tunnel.keys import parse_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "liqo-tenant-cluster-b"
+GW_NS = "liqo"
+TEP = yaml.safe_load((ROOT / "examples/tunnelendpoint.yaml").read_text())
+NM = yaml.safe_load((ROOT / "examples/natmapping.yaml").read_text())
+CID = TEP["spec"]["clusterIdentity"]["clusterID"]
+
+
+class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
+    """Records calls; keeps tunnels/mappings as data. A test double for the controllers' logic."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.role = pb.ROLE_STANDBY
+        self.private_key = ""
+        self.public_key = ""
+        self.tunnels: dict[str, pb.Tunnel] = {}
+        self.states: dict[str, int] = {}
+        self.nat: dict[str, dict[str, str]] = {}
+        self.calls: list[str] = []
+        self.version = 0  # bumped on every change, wakes the streams
+
+    def _bump(self) -> None:
+        self.version += 1
+        self.lock.notify_all()
+
+    def set_role(self, role: int) -> None:
+        with self.lock:
+            self.role = role  # type: ignore[assignment]
+            self._bump()
+
+    def set_state(self, cid: str, state: int) -> None:
+        with self.lock:
+            self.states[cid] = state
+            self._bump()
+
+    def _need_active(self, ctx: grpc.ServicerContext) -> None:
+        if self.role != pb.ROLE_ACTIVE:
+            ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "agent is not ACTIVE")
+
+    def GetInfo(self, req: Any, ctx: Any) -> pb.GetInfoResponse:
+        return pb.GetInfoResponse(role=self.role, public_key=self.public_key,
+                                  device_configured=bool(self.private_key))
+
+    def ConfigureDevice(self, req: Any, ctx: Any) -> pb.ConfigureDeviceResponse:
+        from services.tunnel.keys import public_of
+        with self.lock:
+            self.calls.append("ConfigureDevice")
+            self.private_key = req.private_key
+            self.public_key = public_of(req.private_key)
+        return pb.ConfigureDeviceResponse(public_key=self.public_key, listen_port=5871, mtu=1340)
+
+    def WatchRole(self, req: Any, ctx: Any) -> Iterator[pb.WatchRoleResponse]:
+        last = None
+        while ctx.is_active():
+            with self.lock:
+                if self.role != last:
+                    last = self.role
+                    msg = pb.WatchRoleResponse(role=self.role, epoch=1, reason="set")
+                else:
+                    self.lock.wait(0.2)
+                    continue
+            yield msg
+
+    def EnsureTunnel(self, req: Any, ctx: Any) -> pb.EnsureTunnelResponse:
+        with self.lock:
+            self._need_active(ctx)
+            self.calls.append(f"EnsureTunnel {req.tunnel.cluster_id}")
+            changed = self.tunnels.get(req.tunnel.cluster_id) != req.tunnel
+            self.tunnels[req.tunnel.cluster_id] = req.tunnel
+            self.states.setdefault(req.tunnel.cluster_id, pb.TUNNEL_STATE_CONNECTING)
+            self._bump()
+            return pb.EnsureTunnelResponse(status=self._status(req.tunnel.cluster_id), changed=changed)
+
+    def _status(self, cid: str) -> pb.TunnelStatus:
+        t = self.tunnels[cid]
+        s = pb.TunnelStatus(cluster_id=cid, state=self.states.get(cid, pb.TUNNEL_STATE_CONNECTING),  # type: ignore[arg-type]
+                            endpoint_ip=t.endpoint, endpoint_port=t.endpoint_port, public_key=t.public_key,
+                            allowed_ips=[t.remote_nat_pod_cidr if t.remote_nat_pod_cidr != "None"
+                                         else t.remote_pod_cidr, t.remote_external_cidr])
+        if s.state == pb.TUNNEL_STATE_CONNECTED:
+            s.latency.CopyFrom(duration(0.0123))
+        return s
+
+    def DeleteTunnel(self, req: Any, ctx: Any) -> pb.DeleteTunnelResponse:
+        with self.lock:
+            self._need_active(ctx)
+            self.calls.append(f"DeleteTunnel {req.cluster_id}")
+            existed = self.tunnels.pop(req.cluster_id, None) is not None
+            self.nat.pop(req.cluster_id, None)
+            self._bump()
+            return pb.DeleteTunnelResponse(deleted=existed)
+
+    def ListTunnels(self, req: Any, ctx: Any) -> pb.ListTunnelsResponse:
+        with self.lock:
+            return pb.ListTunnelsResponse(tunnels=[pb.TunnelEntry(tunnel=t) for t in self.tunnels.values()])
+
+    def WatchTunnelStatus(self, req: Any, ctx: Any) -> Iterator[pb.WatchTunnelStatusResponse]:
+        seen = -1
+        while ctx.is_active():
+            with self.lock:
+                if self.version == seen:
+                    self.lock.wait(0.2)
+                    continue
+                seen = self.version
+                msgs = [pb.WatchTunnelStatusResponse(status=self._status(c)) for c in self.tunnels]
+            yield from msgs
+
+    def SetNatMappings(self, req: Any, ctx: Any) -> pb.SetNatMappingsResponse:
+        with self.lock:
+            self._need_active(ctx)
+            self.calls.append(f"SetNatMappings {req.cluster_id}")
+            if req.cluster_id not in self.tunnels:
+                ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no tunnel for cluster {req.cluster_id}")
+            changed = self.nat.get(req.cluster_id) != dict(req.mappings)
+            self.nat[req.cluster_id] = dict(req.mappings)
+            return pb.SetNatMappingsResponse(count=len(req.mappings), changed=changed)
+
+    def DeleteNatMappings(self, req: Any, ctx: Any) -> pb.DeleteNatMappingsResponse:
+        with self.lock:
+            self._need_active(ctx)
+            self.calls.append(f"DeleteNatMappings {req.cluster_id}")
+            return pb.DeleteNatMappingsResponse(deleted=self.nat.pop(req.cluster_id, None) is not None)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def env() -> Iterator[tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]]:
+    tmp = tempfile.mkdtemp(prefix="liqo-ctl-")
+    sock = os.path.join(tmp, "agent.sock")
+    fake = FakeNetAgent()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_NetAgentServiceServicer_to_server(fake, server)
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
+    with KubeAPIServer(crd_dirs=[str(ROOT / "charts/liqo-gateway/crds")]) as api:
+        kube = KubeClient(api.api_client(), timeout=3)
+        for ns in (NS, GW_NS):
+            kube.request("POST", "/api/v1/namespaces",
+                         body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        try:
+            yield api, kube, fake, sock
+        finally:
+            server.stop(0)
+            if os.path.exists(sock):
+                os.unlink(sock)
+            os.rmdir(tmp)
+
+
+def start_tunnel(api: KubeAPIServer, sock: str) -> tuple[Manager, TunnelController, NetAgentClient]:
+    kube = KubeClient(api.api_client(), timeout=3)
+    mgr = Manager("liqo-tunnel-controller", kube, watch_timeout=5)
+    agent = NetAgentClient(sock, timeout=3, retry_deadline=2)
+    ctl = TunnelController(mgr, agent, TunnelOptions(pod_namespace=GW_NS, pod_ip="10.0.0.5", dns_refresh=1.0,
+                                                     status_min_interval=0.1, device_check_interval=0.5),
+                           workers=2, resync_period=30, backoff=Backoff(base=0.05, cap=0.5))
+    mgr.start()
+    return mgr, ctl, agent
+
+
+def get_tep(kube: KubeClient, name: str = TEP["metadata"]["name"]) -> dict[str, Any]:
+    return kube.get(TUNNEL_ENDPOINTS, name, NS)
+
+
+def reasons(kube: KubeClient, ns: str) -> list[str]:
+    return [e["reason"] for e in kube.list(EVENTS, ns)["items"]]
+
+
+def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]) -> None:
+    api, kube, fake, sock = env
+    fake.tunnels["orphan-cluster"] = pb.Tunnel(cluster_id="orphan-cluster", endpoint="192.0.2.99",
+                                               endpoint_port=1, remote_pod_cidr="10.99.0.0/16",
+                                               remote_external_cidr="10.98.0.0/16")
+    kube.create(TUNNEL_ENDPOINTS, TEP, NS)
+    mgr, ctl, agent = start_tunnel(api, sock)
+    try:
+        # The key Secret is created and handed to the agent, even while standby.
+        secret = wait_for(lambda: fake.public_key and kube.get(SECRETS, "wireguard-pubkey", GW_NS),
+                          what="key Secret created and device configured")
+        assert parse_secret(secret).public_key == fake.public_key
+        assert secret["metadata"]["labels"] == {"net.liqo.io/key": "wireguard"}
+        time.sleep(0.5)
+        # Standby: nothing mutated, no finalizer, orphan untouched.
+        assert not [c for c in fake.calls if c.startswith(("EnsureTunnel", "DeleteTunnel"))]
+        assert FINALIZER not in (get_tep(kube)["metadata"].get("finalizers") or [])
+
+        t0 = time.monotonic()
+        fake.set_role(pb.ROLE_ACTIVE)
+        wait_for(lambda: CID in fake.tunnels, what="EnsureTunnel")
+        assert FINALIZER in get_tep(kube)["metadata"]["finalizers"]
+        wait_for(lambda: "orphan-cluster" not in fake.tunnels, what="orphan removed")
+        st = wait_for(lambda: (get_tep(kube).get("status") or {}).get("connection"), what="status")
+        assert st["status"] == "Connecting"
+        assert st["statusMessage"] == "Waiting VPN connection to be established"
+        assert get_tep(kube)["status"]["gatewayIP"] == "10.0.0.5"
+        assert st["peerConfiguration"]["allowedIPs"] == "10.201.0.0/16, 10.230.0.0/16"
+        t = fake.tunnels[CID]
+        assert (t.remote_nat_pod_cidr, t.local_nat_external_cidr) == ("10.201.0.0/16", "None")
+        assert t.endpoint_port == 5871
+
+        fake.set_state(CID, pb.TUNNEL_STATE_CONNECTED)
+        conn = wait_for(lambda: (get_tep(kube)["status"]["connection"]["status"] == "Connected")
+                        and get_tep(kube)["status"]["connection"], what="Connected")
+        print(f"\nCR active -> Connected in status: {time.monotonic() - t0:.3f}s")
+        assert conn["latency"]["value"] == "12ms"
+        assert conn["statusMessage"] == "VPN connection established"
+
+        # Editing the spec converges (new key and endpoint).
+        obj = get_tep(kube)
+        new_key = "c2Vjb25kZXhhbXBsZWtleWZvcmNsdXN0ZXJjMTIzNDU="
+        kube.patch(TUNNEL_ENDPOINTS, obj["metadata"]["name"],
+                   {"spec": {"endpointIP": "192.0.2.77",
+                             "backend_config": {"publicKey": new_key, "port": "5872"}}}, NS)
+        wait_for(lambda: (fake.tunnels[CID].public_key, fake.tunnels[CID].endpoint)
+                 == (new_key, "192.0.2.77"), what="converged edit")
+
+        # An invalid spec (passes the schema, fails semantics): Error + Event, no netagent call.
+        bad = copy.deepcopy(TEP)
+        bad["metadata"]["name"] = "bad"
+        bad["spec"]["clusterIdentity"]["clusterID"] = "other-cluster"
+        bad["spec"]["remoteNATPodCIDR"] = "10.220.0.0/16"  # on our external CIDR
+        kube.create(TUNNEL_ENDPOINTS, bad, NS)
+        st = wait_for(lambda: (get_tep(kube, "bad").get("status") or {}).get("connection"), what="bad status")
+        assert st["status"] == "Error" and "overlaps" in st["statusMessage"]
+        assert "InvalidSpec" in wait_for(lambda: reasons(kube, NS), what="events")
+        assert "other-cluster" not in fake.tunnels
+        assert not [c for c in fake.calls if "other-cluster" in c]
+
+        # Standby again: mutations stop at once.
+        fake.set_role(pb.ROLE_STANDBY)
+        wait_for(lambda: ctl.controller.paused, what="paused")
+        n_calls = len(fake.calls)
+        late = copy.deepcopy(TEP)
+        late["metadata"]["name"] = "late"
+        late["spec"]["clusterIdentity"]["clusterID"] = "late-cluster"
+        late["spec"]["remotePodCIDR"] = "10.240.0.0/16"
+        late["spec"]["remoteNATPodCIDR"] = "None"
+        late["spec"]["remoteExternalCIDR"] = "10.250.0.0/16"
+        kube.create(TUNNEL_ENDPOINTS, late, NS)
+        time.sleep(1.0)
+        assert [c for c in fake.calls[n_calls:] if not c.startswith("ConfigureDevice")] == []
+        # ... and resume with a full resync.
+        fake.set_role(pb.ROLE_ACTIVE)
+        wait_for(lambda: "late-cluster" in fake.tunnels, what="late tunnel after resume")
+
+        # Deletion removes the tunnel and the finalizer.
+        kube.delete(TUNNEL_ENDPOINTS, TEP["metadata"]["name"], NS)
+        wait_for(lambda: CID not in fake.tunnels, what="DeleteTunnel")
+
+        def gone() -> bool:
+            try:
+                get_tep(kube)
+                return False
+            except Exception:
+                return True
+        wait_for(gone, what="object gone")
+    finally:
+        mgr.shutdown()
+        agent.close()
+
+
+def test_natmap_controller(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]) -> None:
+    api, kube, fake, sock = env
+    fake.set_role(pb.ROLE_ACTIVE)
+    mgr = Manager("liqo-natmap-controller", KubeClient(api.api_client(), timeout=3), watch_timeout=5)
+    agent = NetAgentClient(sock, timeout=3, retry_deadline=2)
+    ctl = NatMappingController(mgr, agent, workers=2, resync_period=30, backoff=Backoff(base=0.05, cap=0.5))
+    mgr.start()
+    try:
+        nm = copy.deepcopy(NM)
+        nm["spec"]["clusterMappings"]["10.200.3.9"] = "10.99.0.1"  # outside externalCIDR: reported
+        kube.create(NATMAPPINGS, nm)
+        # No tunnel yet: retried with backoff, reported.
+        wait_for(lambda: "TunnelNotReady" in reasons(kube, "default"), what="TunnelNotReady event")
+        assert CID not in fake.nat
+        # The tunnel appears (TunnelEndpoint + netagent tunnel): applied without waiting for a resync.
+        fake.tunnels[CID] = pb.Tunnel(cluster_id=CID, endpoint="192.0.2.10", endpoint_port=5871,
+                                      remote_pod_cidr="10.201.0.0/16", remote_external_cidr="10.230.0.0/16")
+        kube.create(TUNNEL_ENDPOINTS, TEP, NS)
+        wait_for(lambda: CID in fake.nat, what="mappings applied")
+        assert fake.nat[CID] == {"169.254.0.1": "10.220.0.1", "10.200.3.7": "10.220.0.2",
+                                 "192.168.1.20": "10.220.0.3"}
+        assert "InvalidMappings" in reasons(kube, "default")
+        # Change.
+        kube.patch(NATMAPPINGS, nm["metadata"]["name"], {"spec": {"clusterMappings": {"10.200.3.7": None}}})
+        wait_for(lambda: "10.200.3.7" not in fake.nat.get(CID, {"10.200.3.7": ""}), what="mapping removed")
+        # API outage: nothing crashes; changes made meanwhile are caught up afterwards.
+        api.hooks.pause(3)
+        time.sleep(3.5)
+        kube.patch(NATMAPPINGS, nm["metadata"]["name"],
+                   {"spec": {"clusterMappings": {"10.200.4.4": "10.220.0.4"}}})
+        wait_for(lambda: fake.nat.get(CID, {}).get("10.200.4.4") == "10.220.0.4", timeout=15,
+                 what="caught up after the outage")
+        # Deletion.
+        kube.delete(NATMAPPINGS, nm["metadata"]["name"])
+        wait_for(lambda: CID not in fake.nat, what="DeleteNatMappings")
+        assert ctl.controller.alive()
+    finally:
+        mgr.shutdown()
+        agent.close()
