@@ -1,0 +1,290 @@
+"""liqo-labeler end to end against the in-memory API server: two real labeler processes (the console
+script's module, default 7 s / 5 s / 2 s timings unless a test says otherwise), each talking to its own
+FAKE netagent (test_labeler_fakes.RecordingNetAgent: the real fencing grant, recorded calls) hosted in
+this process so that both agents' roles are read on one clock. Both roles are sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from test_labeler_fakes import RecordingNetAgent, overlap, serve
+
+from sandbox.kubeapi import KubeAPIServer
+from services.common.kube import LEASES, PODS, SERVICES, KubeClient, ResourceRef
+from services.labeler.labels import GATEWAY_LABEL, NODE_IP_ANNOTATION
+from services.labeler.main import DEFAULT_LEASE
+
+NS = "liqo"
+SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "networking"}
+NAMESPACES = ResourceRef("", "v1", "namespaces", "Namespace", namespaced=False)
+REPO = Path(__file__).resolve().parents[2]
+IPS = {"gw-a": "10.0.0.11", "gw-b": "10.0.0.12"}
+
+
+@dataclass
+class Labeler:
+    name: str
+    agent: RecordingNetAgent
+    socket: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def http_port(self) -> int | None:
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "serving /healthz" in line:
+                return int(json.loads(line)["port"])
+        return None
+
+
+class Env:
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.api = KubeAPIServer().start()
+        self.kubeconfig = str(self.api.write_kubeconfig(Path(tmp) / "kubeconfig"))
+        self.client = KubeClient.from_kubeconfig(self.kubeconfig, timeout=5)
+        self.labelers: dict[str, Labeler] = {}
+        self.servers: list[object] = []
+        self.samples = 0
+        self.double_active = 0
+        self._stop_sampling = threading.Event()
+        self.client.create(NAMESPACES, {"metadata": {"name": NS}})
+        for name in ("gw-a", "gw-b", "gw-c"):  # gw-c: a gateway pod without a labeler (still starting)
+            self.client.create(PODS, pod(name), NS)
+        self.client.create(SERVICES, service("liqo-gateway"), NS)
+        self.client.create(SERVICES, {"metadata": {"name": "unrelated", "namespace": NS}, "spec": {"ports": [
+            {"port": 80, "protocol": "TCP"}]}}, NS)
+
+    def add(self, name: str, *extra: str) -> Labeler:
+        agent = RecordingNetAgent(name)
+        sock = f"{self.tmp}/{name}.sock"
+        self.servers.append(serve(agent, sock))
+        lb = Labeler(name, agent, sock, Path(self.tmp) / f"{name}.log", extra=list(extra))
+        self.labelers[name] = lb
+        return lb
+
+    def start(self, lb: Labeler) -> None:
+        env = {
+            **os.environ,
+            "POD_NAME": lb.name,
+            "POD_NAMESPACE": NS,
+            "POD_IP": IPS[lb.name],
+            "PYTHONPATH": str(REPO),
+        }
+        cmd = [
+            sys.executable, "-m", "services.labeler.main",
+            "--kubeconfig", self.kubeconfig,
+            "--netagent-socket", lb.socket,
+            "--http-bind-address", "127.0.0.1:0",
+            "--workers", "1",
+            *lb.extra,
+        ]  # fmt: skip
+        with open(lb.log_path, "ab") as logf:
+            lb.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf, cwd=REPO)
+
+    def sample(self) -> None:
+        while not self._stop_sampling.wait(0.05):
+            self.samples += 1
+            if sum(1 for lb in self.labelers.values() if lb.agent.active()) > 1:
+                self.double_active += 1
+
+    def start_sampling(self) -> None:
+        threading.Thread(target=self.sample, daemon=True).start()
+
+    def active_overlap(self) -> float:
+        a, b = (lb.agent.active_intervals() for lb in self.labelers.values())
+        return overlap(a, b)
+
+    def labels(self) -> dict[str, str | None]:
+        items = self.client.list(PODS, NS)["items"]
+        return {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(GATEWAY_LABEL) for p in items}
+
+    def annotation(self) -> str | None:
+        svc = self.client.get(SERVICES, "liqo-gateway", NS)
+        return (svc["metadata"].get("annotations") or {}).get(NODE_IP_ANNOTATION)
+
+    def holder(self) -> str:
+        return str(self.client.get(LEASES, DEFAULT_LEASE, NS)["spec"].get("holderIdentity") or "")
+
+    def close(self) -> None:
+        self._stop_sampling.set()
+        for lb in self.labelers.values():
+            if lb.proc is not None and lb.proc.poll() is None:
+                lb.proc.kill()
+                lb.proc.wait(5)
+        for s in self.servers:
+            s.stop(0)  # type: ignore[attr-defined]
+        self.client.close()
+        self.api.stop()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"--- {lb.name}\n" + lb.log_path.read_text(errors="replace")[-3000:]
+                         for lb in self.labelers.values() if lb.log_path.exists())
+
+
+def pod(name: str) -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": NS, "labels": dict(SELECTOR)},
+            "spec": {"containers": [{"name": "labeler", "image": "liqo-gateway"}]}}
+
+
+def service(name: str) -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": NS, "labels": dict(SELECTOR)},
+            "spec": {"selector": {**SELECTOR, GATEWAY_LABEL: "active"},
+                     "ports": [{"port": 5871, "protocol": "UDP"}]}}
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^liqo_labeler_{name} (\S+)$", text, re.M)
+    assert m, f"{name} not exported"
+    return float(m.group(1))
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return True
+        except Exception:  # the API server may be paused on purpose
+            pass
+        time.sleep(0.05)
+    return cond()
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    with tempfile.TemporaryDirectory(prefix="liqo-lbl-") as tmp:
+        e = Env(tmp)
+        try:
+            yield e
+        finally:
+            e.close()
+            assert all(not lb.alive() for lb in e.labelers.values())
+
+
+def start_pair(env: Env, *extra: str) -> tuple[Labeler, Labeler]:
+    a, b = env.add("gw-a", *extra), env.add("gw-b", *extra)
+    env.start_sampling()
+    env.start(a)
+    env.start(b)
+    assert wait_for(lambda: a.agent.active() or b.agent.active(), 15), env.dump_logs()
+    leader, follower = (a, b) if a.agent.active() else (b, a)
+    return leader, follower
+
+
+def expect_labels(env: Env, leader: str, timeout: float = 5.0) -> None:
+    want = {n: ("active" if n == leader else "standby") for n in ("gw-a", "gw-b", "gw-c")}
+    assert wait_for(lambda: env.labels() == want, timeout), (env.labels(), env.dump_logs())
+    assert wait_for(lambda: env.annotation() == IPS[leader], timeout), env.dump_logs()
+
+
+def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
+    leader, follower = start_pair(env)
+    assert env.holder() == leader.name
+    expect_labels(env, leader.name)
+    time.sleep(4.0)  # two renewals: nothing moves
+    assert env.holder() == leader.name and not follower.agent.active()
+    assert [c.active for c in follower.agent.calls] == [False]
+
+    port = leader.http_port()
+    assert port is not None
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r"^liqo_labeler_is_leader 1\.0$", metrics, re.M), metrics
+    assert re.search(r"^liqo_labeler_netagent_role_active 1\.0$", metrics, re.M)
+    assert re.search(r'^liqo_labeler_leadership_changes_total\{change="acquired"\} 1\.0$', metrics, re.M)
+
+    assert leader.proc is not None
+    killed = time.monotonic()
+    leader.proc.send_signal(signal.SIGKILL)
+    leader.proc.wait(5)
+    assert wait_for(follower.agent.active, 7 + 2 + 3), env.dump_logs()
+    became = follower.agent.became_active_at(killed)
+    assert became is not None
+    print(f"\nSIGKILL handover: {became - killed:.2f}s (bound: lease 7 s + retry 2 s)")
+    assert became - killed <= 7 + 2
+    expect_labels(env, follower.name)
+    assert env.active_overlap() == 0.0
+    assert env.double_active == 0 and env.samples > 100
+    fport = follower.http_port()
+    fm = urllib.request.urlopen(f"http://127.0.0.1:{fport}/metrics", timeout=5).read().decode()
+    failover, leaderless = (metric(fm, n) for n in ("last_failover_seconds", "last_leaderless_seconds"))
+    print(f"acquire->ACTIVE {failover * 1000:.1f} ms, leaderless (since last renewal) {leaderless:.2f}s")
+    assert 0 <= failover < 1.0
+    assert 7 <= leaderless <= 7 + 2 + 2
+
+
+def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
+    leader, follower = start_pair(env)
+    expect_labels(env, leader.name)
+    assert leader.proc is not None
+    stopped = time.monotonic()
+    leader.proc.send_signal(signal.SIGTERM)
+    assert wait_for(follower.agent.active, 5), env.dump_logs()
+    became = follower.agent.became_active_at(stopped)
+    assert became is not None
+    print(f"\nSIGTERM handover: {became - stopped:.3f}s")
+    assert became - stopped < 2.0
+    assert leader.proc.wait(10) == 0
+    assert leader.agent.calls[-1].active is False  # fenced on the way out
+    expect_labels(env, follower.name)
+    assert env.active_overlap() == 0.0 and env.double_active == 0
+
+
+def test_api_outage_shorter_than_grace_keeps_the_dataplane(env: Env) -> None:
+    leader, follower = start_pair(env, "--outage-grace", "20")
+    expect_labels(env, leader.name)
+    epoch = leader.agent.calls[-1].epoch
+    env.api.hooks.pause(10)
+    end = time.monotonic() + 10
+    dropped = 0
+    while time.monotonic() < end:
+        dropped += 0 if leader.agent.active() else 1
+        assert not follower.agent.active()
+        time.sleep(0.05)
+    assert dropped == 0, "the leader's role lapsed during a 10 s outage with a 20 s grace"
+    assert env.api.wait_listening(5)
+    # Catches up: renews the same tenure, no new epoch, both processes alive, labels intact.
+    assert wait_for(lambda: env.holder() == leader.name, 5)
+    time.sleep(3)
+    assert env.holder() == leader.name and leader.agent.calls[-1].epoch == epoch
+    assert leader.alive() and follower.alive()
+    expect_labels(env, leader.name)
+    assert env.double_active == 0 and env.active_overlap() == 0.0
+
+
+def test_api_outage_longer_than_grace_lets_the_role_expire(env: Env) -> None:
+    leader, follower = start_pair(env, "--outage-grace", "8")
+    expect_labels(env, leader.name)
+    paused = time.monotonic()
+    env.api.hooks.pause(14)
+    assert wait_for(lambda: not leader.agent.active(), 8 + 1), env.dump_logs()
+    lapsed = time.monotonic() - paused
+    print(f"\nrole lapsed {lapsed:.2f}s into the outage (grace 8 s)")
+    assert 8 - 2 - 0.5 <= lapsed <= 8 + 0.5  # last renewal was at most one retry period before the pause
+    assert not follower.agent.active()
+    assert env.api.wait_listening(10)
+    assert wait_for(lambda: leader.agent.active() or follower.agent.active(), 7 + 2 + 3), env.dump_logs()
+    new_leader = leader if leader.agent.active() else follower
+    expect_labels(env, new_leader.name)
+    time.sleep(2)
+    assert sum(1 for lb in (leader, follower) if lb.agent.active()) == 1
+    assert leader.alive() and follower.alive()
+    assert env.double_active == 0 and env.active_overlap() == 0.0
