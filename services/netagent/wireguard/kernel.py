@@ -1,0 +1,180 @@
+"""The kernel WireGuard backend, through pyroute2's netlink (rtnetlink for the link, the generic
+netlink family "wireguard" for keys and peers). The netlink boundary is injectable so it can be
+unit-tested without the module; the userspace backend covers the real dataplane in tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from pyroute2 import WireGuard
+
+from services.netagent.config import AgentConfig
+from services.netagent.netns import host_iproute, kernel_errors, netns_iproute
+from services.netagent.wireguard import link as wglink
+from services.netagent.wireguard.keys import decode_b64, public_key_of
+from services.netagent.wireguard.model import PeerConfig, PeerState
+
+__all__ = ["KernelDevice", "kernel_module_available"]
+
+WGPEER_F_REMOVE_ME = 0x1
+
+
+def kernel_module_available(sys_root: str = "/sys", lib_root: str = "/lib/modules",
+                            release: str | None = None) -> bool:
+    """True when the wireguard module is loaded or built in, or can be loaded (present on disk)."""
+    if os.path.isdir(os.path.join(sys_root, "module", "wireguard")):
+        return True
+    release = release or os.uname().release
+    base = os.path.join(lib_root, release)
+    try:
+        with open(os.path.join(base, "modules.builtin")) as f:
+            if any(line.rstrip().endswith("/wireguard.ko") for line in f):
+                return True
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(base, "modules.dep")) as f:
+            return any(line.split(":", 1)[0].rsplit("/", 1)[-1].startswith("wireguard.ko") for line in f)
+    except OSError:
+        return False
+
+
+def _key(value: Any) -> str:
+    """pyroute2 decodes keys to base64 bytes; normalize to str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def peer_state_of(nla: Any) -> PeerState:
+    """A PeerState from a WGDEVICE_A_PEERS entry of pyroute2's `info()` reply."""
+    endpoint = nla.get_attr("WGPEER_A_ENDPOINT")
+    hs = nla.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+    allowed = []
+    for a in nla.get_attr("WGPEER_A_ALLOWEDIPS") or []:
+        addr = a.get("addr")
+        if addr and ":" not in addr:
+            allowed.append(IPv4Network(addr, strict=False))
+    ep_ip: IPv4Address | None = None
+    ep_port: int | None = None
+    if endpoint is not None and ":" not in str(endpoint.get("addr", ":")):
+        ep_ip, ep_port = IPv4Address(endpoint["addr"]), int(endpoint["port"])
+    last = None
+    if hs is not None and hs.get("tv_sec"):
+        last = hs["tv_sec"] + hs.get("tv_nsec", 0) / 1e9
+    return PeerState(
+        public_key=_key(nla.get_attr("WGPEER_A_PUBLIC_KEY")),
+        endpoint_ip=ep_ip,
+        endpoint_port=ep_port,
+        allowed_ips=tuple(allowed),
+        persistent_keepalive=nla.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0,
+        last_handshake=last,
+        rx_bytes=nla.get_attr("WGPEER_A_RX_BYTES") or 0,
+        tx_bytes=nla.get_attr("WGPEER_A_TX_BYTES") or 0,
+    )
+
+
+class KernelDevice:
+    implementation = "kernel"
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        host: Callable[[], Any] | None = None,
+        gw: Callable[[], Any] | None = None,
+        wg: Callable[[], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._host = host or host_iproute
+        self._gw = gw or (lambda: netns_iproute(cfg.netns_name))
+        # The genl socket must live in the netns: the kernel looks the device up by name there.
+        self._wg = wg or (lambda: WireGuard(netns=cfg.netns_name, flags=0))
+
+    # ---- device ----
+
+    def _info(self) -> list[Any]:
+        with self._wg() as wg, kernel_errors(f"wireguard info {self.cfg.wg_device}"):
+            return list(wg.info(self.cfg.wg_device))
+
+    def exists(self) -> bool:
+        where, kind = wglink.find_link(self.cfg, self._host, self._gw)
+        return where is not None and kind == "wireguard"
+
+    def ensure(self, private_key_b64: str | None, listen_port: int, mtu: int) -> bool:
+        if private_key_b64 is not None:
+            decode_b64(private_key_b64)  # validate before touching anything
+        changed = False
+        where, kind = wglink.find_link(self.cfg, self._host, self._gw)
+        if where is not None and kind != "wireguard":
+            # A userspace TUN of the same (Liqo-owned) name: replaced, its daemon exits with it.
+            wglink.delete_link(self.cfg, self._host, self._gw)
+            where = None
+        if where is None:
+            with self._host() as h, kernel_errors(f"create {self.cfg.wg_device}"):
+                h.link("add", ifname=self.cfg.wg_device, kind="wireguard")
+            changed = True
+        changed |= wglink.place_link(self.cfg, mtu, self._host, self._gw)
+        info = self._info()
+        attrs = info[0] if info else None
+        have_port = attrs.get_attr("WGDEVICE_A_LISTEN_PORT") if attrs is not None else None
+        have_pub = attrs.get_attr("WGDEVICE_A_PUBLIC_KEY") if attrs is not None else None
+        args: dict[str, Any] = {}
+        if have_port != listen_port:
+            args["listen_port"] = listen_port
+        if private_key_b64 is not None and (have_pub is None
+                                            or _key(have_pub) != public_key_of(private_key_b64)):
+            args["private_key"] = private_key_b64
+        if args:
+            with self._wg() as wg, kernel_errors(f"configure {self.cfg.wg_device}"):
+                wg.set(self.cfg.wg_device, **args)
+            changed = True
+        return changed
+
+    def public_key(self) -> str | None:
+        try:
+            info = self._info()
+        except OSError:
+            return None
+        if not info:
+            return None
+        pub = info[0].get_attr("WGDEVICE_A_PUBLIC_KEY")
+        return _key(pub) if pub else None
+
+    def delete(self) -> bool:
+        return wglink.delete_link(self.cfg, self._host, self._gw)
+
+    # ---- peers ----
+
+    def peers(self) -> list[PeerState]:
+        out: list[PeerState] = []
+        for msg in self._info():  # a large peer list spans several messages
+            for nla in msg.get_attr("WGDEVICE_A_PEERS") or []:
+                out.append(peer_state_of(nla))
+        return out
+
+    def set_peer(self, peer: PeerConfig) -> None:
+        spec = {
+            "public_key": peer.public_key,
+            "endpoint_addr": str(peer.endpoint_ip),
+            "endpoint_port": peer.endpoint_port,
+            "persistent_keepalive": peer.persistent_keepalive,
+            "allowed_ips": [str(n) for n in peer.allowed_ips],
+            "replace_allowed_ips": True,
+        }
+        with self._wg() as wg, kernel_errors(f"set peer on {self.cfg.wg_device}"):
+            wg.set(self.cfg.wg_device, peer=spec)
+
+    def remove_peer(self, public_key: str) -> bool:
+        if all(p.public_key != public_key for p in self.peers()):
+            return False
+        with self._wg() as wg, kernel_errors(f"remove peer on {self.cfg.wg_device}"):
+            wg.set(self.cfg.wg_device, peer={"public_key": public_key, "remove": True})
+        return True
+
+    def remove_all_peers(self) -> None:
+        # pyroute2 cannot send WGDEVICE_F_REPLACE_PEERS; remove them one by one.
+        for p in self.peers():
+            self.remove_peer(p.public_key)
+
