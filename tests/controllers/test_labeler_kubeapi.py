@@ -24,7 +24,7 @@ import pytest
 from test_labeler_fakes import RecordingNetAgent, overlap, serve
 
 from sandbox.kubeapi import KubeAPIServer
-from services.common.kube import LEASES, PODS, SERVICES, KubeClient, ResourceRef
+from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
 from services.labeler.labels import GATEWAY_LABEL, NODE_IP_ANNOTATION
 from services.labeler.main import DEFAULT_LEASE
 
@@ -288,3 +288,21 @@ def test_api_outage_longer_than_grace_lets_the_role_expire(env: Env) -> None:
     assert sum(1 for lb in (leader, follower) if lb.agent.active()) == 1
     assert leader.alive() and follower.alive()
     assert env.double_active == 0 and env.active_overlap() == 0.0
+
+
+def test_ambiguous_service_is_reported_and_retried(env: Env) -> None:
+    env.client.create(SERVICES, service("liqo-gateway-old"), NS)
+    a = env.add("gw-a")
+    env.start(a)
+    assert wait_for(a.agent.active, 15), env.dump_logs()
+    assert wait_for(lambda: env.labels()["gw-a"] == "active", 5)
+
+    def warned() -> bool:
+        events = env.client.list(EVENTS, NS)["items"]
+        return any(e.get("reason") == "GatewayServiceNotUnique" and e.get("type") == "Warning"
+                   and e["involvedObject"]["name"] == "gw-a" for e in events)
+
+    assert wait_for(warned, 10), env.client.list(EVENTS, NS)["items"]
+    assert env.annotation() is None
+    env.client.delete(SERVICES, "liqo-gateway-old", NS)
+    assert wait_for(lambda: env.annotation() == IPS["gw-a"], 15), env.dump_logs()
