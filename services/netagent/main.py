@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("removed every Liqo object on this node")
         return 0
 
-    metrics = NetagentMetrics()
+    metrics = NetagentMetrics(device=cfg.wg_device)
     agent = agent_mod.Agent(cfg, on_apply=metrics.observe_apply)
     agent.start()
     metrics.bind(agent)
