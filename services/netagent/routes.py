@@ -47,7 +47,7 @@ RTNH_F_ONLINK = 4
 FR_ACT_TO_TBL = 1
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
     """An IPv4 unicast route: `dst [via gateway] dev dev [onlink] table table`."""
 
@@ -67,7 +67,7 @@ class Route:
         return f"{self.dst}{via} dev {self.dev}{' onlink' if self.onlink else ''} table {self.table}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """An IPv4 policy rule `[from src] [to dst] lookup table priority priority`.
 
@@ -133,7 +133,7 @@ T = TypeVar("T")
 def plan(current: Iterable[T], desired: Iterable[T]) -> tuple[list[T], list[T]]:
     """(to_add, to_remove), both sorted so that the writes are deterministic."""
     cur, want = set(current), set(desired)
-    return sorted(want - cur), sorted(cur - want)  # type: ignore[type-var]
+    return sorted(want - cur, key=str), sorted(cur - want, key=str)
 
 
 # ---- reading the kernel ------------------------------------------------------------------------------
