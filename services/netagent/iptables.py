@@ -314,11 +314,12 @@ def _table_order(table: str) -> int:
 
 def _explain(stderr: str, script: str | None) -> str:
     """The tool's message plus the script line it blames, if any."""
-    msg = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
-    m = re.search(r"line (\d+) failed", stderr)
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Try `")]
+    msg = "; ".join(lines) or "no message"
+    m = re.search(r"line (\d+) failed|at line: (\d+)", stderr)
     if m and script is not None:
         lines = script.splitlines()
-        n = int(m.group(1))
+        n = int(m.group(1) or m.group(2))
         if 0 < n <= len(lines):
-            msg += f": {lines[n - 1][:200]}"
+            msg += f" (script line {n}: {lines[n - 1][:200]})"
     return msg
