@@ -69,8 +69,8 @@ def _iptables(save: str) -> list[str]:
         if line.startswith("*"):
             table = [line]
         elif line == "COMMIT":
-            meaningful = any(l.startswith("-") for l in table) or any(
-                l.startswith(":") and not l.split()[1] in ("ACCEPT", "-") for l in table
+            meaningful = any(x.startswith("-") for x in table) or any(
+                x.startswith(":") and x.split()[1] not in ("ACCEPT", "-") for x in table
             )
             if meaningful:
                 out += [*table, line]
@@ -82,7 +82,8 @@ def _iptables(save: str) -> list[str]:
 
 def host_snapshot() -> dict[str, list[str]]:
     links = [m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)", _out("ip", "-o", "link", "show"), re.M)]
-    routes = [re.sub(r"expires \d+sec ", "", line) for line in _out("ip", "route", "show", "table", "all").splitlines()]
+    routes = [re.sub(r"expires \d+sec ", "", line)
+              for line in _out("ip", "route", "show", "table", "all").splitlines()]
     routes6 = [re.sub(r"expires \d+sec ", "", line)
                for line in _out("ip", "-6", "route", "show", "table", "all").splitlines()]
     return {

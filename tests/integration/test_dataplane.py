@@ -2,7 +2,8 @@
 
 Every function under test runs in a forked child that entered the node's namespaces (`Node.call`),
 and every check reads the kernel back with `ip`. A dummy link stands in for the WireGuard device
-here (the routes only need a device; this kernel has no dummy module, so a veth end it is); tests/integration/test_wireguard.py uses the real one.
+here (the routes only need a device; this kernel has no dummy module, so a veth end it is);
+tests/integration/test_wireguard.py uses the real one.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def test_routes_and_rules_converge_and_never_touch_foreign_state(node_factory: C
     ]
     for cmd in foreign_host:
         node.run(*cmd)
-    node.exec_in_netns(NS, ["ip", "route", "add", "10.97.0.0/16", "via", "169.254.100.2", "dev", "liqo.gateway"])
+    node.exec_in_netns(NS, ["ip", "route", "add", "10.97.0.0/16", "via", "169.254.100.2",
+                            "dev", "liqo.gateway"])
     # Stale Liqo state left by a previous agent: to be removed since nobody claims it.
     node.run("ip", "rule", "add", "from", "10.250.0.0/16", "lookup", str(CFG.table_id), "priority", "7")
     node.run("ip", "route", "add", "10.250.0.0/16", "dev", "eth9", "table", str(CFG.table_id))
@@ -183,12 +185,12 @@ def test_routes_and_rules_converge_and_never_touch_foreign_state(node_factory: C
         f"{p}:\t{sel} lookup {t}" for net in ("10.60.0.0/16", "10.61.0.0/16", "10.70.0.0/16", "10.71.0.0/16")
         for sel in (f"from {net}", f"from all to {net}")
     )
-    table = sorted(line.strip() for line in node.run("ip", "route", "show", "table", str(t)).stdout.splitlines())
+    table = sorted(x.strip() for x in node.run("ip", "route", "show", "table", str(t)).stdout.splitlines())
     assert table == sorted(f"{net} via 169.254.100.1 dev liqo.host onlink" for net in
                            ("10.60.0.0/16", "10.61.0.0/16", "10.70.0.0/16", "10.71.0.0/16"))
     tunnel = node.exec_in_netns(NS, ["ip", "route", "show", "dev", CFG.wg_device]).stdout.split("\n")
     assert sorted(x.strip() for x in tunnel if x) == [
-        "10.60.0.0/16 scope link", "10.61.0.0/16 scope link", "10.70.0.0/16 scope link", "10.71.0.0/16 scope link"]
+        f"{net} scope link" for net in ("10.60.0.0/16", "10.61.0.0/16", "10.70.0.0/16", "10.71.0.0/16")]
 
     def foreign(st: dict[str, str]) -> dict[str, list[str]]:
         return {
