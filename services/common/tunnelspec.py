@@ -126,7 +126,9 @@ class TunnelSpec:
         if not 1 <= endpoint_port <= 65535:
             raise SpecError(f"endpoint_port: {endpoint_port} not in 1..65535")
         if not 0 <= persistent_keepalive <= MAX_KEEPALIVE_SECONDS:
-            raise SpecError(f"persistent_keepalive: {persistent_keepalive}s not in 0..{MAX_KEEPALIVE_SECONDS}")
+            raise SpecError(
+                f"persistent_keepalive: {persistent_keepalive}s not in 0..{MAX_KEEPALIVE_SECONDS}"
+            )
 
         def req(field: str, value: str) -> IPv4Network:
             net = parse_cidr(field, value)
@@ -158,7 +160,9 @@ class TunnelSpec:
 
     def _check_consistency(self) -> None:
         if self.local_nat_pod_cidr and self.local_nat_pod_cidr.prefixlen != self.local_pod_cidr.prefixlen:
-            raise SpecError("local_nat_pod_cidr: must have the prefix length of local_pod_cidr (NETMAP is 1:1)")
+            raise SpecError(
+                "local_nat_pod_cidr: must have the prefix length of local_pod_cidr (NETMAP is 1:1)"
+            )
         if (
             self.local_nat_external_cidr
             and self.local_nat_external_cidr.prefixlen != self.local_external_cidr.prefixlen
@@ -166,10 +170,14 @@ class TunnelSpec:
             raise SpecError("local_nat_external_cidr: must have the prefix length of local_external_cidr")
         if self.eff_remote_pod_cidr.overlaps(self.eff_remote_external_cidr):
             raise SpecError("remote pod and external CIDRs (after remapping) overlap")
-        for name, net in (("remote pod CIDR", self.eff_remote_pod_cidr),
-                          ("remote external CIDR", self.eff_remote_external_cidr)):
-            for lname, lnet in (("local_pod_cidr", self.local_pod_cidr),
-                                ("local_external_cidr", self.local_external_cidr)):
+        for name, net in (
+            ("remote pod CIDR", self.eff_remote_pod_cidr),
+            ("remote external CIDR", self.eff_remote_external_cidr),
+        ):
+            for lname, lnet in (
+                ("local_pod_cidr", self.local_pod_cidr),
+                ("local_external_cidr", self.local_external_cidr),
+            ):
                 if net.overlaps(lnet):
                     raise SpecError(f"{name} {net} (after remapping) overlaps {lname} {lnet}: set a NAT CIDR")
         if self.eff_remote_external_cidr.num_addresses < 4:

@@ -7,6 +7,7 @@ own diffs, so converging an unchanged state writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -121,8 +122,11 @@ class Agent:
         self._expiry_thread.start()
         log.info(
             "netagent started",
-            extra={"tunnels": len(self._state.tunnels), "role": self._fence.current().role.value,
-                   "implementation": self.device.implementation},
+            extra={
+                "tunnels": len(self._state.tunnels),
+                "role": self._fence.current().role.value,
+                "implementation": self.device.implementation,
+            },
         )
 
     def stop(self) -> None:
@@ -219,15 +223,7 @@ class Agent:
     def ensure_tunnel(self, spec: TunnelSpec) -> tuple[TunnelView, bool]:
         with self._lock:
             self._require_active()
-            for other in self._state.tunnels.values():
-                if other.cluster_id == spec.cluster_id:
-                    continue
-                for mine in spec.allowed_ips:
-                    for theirs in other.allowed_ips:
-                        if mine.overlaps(theirs):
-                            raise SpecError(
-                                f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}: remap it"
-                            )
+            self._check_no_overlap(spec)
             old = self._state.tunnels.get(spec.cluster_id)
             if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
                 # Mappings are addresses of the old external CIDR: re-check them against the new one.
@@ -247,6 +243,18 @@ class Agent:
         self._update_probe_targets()
         self._notify()
         return view, changed or kernel_changed
+
+    def _check_no_overlap(self, spec: TunnelSpec) -> None:
+        """Two tunnels routing the same addresses would steal each other's traffic."""
+        for other in self._state.tunnels.values():
+            if other.cluster_id == spec.cluster_id:
+                continue
+            for mine in spec.allowed_ips:
+                for theirs in other.allowed_ips:
+                    if mine.overlaps(theirs):
+                        raise SpecError(
+                            f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}"
+                        )
 
     def delete_tunnel(self, cluster_id: str) -> bool:
         check_cluster_id(cluster_id)
@@ -443,14 +451,10 @@ def cleanup(cfg: AgentConfig) -> None:
     routes.remove_host_routing(cfg)
     if netns.netns_exists(cfg.netns_name):
         iptables.Iptables(cfg.netns_name).remove_all()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         open_device(cfg, create=False).delete()
-    except FileNotFoundError:
-        pass
     veth.delete_veth(cfg)
     netns.delete_netns(cfg.netns_name)
     for path in (cfg.state_path, cfg.socket_path):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass

@@ -25,10 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Privileged Liqo gateway dataplane agent: serves liqo.netagent.v1 on a Unix socket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("command", nargs="?", choices=["serve", "cleanup"], default="serve",
-                   help="serve the API, or remove every Liqo object on this node (uninstall) and exit")
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=["serve", "cleanup"],
+        default="serve",
+        help="serve the API, or remove every Liqo object on this node (uninstall) and exit",
+    )
     p.add_argument("--socket", default=D.socket_path, help="Unix socket to serve on (mode 0660)")
-    p.add_argument("--socket-group", default="", help="group (name or gid) owning the socket; the controllers' group")
+    p.add_argument(
+        "--socket-group", default="", help="group (name or gid) owning the socket; the controllers' group"
+    )
     p.add_argument("--netns", default=D.netns_name, help="name of the gateway network namespace")
     p.add_argument("--host-veth", default=D.host_veth, help="veth end in the host namespace")
     p.add_argument("--gateway-veth", default=D.gateway_veth, help="veth end in the gateway namespace")
@@ -36,16 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=D.listen_port, help="WireGuard UDP port")
     p.add_argument("--mtu", type=int, default=D.mtu, help="MTU of the tunnel and veth (underlay MTU - 60)")
     p.add_argument("--table-id", type=int, default=D.table_id, help="host routing table for remote CIDRs")
-    p.add_argument("--rule-priority", type=int, default=D.rule_priority, help="priority of the host policy rules")
-    p.add_argument("--tunnel-ip", default=str(D.tunnel_ip), help="address of the WireGuard device (probe target)")
+    p.add_argument(
+        "--rule-priority", type=int, default=D.rule_priority, help="priority of the host policy rules"
+    )
+    p.add_argument(
+        "--tunnel-ip", default=str(D.tunnel_ip), help="address of the WireGuard device (probe target)"
+    )
     p.add_argument("--probe-port", type=int, default=D.probe_port, help="UDP port of the connectivity probe")
-    p.add_argument("--probe-interval", type=float, default=D.probe_interval, help="seconds between probe pings")
-    p.add_argument("--probe-loss-threshold", type=int, default=D.probe_loss_threshold,
-                   help="lost pings before a tunnel is disconnected")
-    p.add_argument("--wireguard-implementation", choices=["auto", "kernel", "userspace"],
-                   default=D.wireguard_implementation, help="auto: kernel module when present, else wireguard-go")
-    p.add_argument("--state-path", default=D.state_path, help="where desired state is kept for restart adoption")
-    p.add_argument("--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off")
+    p.add_argument(
+        "--probe-interval", type=float, default=D.probe_interval, help="seconds between probe pings"
+    )
+    p.add_argument(
+        "--probe-loss-threshold",
+        type=int,
+        default=D.probe_loss_threshold,
+        help="lost pings before a tunnel is disconnected",
+    )
+    p.add_argument(
+        "--wireguard-implementation",
+        choices=["auto", "kernel", "userspace"],
+        default=D.wireguard_implementation,
+        help="auto: kernel module when present, else wireguard-go",
+    )
+    p.add_argument(
+        "--state-path", default=D.state_path, help="where desired state is kept for restart adoption"
+    )
+    p.add_argument(
+        "--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 

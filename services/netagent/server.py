@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -183,7 +184,9 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
     ) -> pb.ConfigureDeviceResponse:
         def run() -> pb.ConfigureDeviceResponse:
             key = self.agent.configure_device(request.private_key, request.listen_port, request.mtu)
-            return pb.ConfigureDeviceResponse(public_key=key, listen_port=self.agent.listen_port, mtu=self.agent.mtu)
+            return pb.ConfigureDeviceResponse(
+                public_key=key, listen_port=self.agent.listen_port, mtu=self.agent.mtu
+            )
 
         return self._call("ConfigureDevice", context, run)
 
@@ -241,14 +244,22 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         self, request: pb.DeleteTunnelRequest, context: grpc.ServicerContext
     ) -> pb.DeleteTunnelResponse:
         return self._call(
-            "DeleteTunnel", context, lambda: pb.DeleteTunnelResponse(deleted=self.agent.delete_tunnel(request.cluster_id))
+            "DeleteTunnel",
+            context,
+            lambda: pb.DeleteTunnelResponse(deleted=self.agent.delete_tunnel(request.cluster_id)),
         )
 
-    def ListTunnels(self, request: pb.ListTunnelsRequest, context: grpc.ServicerContext) -> pb.ListTunnelsResponse:
+    def ListTunnels(
+        self, request: pb.ListTunnelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTunnelsResponse:
         def run() -> pb.ListTunnelsResponse:
             return pb.ListTunnelsResponse(
                 tunnels=[
-                    pb.TunnelEntry(tunnel=spec_to_pb(v.spec), status=status_to_pb(v), nat_mapping_count=v.nat_mapping_count)
+                    pb.TunnelEntry(
+                        tunnel=spec_to_pb(v.spec),
+                        status=status_to_pb(v),
+                        nat_mapping_count=v.nat_mapping_count,
+                    )
                     for v in self.agent.list_tunnels()
                 ]
             )
@@ -270,7 +281,11 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         seen = -1
         while context.is_active() and not self.agent.stopping:
             now = time.monotonic()
-            current = {v.spec.cluster_id: v for v in self.agent.list_tunnels() if not only or v.spec.cluster_id == only}
+            current = {
+                v.spec.cluster_id: v
+                for v in self.agent.list_tunnels()
+                if not only or v.spec.cluster_id == only
+            }
             for cid in list(sent):
                 if cid not in current:
                     del sent[cid]
@@ -278,7 +293,11 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
             for cid, view in current.items():
                 msg = status_to_pb(view)
                 prev = sent.get(cid)
-                if prev is None or _significant(prev[0], msg) or (now - prev[1] >= interval and _counters(prev[0], msg)):
+                if (
+                    prev is None
+                    or _significant(prev[0], msg)
+                    or (now - prev[1] >= interval and _counters(prev[0], msg))
+                ):
                     sent[cid] = (msg, now)
                     yield pb.WatchTunnelStatusResponse(status=msg)
             seen = self.agent.wait_for_change(seen, min(interval, STREAM_POLL))
@@ -314,7 +333,12 @@ def _significant(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
 
 
 def _counters(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
-    return (a.rx_bytes, a.tx_bytes, a.latency, a.handshake_age) != (b.rx_bytes, b.tx_bytes, b.latency, b.handshake_age)
+    return (a.rx_bytes, a.tx_bytes, a.latency, a.handshake_age) != (
+        b.rx_bytes,
+        b.tx_bytes,
+        b.latency,
+        b.handshake_age,
+    )
 
 
 def serve(
@@ -326,10 +350,8 @@ def serve(
 ) -> grpc.Server:
     """Starts the gRPC server on a Unix socket (mode 0660), with reflection and grpc.health.v1."""
     os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)  # a stale socket from a killed agent
-    except FileNotFoundError:
-        pass
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -339,7 +361,8 @@ def serve(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
     )
     old_umask = os.umask(0o117)  # the socket is born 0660: no window where others can connect
     try:

@@ -36,11 +36,15 @@ class Grpcurl:
             pytest.fail("grpcurl is not installed: run make install")
         self.socket = str(socket)
 
-    def raw(self, *args: str, data: dict[str, Any] | None = None, max_time: float = 10) -> subprocess.CompletedProcess[str]:
+    def raw(
+        self, *args: str, data: dict[str, Any] | None = None, max_time: float = 10
+    ) -> subprocess.CompletedProcess[str]:
         argv = [GRPCURL, "-plaintext", "-unix", "-max-time", str(max_time)]
         if data is not None:
             argv += ["-d", json.dumps(data)]
-        return subprocess.run([*argv, self.socket, *args], capture_output=True, text=True, timeout=max_time + 10)
+        return subprocess.run(
+            [*argv, self.socket, *args], capture_output=True, text=True, timeout=max_time + 10
+        )
 
     def call(self, method: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         r = self.raw(f"{SVC}/{method}", data=data or {})
@@ -52,20 +56,28 @@ class Grpcurl:
         r = self.raw(f"{SVC}/{method}", data=data)
         assert r.returncode != 0, f"{method} unexpectedly succeeded: {r.stdout}"
         fields = dict(
-            line.strip().split(": ", 1) for line in r.stderr.splitlines() if line.strip().startswith(("Code:", "Message:"))
+            line.strip().split(": ", 1)
+            for line in r.stderr.splitlines()
+            if line.strip().startswith(("Code:", "Message:"))
         )
         return fields.get("Code", ""), fields.get("Message", "")
 
 
 def tunnel(peer_pub: str, **override: Any) -> dict[str, Any]:
     t = {
-        "clusterId": CLUSTER, "clusterName": "peer",
-        "localPodCidr": "10.0.0.0/16", "localNatPodCidr": "10.80.0.0/16",
-        "localExternalCidr": "10.201.0.0/16", "localNatExternalCidr": "None",
-        "remotePodCidr": "10.0.0.0/16", "remoteNatPodCidr": "10.60.0.0/16",
-        "remoteExternalCidr": "10.202.0.0/16",
-        "endpoint": "192.0.2.99", "endpointPort": 5871, "publicKey": peer_pub,
-        "persistentKeepalive": "25s",
+        "cluster_id": CLUSTER,
+        "cluster_name": "peer",
+        "local_pod_cidr": "10.0.0.0/16",
+        "local_nat_pod_cidr": "10.80.0.0/16",
+        "local_external_cidr": "10.201.0.0/16",
+        "local_nat_external_cidr": "None",
+        "remote_pod_cidr": "10.0.0.0/16",
+        "remote_nat_pod_cidr": "10.60.0.0/16",
+        "remote_external_cidr": "10.202.0.0/16",
+        "endpoint": "192.0.2.99",
+        "endpoint_port": 5871,
+        "public_key": peer_pub,
+        "persistent_keepalive": "25s",
     }
     t.update(override)
     return t
@@ -96,8 +108,18 @@ def test_reflection_lists_and_describes_the_service(g: Grpcurl) -> None:
     listed = g.raw("list").stdout.split()
     assert SVC in listed and "grpc.health.v1.Health" in listed
     described = g.raw("describe", SVC).stdout
-    for rpc in ("GetInfo", "ConfigureDevice", "SetRole", "WatchRole", "EnsureTunnel", "DeleteTunnel",
-                "ListTunnels", "WatchTunnelStatus", "SetNatMappings", "DeleteNatMappings"):
+    for rpc in (
+        "GetInfo",
+        "ConfigureDevice",
+        "SetRole",
+        "WatchRole",
+        "EnsureTunnel",
+        "DeleteTunnel",
+        "ListTunnels",
+        "WatchTunnelStatus",
+        "SetNatMappings",
+        "DeleteNatMappings",
+    ):
         assert f"rpc {rpc}" in described
 
 
@@ -112,33 +134,36 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     _, peer_pub = keypair()
 
     info = g.call("GetInfo")
-    assert info["role"] == "ROLE_STANDBY" and info["wireguardImplementation"] == "WIREGUARD_IMPLEMENTATION_USERSPACE"
-    assert info["listenPort"] == 5871 and info["mtu"] == 1340
+    assert (
+        info["role"] == "ROLE_STANDBY"
+        and info["wireguard_implementation"] == "WIREGUARD_IMPLEMENTATION_USERSPACE"
+    )
+    assert info["listen_port"] == 5871 and info["mtu"] == 1340
 
     # SetRole: ACTIVE before the device has a key.
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 1, "ttl": "60s"})[0] == "FailedPrecondition"
 
     # ConfigureDevice
-    code, msg = g.code("ConfigureDevice", {"privateKey": "not-a-key"})
+    code, msg = g.code("ConfigureDevice", {"private_key": "not-a-key"})
     assert code == "InvalidArgument" and "private_key" in msg
-    assert g.code("ConfigureDevice", {"privateKey": priv, "mtu": 100})[0] == "InvalidArgument"
-    assert g.code("ConfigureDevice", {"privateKey": priv, "listenPort": 70000})[0] == "InvalidArgument"
-    dev = g.call("ConfigureDevice", {"privateKey": priv})
-    assert dev["publicKey"] and priv not in json.dumps(dev)
-    assert g.call("ConfigureDevice", {"privateKey": priv}) == dev  # idempotent
+    assert g.code("ConfigureDevice", {"private_key": priv, "mtu": 100})[0] == "InvalidArgument"
+    assert g.code("ConfigureDevice", {"private_key": priv, "listen_port": 70000})[0] == "InvalidArgument"
+    dev = g.call("ConfigureDevice", {"private_key": priv})
+    assert dev["public_key"] and priv not in json.dumps(dev)
+    assert g.call("ConfigureDevice", {"private_key": priv}) == dev  # idempotent
 
     # Mutations while standby.
     assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub)})[0] == "FailedPrecondition"
-    assert g.code("DeleteTunnel", {"clusterId": CLUSTER})[0] == "FailedPrecondition"
-    assert g.code("SetNatMappings", {"clusterId": CLUSTER, "mappings": {}})[0] == "FailedPrecondition"
-    assert g.code("DeleteNatMappings", {"clusterId": CLUSTER})[0] == "FailedPrecondition"
+    assert g.code("DeleteTunnel", {"cluster_id": CLUSTER})[0] == "FailedPrecondition"
+    assert g.code("SetNatMappings", {"cluster_id": CLUSTER, "mappings": {}})[0] == "FailedPrecondition"
+    assert g.code("DeleteNatMappings", {"cluster_id": CLUSTER})[0] == "FailedPrecondition"
 
     # SetRole
     assert g.code("SetRole", {"epoch": 1})[0] == "InvalidArgument"  # role unspecified
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 1})[0] == "InvalidArgument"  # no ttl
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 1, "ttl": "7200s"})[0] == "InvalidArgument"
     role = g.call("SetRole", {"role": "ROLE_ACTIVE", "epoch": 3, "ttl": "600s", "reason": "contract"})
-    assert role["role"] == "ROLE_ACTIVE" and role["epoch"] == "3" and role["expiresAt"]
+    assert role["role"] == "ROLE_ACTIVE" and role["epoch"] == "3" and role["expires_at"]
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2, "ttl": "600s"})[0] == "FailedPrecondition"
 
     # WatchRole: the current role at once.
@@ -146,46 +171,56 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert '"ROLE_ACTIVE"' in r.stdout
 
     # EnsureTunnel
-    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, remoteNatPodCidr="10.60.0.1/16")})
+    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, remote_nat_pod_cidr="10.60.0.1/16")})
     assert code == "InvalidArgument" and "remote_nat_pod_cidr" in msg
     assert g.code("EnsureTunnel", {})[0] == "InvalidArgument"
-    assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, publicKey="AAAA")})[0] == "InvalidArgument"
+    assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, public_key="AAAA")})[0] == "InvalidArgument"
     code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, endpoint="gw.does-not-resolve.invalid")})
     assert code == "Unavailable" and "resolve" in msg
     ok = g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub)})
     assert ok["changed"] and ok["status"]["state"] == "TUNNEL_STATE_CONNECTING"
     assert not g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub)}).get("changed", False)
-    other = tunnel(peer_pub, clusterId="other-cluster", remoteNatPodCidr="10.60.128.0/17",
-                   remoteExternalCidr="10.203.0.0/16")
+    other = tunnel(
+        peer_pub,
+        cluster_id="other-cluster",
+        remote_nat_pod_cidr="10.60.128.0/17",
+        remote_external_cidr="10.203.0.0/16",
+    )
     code, msg = g.code("EnsureTunnel", {"tunnel": other})
     assert code == "InvalidArgument" and "overlaps" in msg
 
     # ListTunnels / WatchTunnelStatus
     listed = g.call("ListTunnels")["tunnels"]
-    assert [t["tunnel"]["clusterId"] for t in listed] == [CLUSTER]
-    assert listed[0]["tunnel"]["persistentKeepalive"] == "25s"
-    r = g.raw(f"{SVC}/WatchTunnelStatus", data={"clusterId": CLUSTER}, max_time=2)
+    assert [t["tunnel"]["cluster_id"] for t in listed] == [CLUSTER]
+    assert listed[0]["tunnel"]["persistent_keepalive"] == "25s"
+    r = g.raw(f"{SVC}/WatchTunnelStatus", data={"cluster_id": CLUSTER}, max_time=2)
     assert CLUSTER in r.stdout and "TUNNEL_STATE_CONNECTING" in r.stdout
-    assert g.code("WatchTunnelStatus", {"clusterId": "bad id"})[0] == "InvalidArgument"
+    assert g.code("WatchTunnelStatus", {"cluster_id": "bad id"})[0] == "InvalidArgument"
 
     # SetNatMappings
-    code, msg = g.code("SetNatMappings", {"clusterId": "no-such-cluster", "mappings": {}})
+    code, msg = g.code("SetNatMappings", {"cluster_id": "no-such-cluster", "mappings": {}})
     assert code == "FailedPrecondition" and "not ready" in msg
-    assert g.code("SetNatMappings", {"clusterId": CLUSTER, "mappings": {"10.0.0.5": "nope"}})[0] == "InvalidArgument"
-    assert g.code("SetNatMappings", {"clusterId": CLUSTER, "mappings": {"10.0.0.5": "10.9.9.9"}})[0] == "InvalidArgument"
-    nat = g.call("SetNatMappings", {"clusterId": CLUSTER, "mappings": {"10.0.0.5": "10.201.0.5"}})
+    assert (
+        g.code("SetNatMappings", {"cluster_id": CLUSTER, "mappings": {"10.0.0.5": "nope"}})[0]
+        == "InvalidArgument"
+    )
+    assert (
+        g.code("SetNatMappings", {"cluster_id": CLUSTER, "mappings": {"10.0.0.5": "10.9.9.9"}})[0]
+        == "InvalidArgument"
+    )
+    nat = g.call("SetNatMappings", {"cluster_id": CLUSTER, "mappings": {"10.0.0.5": "10.201.0.5"}})
     assert nat["count"] == 1 and nat["changed"]
-    assert g.call("DeleteNatMappings", {"clusterId": CLUSTER})["deleted"]
-    assert not g.call("DeleteNatMappings", {"clusterId": CLUSTER}).get("deleted", False)
-    assert g.code("DeleteNatMappings", {"clusterId": ""})[0] == "InvalidArgument"
+    assert g.call("DeleteNatMappings", {"cluster_id": CLUSTER})["deleted"]
+    assert not g.call("DeleteNatMappings", {"cluster_id": CLUSTER}).get("deleted", False)
+    assert g.code("DeleteNatMappings", {"cluster_id": ""})[0] == "InvalidArgument"
 
     # DeleteTunnel
-    assert g.code("DeleteTunnel", {"clusterId": "bad id"})[0] == "InvalidArgument"
-    assert g.call("DeleteTunnel", {"clusterId": CLUSTER})["deleted"]
-    assert not g.call("DeleteTunnel", {"clusterId": CLUSTER}).get("deleted", False)
+    assert g.code("DeleteTunnel", {"cluster_id": "bad id"})[0] == "InvalidArgument"
+    assert g.call("DeleteTunnel", {"cluster_id": CLUSTER})["deleted"]
+    assert not g.call("DeleteTunnel", {"cluster_id": CLUSTER}).get("deleted", False)
 
     final = g.call("GetInfo")
-    assert final["role"] == "ROLE_ACTIVE" and final["deviceConfigured"] and final.get("tunnelCount", 0) == 0
+    assert final["role"] == "ROLE_ACTIVE" and final["device_configured"] and final.get("tunnel_count", 0) == 0
     assert priv not in agent_log_text(g)
 
 

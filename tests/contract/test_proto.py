@@ -41,11 +41,15 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     out = tmp_path / "api"
     subprocess.run(
         [str(ROOT / "scripts/gen-proto.sh"), sys.executable, str(out), "services.api"],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     committed = ROOT / "services/api/netagent/v1"
     fresh = out / "netagent/v1"
     names = sorted(p.name for p in committed.glob("*.py*"))
     assert names == sorted(p.name for p in fresh.glob("*.py*")), "generated file set changed: run make proto"
     for name in names:
-        assert (fresh / name).read_text() == (committed / name).read_text(), f"{name} is stale: run make proto"
+        assert (fresh / name).read_text() == (committed / name).read_text(), (
+            f"{name} is stale: run make proto"
+        )

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def keypair() -> tuple[str, str]:
     priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True).stdout.strip()
+    pub = subprocess.run(
+        ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return priv, pub
 
 
@@ -43,9 +45,21 @@ class AgentProcess:
     def start(self, timeout: float = 30) -> None:
         logf = self.log.open("a")
         self.proc = self.node.popen(
-            [sys.executable, "-m", "services.netagent.main", "--socket", str(self.socket),
-             "--state-path", str(self.state), "--probe-interval", "0.5", *self.extra],
-            stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "services.netagent.main",
+                "--socket",
+                str(self.socket),
+                "--state-path",
+                str(self.state),
+                "--probe-interval",
+                "0.5",
+                *self.extra,
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         logf.close()
         self._channel = grpc.insecure_channel(f"unix:{self.socket}")
@@ -110,7 +124,9 @@ def kernel_snapshot(node: Node, netns: str = "liqo-netns") -> dict[str, str]:
     return {
         "host rules": out("ip", "rule", "show"),
         "host routes": out("ip", "route", "show", "table", "all"),
-        "host links": "\n".join(sorted(line.split(": ", 2)[1] for line in out("ip", "-o", "link").splitlines())),
+        "host links": "\n".join(
+            sorted(line.split(": ", 2)[1] for line in out("ip", "-o", "link").splitlines())
+        ),
         "netns routes": ns("ip", "route", "show", "table", "all"),
         "netns links": ns("ip", "-d", "-o", "link").replace("\\", ""),
         "netns neigh": ns("ip", "neigh", "show", "nud", "permanent"),
@@ -136,7 +152,9 @@ def wg_dump(dump: str) -> str:
 def background_ping(pod: Any, target: str, interval: float = 0.05) -> Iterator[subprocess.Popen[str]]:
     """A ping running while the body executes; the caller reads its summary after the block."""
     proc: subprocess.Popen[str] = pod.popen(
-        ["ping", "-n", "-i", str(interval), "-W", "1", target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["ping", "-n", "-i", str(interval), "-W", "1", target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:

@@ -53,12 +53,19 @@ class Pair:
 
     def tunnel_a(self, **override: str) -> pb.Tunnel:
         t = pb.Tunnel(
-            cluster_id=ID_B, cluster_name="cluster-b",
-            local_pod_cidr="10.0.0.0/16", local_nat_pod_cidr="10.80.0.0/16",
-            local_external_cidr="10.201.0.0/16", local_nat_external_cidr="10.90.0.0/16",
-            remote_pod_cidr="10.0.0.0/16", remote_nat_pod_cidr="10.60.0.0/16",
-            remote_external_cidr="10.201.0.0/16", remote_nat_external_cidr="10.70.0.0/16",
-            endpoint=UNDERLAY_B, endpoint_port=5871, public_key=self.b.pub,
+            cluster_id=ID_B,
+            cluster_name="cluster-b",
+            local_pod_cidr="10.0.0.0/16",
+            local_nat_pod_cidr="10.80.0.0/16",
+            local_external_cidr="10.201.0.0/16",
+            local_nat_external_cidr="10.90.0.0/16",
+            remote_pod_cidr="10.0.0.0/16",
+            remote_nat_pod_cidr="10.60.0.0/16",
+            remote_external_cidr="10.201.0.0/16",
+            remote_nat_external_cidr="10.70.0.0/16",
+            endpoint=UNDERLAY_B,
+            endpoint_port=5871,
+            public_key=self.b.pub,
         )
         for k, v in override.items():
             setattr(t, k, v)
@@ -66,12 +73,19 @@ class Pair:
 
     def tunnel_b(self) -> pb.Tunnel:
         return pb.Tunnel(
-            cluster_id=ID_A, cluster_name="cluster-a",
-            local_pod_cidr="10.0.0.0/16", local_nat_pod_cidr="10.60.0.0/16",
-            local_external_cidr="10.201.0.0/16", local_nat_external_cidr="10.70.0.0/16",
-            remote_pod_cidr="10.0.0.0/16", remote_nat_pod_cidr="10.80.0.0/16",
-            remote_external_cidr="10.201.0.0/16", remote_nat_external_cidr="10.90.0.0/16",
-            endpoint=UNDERLAY_A, endpoint_port=5871, public_key=self.a.pub,
+            cluster_id=ID_A,
+            cluster_name="cluster-a",
+            local_pod_cidr="10.0.0.0/16",
+            local_nat_pod_cidr="10.60.0.0/16",
+            local_external_cidr="10.201.0.0/16",
+            local_nat_external_cidr="10.70.0.0/16",
+            remote_pod_cidr="10.0.0.0/16",
+            remote_nat_pod_cidr="10.80.0.0/16",
+            remote_external_cidr="10.201.0.0/16",
+            remote_nat_external_cidr="10.90.0.0/16",
+            endpoint=UNDERLAY_A,
+            endpoint_port=5871,
+            public_key=self.a.pub,
         )
 
     def ensure_both(self) -> None:
@@ -89,7 +103,9 @@ def wait_for(what: str, check: object, timeout: float = 20) -> None:
 
 
 def ping_ok(pod: Pod, target: str, count: int = 2) -> bool:
-    return pod.run("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", target, check=False).returncode == 0
+    return (
+        pod.run("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", target, check=False).returncode == 0
+    )
 
 
 def tunnel_state(side: Side, cluster: str) -> int:
@@ -131,7 +147,9 @@ def test_tcp_both_directions_sees_netmapped_sources(pair: Pair) -> None:
         (pair.a.pod, pair.b.pod, "10.80.1.5", "10.60.2.7"),
     ):
         # The server prints the peer address it sees: the sender translated its source (NETMAP).
-        srv = server.popen(["sh", "-c", "nc -l -p 8080 -v 2>&1 | head -c 4096"], stdout=subprocess.PIPE, text=True)
+        srv = server.popen(
+            ["sh", "-c", "nc -l -p 8080 -v 2>&1 | head -c 4096"], stdout=subprocess.PIPE, text=True
+        )
         try:
             time.sleep(0.3)
             r = client.run("sh", "-c", f"echo hello | nc -q 1 -w 3 {target} 8080", check=False)
@@ -155,7 +173,9 @@ def test_probe_reports_connected_with_latency(pair: Pair) -> None:
 
 def test_nat_mapping_address_reaches_its_workload(pair: Pair) -> None:
     # B exports its pod 10.0.2.7 as 10.70.0.7 (in the external CIDR A uses for B).
-    r = pair.b.agent.api.SetNatMappings(pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"}))
+    r = pair.b.agent.api.SetNatMappings(
+        pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"})
+    )
     assert r.count == 1
     try:
         wait_for("A pod -> 10.70.0.7", lambda: ping_ok(pair.a.pod, "10.70.0.7"))
@@ -168,11 +188,15 @@ def test_nat_mapping_address_reaches_its_workload(pair: Pair) -> None:
 
 def test_repeated_calls_change_nothing(pair: Pair) -> None:
     pair.ensure_both()
-    pair.b.agent.api.SetNatMappings(pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"}))
+    pair.b.agent.api.SetNatMappings(
+        pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"})
+    )
     before = kernel_snapshot(pair.b.node)
     r = pair.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_b()))
     assert not r.changed
-    m = pair.b.agent.api.SetNatMappings(pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"}))
+    m = pair.b.agent.api.SetNatMappings(
+        pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"})
+    )
     assert not m.changed
     assert kernel_snapshot(pair.b.node) == before
     pair.b.agent.api.DeleteNatMappings(pb.DeleteNatMappingsRequest(cluster_id=ID_A))
@@ -196,7 +220,9 @@ def test_spec_change_converges_in_place(pair: Pair) -> None:
 def test_invalid_request_changes_nothing(pair: Pair) -> None:
     before = kernel_snapshot(pair.a.node)
     with pytest.raises(grpc.RpcError) as e:
-        pair.a.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.60.0.1/16")))
+        pair.a.agent.api.EnsureTunnel(
+            pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.60.0.1/16"))
+        )
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "remote_nat_pod_cidr" in (e.value.details() or "")
     assert kernel_snapshot(pair.a.node) == before
@@ -223,9 +249,11 @@ def test_standby_refuses_mutations_and_demotion_removes_peers(pair: Pair) -> Non
 
 def test_role_expiry_fences_the_dataplane(pair: Pair) -> None:
     activate(pair.a.agent, pair.a.priv, epoch=pair.a.agent.api.GetInfo(pb.GetInfoRequest()).epoch, ttl=1.5)
-    wait_for("peers removed after expiry",
-             lambda: pair.a.node.exec_in_netns("liqo-netns", ["wg", "show", "all", "peers"]).stdout.strip() == "",
-             timeout=5)
+    wait_for(
+        "peers removed after expiry",
+        lambda: pair.a.node.exec_in_netns("liqo-netns", ["wg", "show", "all", "peers"]).stdout.strip() == "",
+        timeout=5,
+    )
     assert pair.a.agent.api.GetInfo(pb.GetInfoRequest()).role == pb.ROLE_STANDBY
     activate(pair.a.agent, pair.a.priv, epoch=pair.a.agent.api.GetInfo(pb.GetInfoRequest()).epoch)
     wait_for("traffic after renewal", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
@@ -270,7 +298,9 @@ def test_delete_tunnel_removes_everything_it_created(pair: Pair, tmp_path: Path)
             activate(agent, priv)
             empty = kernel_snapshot(nc)
             agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
-            agent.api.SetNatMappings(pb.SetNatMappingsRequest(cluster_id=ID_B, mappings={"10.0.3.3": "10.90.0.9"}))
+            agent.api.SetNatMappings(
+                pb.SetNatMappingsRequest(cluster_id=ID_B, mappings={"10.0.3.3": "10.90.0.9"})
+            )
             with_tunnel = kernel_snapshot(nc)
             assert with_tunnel != empty
             assert agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted

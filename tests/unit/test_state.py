@@ -15,10 +15,15 @@ from tests.unit.test_tunnelspec import BASE
 
 def test_round_trip(tmp_path: Path) -> None:
     spec = TunnelSpec.parse(**BASE, persistent_keepalive=25)
-    st = state.AgentState(listen_port=5871, mtu=1340, epoch=4, active_until_wall=123.5,
-                          tunnels={spec.cluster_id: spec},
-                          endpoints={spec.cluster_id: IPv4Address("192.0.2.10")},
-                          nat_maps={spec.cluster_id: {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}})
+    st = state.AgentState(
+        listen_port=5871,
+        mtu=1340,
+        epoch=4,
+        active_until_wall=123.5,
+        tunnels={spec.cluster_id: spec},
+        endpoints={spec.cluster_id: IPv4Address("192.0.2.10")},
+        nat_maps={spec.cluster_id: {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}},
+    )
     path = str(tmp_path / "s.json")
     state.save(path, st)
     assert os.stat(path).st_mode & 0o077 == 0  # mkstemp: owner-only

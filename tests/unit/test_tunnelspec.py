@@ -36,8 +36,15 @@ def test_effective_cidrs_follow_liqo() -> None:
 
 
 def test_none_means_no_remapping() -> None:
-    s = TunnelSpec.parse(**{**BASE, "remote_pod_cidr": "10.1.0.0/16", "remote_nat_pod_cidr": "None",
-                            "remote_external_cidr": "10.2.0.0/16", "remote_nat_external_cidr": ""})
+    s = TunnelSpec.parse(
+        **{
+            **BASE,
+            "remote_pod_cidr": "10.1.0.0/16",
+            "remote_nat_pod_cidr": "None",
+            "remote_external_cidr": "10.2.0.0/16",
+            "remote_nat_external_cidr": "",
+        }
+    )
     assert s.remote_nat_pod_cidr is None and s.eff_remote_pod_cidr == IPv4Network("10.1.0.0/16")
     assert s.local_remapped_external_cidr == IPv4Network("10.201.0.0/16")
 
