@@ -1,0 +1,88 @@
+"""`liqo-netagent cleanup` removes everything Liqo created on a node, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox.hosts import Node
+from services.api.netagent.v1 import netagent_pb2 as pb
+from tests.integration.netagent_harness import AgentProcess, activate, keypair
+
+pytestmark = pytest.mark.root
+if os.geteuid() != 0:
+    pytest.skip("needs root", allow_module_level=True)
+
+CLEANUP = (sys.executable, "-m", "services.netagent.main", "cleanup")
+
+
+def node_state(node: Node) -> dict[str, str]:
+    return {
+        "rules": node.run("ip", "rule", "show").stdout,
+        "routes": node.run("ip", "route", "show", "table", "all").stdout,
+        "links": node.run("ip", "-o", "link").stdout,
+        "netns": node.run("ip", "netns", "list").stdout,
+        "wg sockets": node.run("ls", "/run/wireguard").stdout,
+    }
+
+
+def processes_on(node: Node) -> list[str]:
+    """Command names of the processes in the node's network namespace."""
+    net = os.stat(f"/proc/{node.pid}/ns/net").st_ino
+    names = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == net:
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return names
+
+
+def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(tmp_path: Path) -> None:
+    _, peer = keypair()
+    with Node("lgt-clean") as node:
+        # Foreign state the node had before Liqo: must survive the uninstall.
+        node.run("ip", "link", "add", "foreign0", "type", "dummy")
+        node.run("ip", "link", "set", "foreign0", "up")
+        node.run("ip", "addr", "add", "198.51.100.1/24", "dev", "foreign0")
+        node.run("ip", "rule", "add", "from", "198.51.100.0/24", "lookup", "100", "priority", "18952")
+        node.run("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.254", "table", "100")
+        before = node_state(node)
+
+        agent = AgentProcess(node, tmp_path)
+        try:
+            agent.start()
+            priv, _ = keypair()
+            activate(agent, priv)
+            agent.api.EnsureTunnel(
+                pb.EnsureTunnelRequest(
+                    tunnel=pb.Tunnel(
+                        cluster_id="gone",
+                        local_pod_cidr="10.0.0.0/16",
+                        local_external_cidr="10.201.0.0/16",
+                        remote_pod_cidr="10.1.0.0/16",
+                        remote_external_cidr="10.202.0.0/16",
+                        endpoint="192.0.2.50",
+                        endpoint_port=5871,
+                        public_key=peer,
+                    )
+                )
+            )
+            assert node_state(node) != before
+            agent.signal_stop(signal.SIGTERM)
+        finally:
+            agent.close()
+
+        r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state))
+        assert r.returncode == 0, r.stderr
+        assert node_state(node) == before
+        assert "wireguard-go" not in processes_on(node)
+        assert not agent.state.exists() and not agent.socket.exists()
+        # A second cleanup has nothing to do and still succeeds.
+        again = node.run(*CLEANUP, "--state-path", str(agent.state))
+        assert again.returncode == 0 and node_state(node) == before
