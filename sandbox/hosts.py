@@ -326,6 +326,22 @@ class Node(_Host):
                 found.append(pid)
         return found
 
+    def pids(self, comm: str | None = None) -> list[int]:
+        """Processes living in this node's namespaces (holders excepted), optionally by command name
+        (/proc/PID/comm, e.g. "wireguard-go"). `pgrep` would see the whole machine's processes."""
+        holders = {self.pid} | {p.pid for p in self.pods if p._holder is not None}
+        found = []
+        for pid in self._members(*self._namespace_inodes()):
+            if pid in holders:
+                continue
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm is None or name == comm:
+                found.append(pid)
+        return sorted(found)
+
     def stop(self) -> None:
         """Kills every process in the node's namespaces, then the holders. Idempotent."""
         if self._holder is None:
