@@ -147,7 +147,8 @@ def test_tunnel_carries_traffic_and_handshakes(pair: Pair) -> None:
 
     # The design's split: cleartext device in the netns, its UDP socket on the node.
     assert "liqo.tunnel" not in a.node.run("ip", "link").stdout
-    assert re.search(r"liqo\.tunnel: <[^>]*UP[^>]*> mtu 1340", a.node.exec_in_netns(NS, ["ip", "link"]).stdout)
+    gw_links = a.node.exec_in_netns(NS, ["ip", "link"]).stdout
+    assert re.search(r"liqo\.tunnel: <[^>]*UP[^>]*> mtu 1340", gw_links)
     assert "169.254.0.1/32" in a.node.exec_in_netns(NS, ["ip", "addr", "show", "liqo.tunnel"]).stdout
     assert re.search(r"0\.0\.0\.0:5871 .*wireguard-go", a.node.run("ss", "-uanp").stdout)
     assert ":5871" not in a.node.exec_in_netns(NS, ["ss", "-uan"]).stdout
@@ -162,7 +163,8 @@ def test_a_second_ensure_changes_nothing(pair: Pair) -> None:
     impl, changed, seconds = a.node.call(bring_up, a.cfg, a.key, pair.spec_a)
     assert (impl, changed) == ("userspace", False)
     assert snapshot(a) == before
-    print(f"setup (cold) {pair.setup_seconds[0]:.3f}s / {pair.setup_seconds[1]:.3f}s; converged ensure {seconds:.3f}s")
+    print(f"setup (cold) {pair.setup_seconds[0]:.3f}s / {pair.setup_seconds[1]:.3f}s; "
+          f"converged ensure {seconds:.3f}s")
 
 
 def test_a_fresh_agent_adopts_the_running_daemon_without_dropping_traffic(pair: Pair) -> None:
