@@ -45,8 +45,12 @@ def coordination(api_client: client.ApiClient) -> client.CoordinationV1Api:
 
 
 def gadget(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "test.liqo.io/v1alpha1", "kind": "Gadget", "metadata": {"name": name},
-            "spec": {"cidr": "10.0.0.0/16", **spec}}
+    return {
+        "apiVersion": "test.liqo.io/v1alpha1",
+        "kind": "Gadget",
+        "metadata": {"name": name},
+        "spec": {"cidr": "10.0.0.0/16", **spec},
+    }
 
 
 class Kubectl:
@@ -59,8 +63,9 @@ class Kubectl:
     def argv(self, *args: str) -> list[str]:
         return ["kubectl", f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache}", *args]
 
-    def __call__(self, *args: str, input: str | None = None, check: bool = True,
-                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")

@@ -23,17 +23,25 @@ def status_of(exc: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
 
 
 def lease(name: str, holder: str) -> client.V1Lease:
-    return client.V1Lease(metadata=client.V1ObjectMeta(name=name),
-                          spec=client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=7))
+    return client.V1Lease(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=7),
+    )
 
 
-def test_metadata_and_global_resource_version(custom: client.CustomObjectsApi, core: client.CoreV1Api) -> None:
+def test_metadata_and_global_resource_version(
+    custom: client.CustomObjectsApi, core: client.CoreV1Api
+) -> None:
     a = custom.create_namespaced_custom_object(G, V, "default", P, gadget("a"))
-    cm = core.create_namespaced_config_map("default", client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="c"), data={"k": "v"}))
+    cm = core.create_namespaced_config_map(
+        "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="c"), data={"k": "v"})
+    )
     b = custom.create_namespaced_custom_object(G, V, "default", P, gadget("b"))
-    rvs = [int(a["metadata"]["resourceVersion"]), int(cm.metadata.resource_version),
-           int(b["metadata"]["resourceVersion"])]
+    rvs = [
+        int(a["metadata"]["resourceVersion"]),
+        int(cm.metadata.resource_version),
+        int(b["metadata"]["resourceVersion"]),
+    ]
     assert rvs == sorted(rvs) and len(set(rvs)) == 3
     assert a["metadata"]["uid"] != b["metadata"]["uid"]
     assert a["metadata"]["creationTimestamp"].endswith("Z")
@@ -44,9 +52,13 @@ def test_metadata_and_global_resource_version(custom: client.CustomObjectsApi, c
 
 def test_generation_bumps_only_on_spec_changes(custom: client.CustomObjectsApi) -> None:
     custom.create_namespaced_custom_object(G, V, "default", P, gadget("a"))
-    labelled = custom.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"labels": {"x": "y"}}})
+    labelled = custom.patch_namespaced_custom_object(
+        G, V, "default", P, "a", {"metadata": {"labels": {"x": "y"}}}
+    )
     assert labelled["metadata"]["generation"] == 1
-    status = custom.patch_namespaced_custom_object_status(G, V, "default", P, "a", {"status": {"phase": "Ready"}})
+    status = custom.patch_namespaced_custom_object_status(
+        G, V, "default", P, "a", {"status": {"phase": "Ready"}}
+    )
     assert status["metadata"]["generation"] == 1
     spec = custom.patch_namespaced_custom_object(G, V, "default", P, "a", {"spec": {"port": 1000}})
     assert spec["metadata"]["generation"] == 2
@@ -66,7 +78,9 @@ def test_create_conflicts_and_not_found(custom: client.CustomObjectsApi, core: c
         custom.get_namespaced_custom_object(G, V, "default", P, "nope")
     assert (exc.value.status, status_of(exc)["reason"]) == (404, "NotFound")
     with pytest.raises(ApiException) as exc:
-        core.create_namespaced_config_map("no-such-ns", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="c")))
+        core.create_namespaced_config_map(
+            "no-such-ns", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="c"))
+        )
     assert exc.value.status == 404
     assert 'namespaces "no-such-ns" not found' in status_of(exc)["message"]
 
@@ -88,8 +102,9 @@ def test_lease_replace_with_stale_resource_version_conflicts(coordination: clien
     assert coordination.read_namespaced_lease("gw", "default").spec.holder_identity == "pod-b"
     # A resourceVersion inside a patch is a precondition too.
     with pytest.raises(ApiException) as exc:
-        coordination.patch_namespaced_lease("gw", "default", {"metadata": {"resourceVersion": stale_rv},
-                                                              "spec": {"holderIdentity": "pod-d"}})
+        coordination.patch_namespaced_lease(
+            "gw", "default", {"metadata": {"resourceVersion": stale_rv}, "spec": {"holderIdentity": "pod-d"}}
+        )
     assert exc.value.status == 409
     # Without a resourceVersion the update is unconditional, as upstream.
     fresh = lease("gw", "pod-e")
@@ -102,11 +117,18 @@ def test_status_subresource_split_for_custom_resources(custom: client.CustomObje
     created = custom.create_namespaced_custom_object(G, V, "default", P, body)
     assert "status" not in created  # create ignores status
     st = custom.patch_namespaced_custom_object_status(
-        G, V, "default", P, "a", {"spec": {"port": 9}, "metadata": {"labels": {"x": "y"}}, "status": {"phase": "Ready"}})
+        G,
+        V,
+        "default",
+        P,
+        "a",
+        {"spec": {"port": 9}, "metadata": {"labels": {"x": "y"}}, "status": {"phase": "Ready"}},
+    )
     assert st["status"] == {"phase": "Ready"}
     assert st["spec"]["port"] == 51820 and "labels" not in st["metadata"]  # status endpoint ignores the rest
-    main = custom.patch_namespaced_custom_object(G, V, "default", P, "a",
-                                                 {"spec": {"port": 10}, "status": {"phase": "Failed"}})
+    main = custom.patch_namespaced_custom_object(
+        G, V, "default", P, "a", {"spec": {"port": 10}, "status": {"phase": "Failed"}}
+    )
     assert main["spec"]["port"] == 10 and main["status"] == {"phase": "Ready"}  # main endpoint ignores status
     full = custom.get_namespaced_custom_object_status(G, V, "default", P, "a")
     full["status"]["phase"] = "Failed"
@@ -115,15 +137,22 @@ def test_status_subresource_split_for_custom_resources(custom: client.CustomObje
 
 
 def test_status_subresource_split_for_pods(core: client.CoreV1Api) -> None:
-    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="p", labels={"app": "gw"}),
-                       spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]))
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p", labels={"app": "gw"}),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+    )
     created = core.create_namespaced_pod("default", pod)
     assert created.status.phase == "Pending"
-    patched = core.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running", "podIP": "10.0.0.5"}})
+    patched = core.patch_namespaced_pod_status(
+        "p", "default", {"status": {"phase": "Running", "podIP": "10.0.0.5"}}
+    )
     assert (patched.status.phase, patched.status.pod_ip) == ("Running", "10.0.0.5")
     ignored = core.patch_namespaced_pod("p", "default", {"status": {"phase": "Failed"}})
     assert ignored.status.phase == "Running"
-    assert core.list_namespaced_pod("default", field_selector="status.phase=Running").items[0].metadata.name == "p"
+    assert (
+        core.list_namespaced_pod("default", field_selector="status.phase=Running").items[0].metadata.name
+        == "p"
+    )
 
 
 def test_finalizers_defer_deletion_until_the_last_one_is_removed(custom: client.CustomObjectsApi) -> None:
@@ -135,10 +164,18 @@ def test_finalizers_defer_deletion_until_the_last_one_is_removed(custom: client.
     still = custom.get_namespaced_custom_object(G, V, "default", P, "a")
     assert still["metadata"]["finalizers"] == ["test.liqo.io/one", "test.liqo.io/two"]
     with pytest.raises(ApiException) as exc:  # no new finalizers once deleting
-        custom.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"finalizers": [
-            "test.liqo.io/one", "test.liqo.io/two", "test.liqo.io/three"]}})
+        custom.patch_namespaced_custom_object(
+            G,
+            V,
+            "default",
+            P,
+            "a",
+            {"metadata": {"finalizers": ["test.liqo.io/one", "test.liqo.io/two", "test.liqo.io/three"]}},
+        )
     assert exc.value.status == 422
-    custom.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"finalizers": ["test.liqo.io/two"]}})
+    custom.patch_namespaced_custom_object(
+        G, V, "default", P, "a", {"metadata": {"finalizers": ["test.liqo.io/two"]}}
+    )
     assert custom.get_namespaced_custom_object(G, V, "default", P, "a")["metadata"]["deletionTimestamp"]
     custom.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"finalizers": None}})
     with pytest.raises(ApiException) as exc:
@@ -146,17 +183,21 @@ def test_finalizers_defer_deletion_until_the_last_one_is_removed(custom: client.
     assert exc.value.status == 404
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ({"cidr": "10.0.0.0/16", "port": 70000}, [("spec.port", "FieldValueInvalid")]),
-    ({"cidr": "not-a-cidr"}, [("spec.cidr", "FieldValueInvalid")]),
-    ({"port": 1}, [("spec.cidr", "FieldValueRequired")]),
-    ({"cidr": "10.0.0.0/16", "backend": "ipsec"}, [("spec.backend", "FieldValueNotSupported")]),
-    ({"cidr": "10.0.0.0/16", "port": "80"}, [("spec.port", "FieldValueTypeInvalid")]),
-    ({"cidr": "10.0.0.0/16", "nickname": "x"}, [("spec.nickname", "FieldValueInvalid")]),
-    ({"cidr": "10.0.0.0/16", "labels": {"a": 1}}, [("spec.labels.a", "FieldValueTypeInvalid")]),
-])
-def test_schema_rejection_is_422_with_field_paths(custom: client.CustomObjectsApi, spec: dict[str, Any],
-                                                  expected: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"cidr": "10.0.0.0/16", "port": 70000}, [("spec.port", "FieldValueInvalid")]),
+        ({"cidr": "not-a-cidr"}, [("spec.cidr", "FieldValueInvalid")]),
+        ({"port": 1}, [("spec.cidr", "FieldValueRequired")]),
+        ({"cidr": "10.0.0.0/16", "backend": "ipsec"}, [("spec.backend", "FieldValueNotSupported")]),
+        ({"cidr": "10.0.0.0/16", "port": "80"}, [("spec.port", "FieldValueTypeInvalid")]),
+        ({"cidr": "10.0.0.0/16", "nickname": "x"}, [("spec.nickname", "FieldValueInvalid")]),
+        ({"cidr": "10.0.0.0/16", "labels": {"a": 1}}, [("spec.labels.a", "FieldValueTypeInvalid")]),
+    ],
+)
+def test_schema_rejection_is_422_with_field_paths(
+    custom: client.CustomObjectsApi, spec: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
     body = gadget("bad")
     body["spec"] = spec
     with pytest.raises(ApiException) as exc:
@@ -199,39 +240,66 @@ def test_dry_run_and_generate_name(custom: client.CustomObjectsApi, api: KubeAPI
     body["metadata"] = {"generateName": "gad-"}
     made = custom.create_namespaced_custom_object(G, V, "default", P, body)
     assert made["metadata"]["name"].startswith("gad-") and len(made["metadata"]["name"]) == 9
-    custom.patch_namespaced_custom_object(G, V, "default", P, made["metadata"]["name"], {"spec": {"port": 5}},
-                                          dry_run="All")
-    assert custom.get_namespaced_custom_object(G, V, "default", P, made["metadata"]["name"])["spec"]["port"] == 51820
+    custom.patch_namespaced_custom_object(
+        G, V, "default", P, made["metadata"]["name"], {"spec": {"port": 5}}, dry_run="All"
+    )
+    assert (
+        custom.get_namespaced_custom_object(G, V, "default", P, made["metadata"]["name"])["spec"]["port"]
+        == 51820
+    )
 
 
 def test_json_patch_and_strategic_merge(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
-    core.create_namespaced_config_map("default", client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="c", labels={"a": "1"}), data={"k": "v"}))
+    core.create_namespaced_config_map(
+        "default",
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="c", labels={"a": "1"}), data={"k": "v"}),
+    )
     out = core.patch_namespaced_config_map("c", "default", [{"op": "add", "path": "/data/k2", "value": "v2"}])
     assert out.data == {"k": "v", "k2": "v2"}
     out = core.patch_namespaced_config_map("c", "default", {"metadata": {"labels": {"b": "2"}}})  # strategic
     assert out.metadata.labels == {"a": "1", "b": "2"}
     with pytest.raises(ApiException) as exc:
-        core.patch_namespaced_config_map("c", "default", [{"op": "test", "path": "/data/k", "value": "other"}])
+        core.patch_namespaced_config_map(
+            "c", "default", [{"op": "test", "path": "/data/k", "value": "other"}]
+        )
     assert exc.value.status == 422
     custom.create_namespaced_custom_object(G, V, "default", P, gadget("a"))
-    out2 = custom.patch_namespaced_custom_object(G, V, "default", P, "a",
-                                                 [{"op": "replace", "path": "/spec/port", "value": 7}],
-                                                 _content_type="application/json-patch+json")
+    out2 = custom.patch_namespaced_custom_object(
+        G,
+        V,
+        "default",
+        P,
+        "a",
+        [{"op": "replace", "path": "/spec/port", "value": 7}],
+        _content_type="application/json-patch+json",
+    )
     assert out2["spec"]["port"] == 7
 
 
 def test_selectors_and_pagination(core: client.CoreV1Api) -> None:
     for i in range(7):
-        core.create_namespaced_config_map("default", client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name=f"cm-{i}", labels={"i": str(i), "even": str(i % 2 == 0).lower()})))
+        core.create_namespaced_config_map(
+            "default",
+            client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(
+                    name=f"cm-{i}", labels={"i": str(i), "even": str(i % 2 == 0).lower()}
+                )
+            ),
+        )
     names = lambda items: [o.metadata.name for o in items]  # noqa: E731
     assert names(core.list_namespaced_config_map("default", label_selector="even=true").items) == [
-        "cm-0", "cm-2", "cm-4", "cm-6"]
-    assert names(core.list_namespaced_config_map("default", label_selector="i in (1,3),even!=true").items) == [
-        "cm-1", "cm-3"]
+        "cm-0",
+        "cm-2",
+        "cm-4",
+        "cm-6",
+    ]
+    assert names(
+        core.list_namespaced_config_map("default", label_selector="i in (1,3),even!=true").items
+    ) == ["cm-1", "cm-3"]
     assert names(core.list_namespaced_config_map("default", label_selector="!even").items) == []
-    assert names(core.list_namespaced_config_map("default", field_selector="metadata.name=cm-5").items) == ["cm-5"]
+    assert names(core.list_namespaced_config_map("default", field_selector="metadata.name=cm-5").items) == [
+        "cm-5"
+    ]
     assert names(core.list_config_map_for_all_namespaces(field_selector="metadata.namespace=default").items)
     with pytest.raises(ApiException) as exc:
         core.list_namespaced_config_map("default", field_selector="data.x=1")
@@ -252,15 +320,24 @@ def test_selectors_and_pagination(core: client.CoreV1Api) -> None:
 def test_errors_for_bad_requests(api: KubeAPIServer, api_client: client.ApiClient) -> None:
     def call(method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
         try:
-            resp = api_client.call_api(*api_client.param_serialize(
-                method, path, header_params={"Content-Type": ctype, "Accept": "application/json"}, body=body))
+            resp = api_client.call_api(
+                *api_client.param_serialize(
+                    method,
+                    path,
+                    header_params={"Content-Type": ctype, "Accept": "application/json"},
+                    body=body,
+                )
+            )
             resp.read()
             return resp.status, json.loads(resp.data)
         except ApiException as exc:
             return exc.status, json.loads(exc.body)
+
     code, body = call("PUT", "/api/v1/namespaces/default/configmaps")
     assert (code, body["reason"]) == (405, "MethodNotAllowed")
-    code, body = call("POST", "/api/v1/namespaces/default/configmaps", {"kind": "Secret", "metadata": {"name": "x"}})
+    code, body = call(
+        "POST", "/api/v1/namespaces/default/configmaps", {"kind": "Secret", "metadata": {"name": "x"}}
+    )
     assert (code, body["reason"]) == (400, "BadRequest")
     code, body = call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "Bad_Name"}})
     assert (code, body["reason"]) == (422, "Invalid")
@@ -280,11 +357,21 @@ def test_discovery_and_health(api: KubeAPIServer) -> None:
         with urllib.request.urlopen(api.url + path, timeout=5) as resp:
             data = resp.read()
             return json.loads(data) if data != b"ok" else "ok"
+
     assert get("/api")["versions"] == ["v1"]
     assert get("/api/")["versions"] == ["v1"]
     core = {r["name"]: r for r in get("/api/v1")["resources"]}
-    assert {"pods", "pods/status", "services", "secrets", "configmaps", "events", "nodes", "namespaces",
-            "serviceaccounts"} <= set(core)
+    assert {
+        "pods",
+        "pods/status",
+        "services",
+        "secrets",
+        "configmaps",
+        "events",
+        "nodes",
+        "namespaces",
+        "serviceaccounts",
+    } <= set(core)
     assert core["pods"]["namespaced"] and not core["nodes"]["namespaced"]
     groups = {g["name"] for g in get("/apis")["groups"]}
     assert {"coordination.k8s.io", "apiextensions.k8s.io", "events.k8s.io", "test.liqo.io"} <= groups
@@ -298,17 +385,39 @@ def test_discovery_and_health(api: KubeAPIServer) -> None:
 
 def test_crd_registration_and_removal(api_client: client.ApiClient, custom: client.CustomObjectsApi) -> None:
     ext = client.ApiextensionsV1Api(api_client)
-    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-           "metadata": {"name": "widgets.example.io"},
-           "spec": {"group": "example.io", "scope": "Cluster",
-                    "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                    "versions": [{"name": "v1", "served": True, "storage": True,
-                                  "schema": {"openAPIV3Schema": {"type": "object",
-                                                                 "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.io"},
+        "spec": {
+            "group": "example.io",
+            "scope": "Cluster",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
     created = ext.create_custom_resource_definition(crd)
     assert any(c.type == "Established" and c.status == "True" for c in created.status.conditions)
-    w = custom.create_cluster_custom_object("example.io", "v1", "widgets", {
-        "apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"any": "thing"}})
+    w = custom.create_cluster_custom_object(
+        "example.io",
+        "v1",
+        "widgets",
+        {
+            "apiVersion": "example.io/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1"},
+            "spec": {"any": "thing"},
+        },
+    )
     assert w["spec"] == {"any": "thing"} and "namespace" not in w["metadata"]
     ext.delete_custom_resource_definition("widgets.example.io")
     with pytest.raises(ApiException) as exc:
@@ -319,10 +428,13 @@ def test_crd_registration_and_removal(api_client: client.ApiClient, custom: clie
     assert exc.value.status == 422
 
 
-def test_namespace_deletion_removes_its_content(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
+def test_namespace_deletion_removes_its_content(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="tmp")))
-    core.create_namespaced_secret("tmp", client.V1Secret(metadata=client.V1ObjectMeta(name="s"),
-                                                         string_data={"k": "v"}))
+    core.create_namespaced_secret(
+        "tmp", client.V1Secret(metadata=client.V1ObjectMeta(name="s"), string_data={"k": "v"})
+    )
     assert core.read_namespaced_secret("s", "tmp").data == {"k": "dg=="}
     custom.create_namespaced_custom_object(G, V, "tmp", P, gadget("a"))
     core.delete_namespace("tmp")
@@ -332,11 +444,16 @@ def test_namespace_deletion_removes_its_content(core: client.CoreV1Api, custom: 
 
 
 def test_owner_references_are_garbage_collected(core: client.CoreV1Api) -> None:
-    owner = core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="o")))
+    owner = core.create_namespaced_config_map(
+        "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="o"))
+    )
     ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="o", uid=owner.metadata.uid)
-    core.create_namespaced_secret("default", client.V1Secret(metadata=client.V1ObjectMeta(
-        name="dep", owner_references=[ref])))
-    assert core.read_namespaced_secret("dep", "default").metadata.owner_references[0].uid == owner.metadata.uid
+    core.create_namespaced_secret(
+        "default", client.V1Secret(metadata=client.V1ObjectMeta(name="dep", owner_references=[ref]))
+    )
+    assert (
+        core.read_namespaced_secret("dep", "default").metadata.owner_references[0].uid == owner.metadata.uid
+    )
     core.delete_namespaced_config_map("o", "default")
     with pytest.raises(ApiException):
         core.read_namespaced_secret("dep", "default")

@@ -9,10 +9,23 @@ from sandbox.kubeapi.selectors import SelectorError, parse_field_selector, parse
 LABELS = {"app": "gw", "tier": "edge", "env": "prod"}
 
 CASES = [
-    ("", True), ("app=gw", True), ("app==gw", True), ("app=other", False), ("app!=gw", False),
-    ("missing!=x", True), ("app in (gw,x)", True), ("app in (x, y)", False), ("app notin (x)", True),
-    ("missing notin (x)", True), ("app", True), ("missing", False), ("!missing", True), ("!app", False),
-    ("app=gw,tier=edge", True), ("app=gw,tier=core", False), ("app=gw, env in (prod), !x", True),
+    ("", True),
+    ("app=gw", True),
+    ("app==gw", True),
+    ("app=other", False),
+    ("app!=gw", False),
+    ("missing!=x", True),
+    ("app in (gw,x)", True),
+    ("app in (x, y)", False),
+    ("app notin (x)", True),
+    ("missing notin (x)", True),
+    ("app", True),
+    ("missing", False),
+    ("!missing", True),
+    ("!app", False),
+    ("app=gw,tier=edge", True),
+    ("app=gw,tier=core", False),
+    ("app=gw, env in (prod), !x", True),
     ("example.com/role=", False),
 ]
 
