@@ -1,0 +1,344 @@
+"""The WireGuard backends at their boundaries, without a kernel module: the kernel backend's exact
+pyroute2 calls (rtnetlink + the "wireguard" generic netlink family, mocked), the UAPI protocol text
+of the userspace backend, backend selection and key handling."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock, call
+
+import pytest
+
+from services.netagent.config import AgentConfig
+from services.netagent.wireguard import (
+    DeviceError,
+    KernelDevice,
+    PeerConfig,
+    PeerState,
+    UserspaceDevice,
+    choose_implementation,
+    generate_private_key,
+    public_key_of,
+)
+from services.netagent.wireguard.kernel import kernel_module_available
+from services.netagent.wireguard.keys import InvalidKey, b64_to_hex, hex_to_b64
+from services.netagent.wireguard.uapi import (
+    UapiError,
+    encode_device_set,
+    encode_peer_remove,
+    encode_peer_set,
+    encode_remove_all_peers,
+    parse_get,
+)
+
+CFG = AgentConfig(wireguard_implementation="kernel")
+PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="  # the RFC 7748-style test key from `wg` docs
+PUB = public_key_of(PRIV)
+PEER = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+ALLOWED = (IPv4Network("10.60.0.0/16"), IPv4Network("10.70.0.0/16"))
+
+
+class Msg(dict[str, Any]):
+    """Enough of a pyroute2 message: fields as items, NLAs through get_attr."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None, **fields: Any) -> None:
+        super().__init__(fields)
+        self.attrs = attrs or {}
+
+    def get_attr(self, name: str) -> Any:
+        return self.attrs.get(name)
+
+
+class Space:
+    """One network namespace's links, behind a MagicMock IPRoute whose calls are recorded."""
+
+    def __init__(self, name: str, spaces: dict[str, Space]) -> None:
+        self.name, self.spaces = name, spaces
+        self.links: dict[str, Msg] = {}
+        spaces[name] = self
+        self.ipr = MagicMock(name=f"ipr-{name}")
+        self.ipr.__enter__.return_value = self.ipr
+        self.ipr.link.side_effect = self.link
+        self.ipr.link_lookup.side_effect = lambda ifname: [m["index"] for n, m in self.links.items()
+                                                           if n == ifname]
+        self.ipr.addr.side_effect = lambda cmd, **kw: [] if cmd == "dump" else None
+
+    def add(self, name: str, kind: str, index: int, mtu: int = 1420, up: bool = False) -> None:
+        info = Msg({"IFLA_INFO_KIND": kind})
+        self.links[name] = Msg({"IFLA_IFNAME": name, "IFLA_MTU": mtu, "IFLA_LINKINFO": info},
+                               index=index, flags=int(up))
+
+    def link(self, cmd: str, **kw: Any) -> Any:
+        if cmd == "dump":
+            return [m for n, m in self.links.items() if n == kw.get("ifname")]
+        if cmd == "add":
+            self.add(kw["ifname"], kw["kind"], 7)
+        elif cmd == "set" and "net_ns_fd" in kw:  # the kernel brings a moved link down
+            name = next(n for n, m in self.links.items() if m["index"] == kw["index"])
+            self.spaces["netns"].links[name] = moved = self.links.pop(name)
+            moved["flags"] = 0
+        elif cmd == "set":
+            msg = next(m for m in self.links.values() if m["index"] == kw["index"])
+            if "mtu" in kw:
+                msg.attrs["IFLA_MTU"] = kw["mtu"]
+        elif cmd == "del":
+            name = next(n for n, m in self.links.items() if m["index"] == kw["index"])
+            del self.links[name]
+        return None
+
+
+@pytest.fixture
+def kernel() -> tuple[KernelDevice, Space, Space, MagicMock]:
+    spaces: dict[str, Space] = {}
+    host, gw = Space("host", spaces), Space("netns", spaces)
+    wg = MagicMock(name="wireguard-genl")
+    wg.__enter__.return_value = wg
+    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 0})]
+    dev = KernelDevice(CFG, host=lambda: host.ipr, gw=lambda: gw.ipr, wg=lambda: wg)
+    return dev, host, gw, wg
+
+
+def mutations(ipr: MagicMock) -> list[Any]:
+    return [c for c in ipr.mock_calls if c[0] in ("link", "addr") and c.args[0] in ("add", "set", "del")]
+
+
+Kernel = tuple[KernelDevice, Space, Space, MagicMock]
+
+
+def test_kernel_ensure_creates_in_host_moves_then_configures(kernel: Kernel) -> None:
+    dev, host, gw, wg = kernel
+    assert dev.ensure(PRIV, 5871, 1340) is True
+    assert mutations(host.ipr) == [
+        call.link("add", ifname="liqo.tunnel", kind="wireguard"),  # born in the host: UDP socket stays there
+        call.link("set", index=7, mtu=1340, state="up"),
+        call.link("set", index=7, net_ns_fd="liqo-netns"),
+    ]
+    assert mutations(gw.ipr) == [
+        call.link("set", index=7, state="up"),  # MTU survived the move, the up state did not
+        call.addr("add", index=7, address="169.254.0.1", prefixlen=32),
+    ]
+    assert wg.set.call_args_list == [call("liqo.tunnel", listen_port=5871, private_key=PRIV)]
+    assert dev.implementation == "kernel"
+
+
+def test_kernel_ensure_adopts_a_configured_device_writing_nothing(kernel: Kernel) -> None:
+    dev, host, gw, wg = kernel
+    gw.add("liqo.tunnel", "wireguard", 7, mtu=1340, up=True)
+    gw.ipr.addr.side_effect = lambda cmd, **kw: [Msg({"IFA_ADDRESS": "169.254.0.1"}, prefixlen=32)]
+    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 5871, "WGDEVICE_A_PUBLIC_KEY": PUB.encode()})]
+    assert dev.ensure(PRIV, 5871, 1340) is False
+    assert dev.ensure(None, 5871, 1340) is False
+    assert mutations(host.ipr) == mutations(gw.ipr) == []
+    wg.set.assert_not_called()
+    assert dev.public_key() == PUB
+
+
+def test_kernel_ensure_fixes_only_what_differs(kernel: Kernel) -> None:
+    dev, _, gw, wg = kernel
+    gw.add("liqo.tunnel", "wireguard", 9, mtu=1420, up=True)
+    gw.ipr.addr.side_effect = lambda cmd, **kw: [Msg({"IFA_ADDRESS": "169.254.0.1"}, prefixlen=32)] \
+        if cmd == "dump" else None
+    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 5871, "WGDEVICE_A_PUBLIC_KEY": PUB.encode()})]
+    assert dev.ensure(PRIV, 6000, 1340) is True
+    assert mutations(gw.ipr) == [call.link("set", index=9, mtu=1340)]
+    assert wg.set.call_args_list == [call("liqo.tunnel", listen_port=6000)]  # key unchanged: not rewritten
+
+
+def test_kernel_ensure_replaces_a_userspace_tun(kernel: Kernel) -> None:
+    dev, host, gw, _ = kernel
+    gw.add("liqo.tunnel", "tun", 4)
+    dev.ensure(None, 5871, 1340)
+    assert mutations(gw.ipr)[0] == call.link("del", index=4)
+    assert call.link("add", ifname="liqo.tunnel", kind="wireguard") in host.ipr.mock_calls
+
+
+def test_kernel_rejects_a_bad_key_before_any_call(kernel: Kernel) -> None:
+    dev, host, gw, wg = kernel
+    with pytest.raises(InvalidKey) as e:
+        dev.ensure("c2hvcnQ=", 5871, 1340)
+    assert "c2hvcnQ" not in str(e.value)
+    assert host.ipr.mock_calls == gw.ipr.mock_calls == wg.mock_calls == []
+
+
+def test_kernel_peer_messages(kernel: Kernel) -> None:
+    dev, _, _, wg = kernel
+    dev.set_peer(PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 25))
+    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peer={
+        "public_key": PEER, "endpoint_addr": "192.0.2.10", "endpoint_port": 5871,
+        "persistent_keepalive": 25, "allowed_ips": ["10.60.0.0/16", "10.70.0.0/16"],
+        "replace_allowed_ips": True,
+    })
+    peer_nla = Msg({
+        "WGPEER_A_PUBLIC_KEY": PEER.encode(),
+        "WGPEER_A_ENDPOINT": {"addr": "192.0.2.10", "port": 5871},
+        "WGPEER_A_LAST_HANDSHAKE_TIME": {"tv_sec": 1700000000, "tv_nsec": 500000000},
+        "WGPEER_A_RX_BYTES": 10, "WGPEER_A_TX_BYTES": 20,
+        "WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL": 25,
+        "WGPEER_A_ALLOWEDIPS": [{"addr": "10.60.0.0/16"}, {"addr": "10.70.0.0/16"}, {"addr": "fd00::/64"}],
+    })
+    wg.info.return_value = [Msg({"WGDEVICE_A_PEERS": [peer_nla]})]
+    (state,) = dev.peers()
+    assert state == PeerState(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 25, 1700000000.5, 10, 20)
+    assert PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED[::-1], 25).matches(state)
+    assert not PeerConfig(PEER, IPv4Address("192.0.2.11"), 5871, ALLOWED, 25).matches(state)
+
+    assert dev.remove_peer(PEER) is True
+    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peer={"public_key": PEER, "remove": True})
+    wg.info.return_value = [Msg({})]
+    n = wg.set.call_count
+    assert dev.remove_peer(PEER) is False and wg.set.call_count == n  # absent: nothing sent
+
+
+def test_kernel_genl_socket_lives_in_the_netns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.netagent.wireguard.kernel as k
+
+    made: list[dict[str, Any]] = []
+    def fake(**kw: Any) -> MagicMock:
+        made.append(kw)
+        return MagicMock()
+
+    monkeypatch.setattr(k, "WireGuard", fake)
+    KernelDevice(CFG)._wg()
+    assert made == [{"netns": "liqo-netns", "flags": 0}]  # flags=0: never creates the netns
+
+
+# ---- backend choice -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "existing", "module", "chosen"),
+    [
+        ("auto", None, True, "kernel"),
+        ("auto", None, False, "userspace"),
+        ("auto", "tun", True, "userspace"),  # adopt the running userspace dataplane
+        ("auto", "wireguard", True, "kernel"),
+        ("userspace", None, True, "userspace"),  # Liqo 12.1.4: forcing userspace never uses the module
+        ("userspace", "wireguard", True, "userspace"),
+        ("kernel", None, True, "kernel"),
+        ("kernel", "tun", True, "kernel"),
+    ],
+)
+def test_choose_implementation(requested: str, existing: str | None, module: bool, chosen: str) -> None:
+    assert choose_implementation(requested, existing, module) == chosen
+
+
+def test_choose_implementation_errors() -> None:
+    with pytest.raises(DeviceError, match="module is not available"):
+        choose_implementation("kernel", None, False)
+    with pytest.raises(ValueError, match="not in"):
+        choose_implementation("boringtun", None, True)
+
+
+def test_forced_userspace_never_creates_a_kernel_link(tmp_path: Path) -> None:
+    """Even with a kernel link present, the userspace backend only deletes it and starts wireguard-go."""
+    spaces: dict[str, Space] = {}
+    host, gw = Space("host", spaces), Space("netns", spaces)
+    gw.add("liqo.tunnel", "wireguard", 3)
+    dev = UserspaceDevice(AgentConfig(wireguard_implementation="userspace"), binary="true",
+                          socket_dir=str(tmp_path), start_timeout=0.2,
+                          host=lambda: host.ipr, gw=lambda: gw.ipr)
+    with pytest.raises(DeviceError, match="did not answer"):
+        dev.ensure(None, 5871, 1340)
+    assert mutations(gw.ipr) == [call.link("del", index=3)]
+    assert all(c.kwargs.get("kind") != "wireguard" for c in host.ipr.mock_calls + gw.ipr.mock_calls)
+
+
+def test_kernel_module_detection(tmp_path: Path) -> None:
+    sys_root, lib = tmp_path / "sys", tmp_path / "lib"
+    (lib / "6.1").mkdir(parents=True)
+    assert not kernel_module_available(str(sys_root), str(lib), "6.1")
+    (lib / "6.1" / "modules.dep").write_text("kernel/drivers/net/wireguard/wireguard.ko.xz: x.ko\n")
+    assert kernel_module_available(str(sys_root), str(lib), "6.1")
+    (lib / "6.1" / "modules.dep").write_text("kernel/net/ipv4/udp_tunnel.ko:\n")
+    (lib / "6.1" / "modules.builtin").write_text("kernel/drivers/net/wireguard/wireguard.ko\n")
+    assert kernel_module_available(str(sys_root), str(lib), "6.1")
+    (lib / "6.1" / "modules.builtin").write_text("")
+    (sys_root / "module" / "wireguard").mkdir(parents=True)
+    assert kernel_module_available(str(sys_root), str(lib), "6.1")
+
+
+# ---- UAPI text ----------------------------------------------------------------------------------------
+
+
+def test_uapi_requests() -> None:
+    assert encode_device_set(PRIV, 5871) == f"set=1\nprivate_key={b64_to_hex(PRIV)}\nlisten_port=5871\n\n"
+    assert encode_device_set(None, 6000) == "set=1\nlisten_port=6000\n\n"
+    assert encode_peer_set(PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 0)) == (
+        f"set=1\npublic_key={b64_to_hex(PEER)}\nreplace_allowed_ips=true\nendpoint=192.0.2.10:5871\n"
+        "persistent_keepalive_interval=0\nallowed_ip=10.60.0.0/16\nallowed_ip=10.70.0.0/16\n\n"
+    )
+    assert encode_peer_remove(PEER) == f"set=1\npublic_key={b64_to_hex(PEER)}\nremove=true\n\n"
+    assert encode_remove_all_peers() == "set=1\nreplace_peers=true\n\n"
+
+
+def test_uapi_get_reply_is_parsed_and_the_private_key_dropped() -> None:
+    reply = (
+        f"private_key={b64_to_hex(PRIV)}\nlisten_port=5871\n"
+        f"public_key={b64_to_hex(PEER)}\nprotocol_version=1\nendpoint=192.0.2.10:5871\n"
+        "last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=250000000\n"
+        "tx_bytes=404\nrx_bytes=348\npersistent_keepalive_interval=25\n"
+        "allowed_ip=10.60.0.0/16\nallowed_ip=10.70.0.0/16\nallowed_ip=fd00::/64\n"
+        f"public_key={b64_to_hex(PUB)}\nendpoint=[fd00::1]:5871\nlast_handshake_time_sec=0\n"
+        "last_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\npersistent_keepalive_interval=0\n"
+        "errno=0\n\n"
+    )
+    info = parse_get(reply)
+    assert info.public_key == PUB and info.listen_port == 5871
+    assert info.peers == (
+        PeerState(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 25, 1700000000.25, 348, 404),
+        PeerState(PUB, None, None, (), 0, None, 0, 0),
+    )
+    assert PRIV not in repr(info) and b64_to_hex(PRIV) not in repr(info)
+    assert parse_get("listen_port=0\nerrno=0\n\n").public_key is None  # no key set yet
+
+
+@pytest.mark.parametrize(("reply", "error"), [
+    ("errno=22\n\n", UapiError),
+    ("listen_port=1\n\n", DeviceError),
+    ("garbage\nerrno=0\n\n", DeviceError),
+])
+def test_uapi_bad_replies(reply: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_get(reply)
+
+
+def test_uapi_set_over_a_real_socket(tmp_path: Path) -> None:
+    """The client's framing against a tiny server speaking the protocol."""
+    import threading
+
+    path = str(tmp_path / "wg0.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            buf = b""
+            while not buf.endswith(b"\n\n"):
+                buf += conn.recv(4096)
+            got.append(buf)
+            conn.sendall(b"errno=17\n\n")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    from services.netagent.wireguard.uapi import UapiClient
+
+    with pytest.raises(UapiError, match="errno=17"):
+        UapiClient(path, timeout=2).set(encode_remove_all_peers(), "remove all peers")
+    t.join(2)
+    srv.close()
+    assert got == [b"set=1\nreplace_peers=true\n\n"]
+
+
+def test_keys() -> None:
+    k = generate_private_key()
+    assert hex_to_b64(b64_to_hex(k)) == k
+    assert public_key_of(PRIV) == PUB and len(PUB) == 44
+    for bad in ("", "abc", "c2hvcnQ="):
+        with pytest.raises(InvalidKey):
+            b64_to_hex(bad)
