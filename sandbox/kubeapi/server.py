@@ -133,10 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
         if "json" not in ctype and "yaml" not in ctype:
-            # e.g. protobuf or CBOR: clients (client-go) fall back to JSON on 415.
-            raise errors.APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
-                                  f"format - accepted media types include: application/json, application/yaml "
-                                  f"(got {ctype})")
+            # Protobuf/CBOR bodies are not decoded (a documented limitation): say so as upstream would.
+            raise errors.APIError(
+                415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted "
+                f"media types include: application/json, application/yaml (got {ctype})")
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)

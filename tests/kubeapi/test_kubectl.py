@@ -74,6 +74,9 @@ def test_apply_crd_and_custom_resources(k: Kubectl) -> None:
     assert a["metadata"]["generation"] == 2
     assert "kubectl.kubernetes.io/last-applied-configuration" in a["metadata"]["annotations"]
     assert get_json(k, "configmap", "settings", "-n", "team")["data"] == {"mode": "slow"}
+    # Plain (validating) re-apply of a built-in kind: kubectl computes a strategic merge patch.
+    assert "configured" in k("apply", "-f", "-", input=GADGET_B.replace("fast", "medium")).stdout
+    assert get_json(k, "configmap", "settings", "-n", "team")["data"] == {"mode": "medium"}
     # Short names, categories, tables with printer columns, all namespaces.
     table = k("get", "gd", "-A").stdout.splitlines()
     assert table[0].split() == ["NAMESPACE", "NAME", "BACKEND", "PORT", "PHASE", "AGE"]
