@@ -8,12 +8,14 @@ is adopted: recreating it would cut every tunnel while the agent restarts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import re
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,6 +40,8 @@ __all__ = [
 NETNS_DIR = "/var/run/netns"
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
+_NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(None, use_errno=True)
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -113,18 +117,40 @@ def host_iproute() -> IPRoute:
 
 
 def netns_iproute(name: str) -> IPRoute:
-    """Netlink inside the named netns; never creates it (flags=0), FileNotFoundError when absent."""
-    if not netns_exists(name):
-        raise FileNotFoundError(errno.ENOENT, f"netns {name} does not exist", netns_path(name))
-    return IPRoute(netns=name, flags=0)
+    """Netlink inside the named netns; never creates it, FileNotFoundError when absent."""
+    return IPRoute(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE))
 
 
-def netns_socket(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-    """A socket created inside the named netns (e.g. the probe's UDP socket)."""
+def netns_socket(
+    name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM, proto: int = 0
+) -> socket.socket:
+    """A socket created inside the named netns (a socket stays in the netns it was born in).
+
+    Made by a short-lived thread that enters the netns (setns is per thread), never by forking as
+    pyroute2's `netns=` does: the agent is a multithreaded gRPC server, and its forked children crash."""
     if not netns_exists(name):
         raise FileNotFoundError(errno.ENOENT, f"netns {name} does not exist", netns_path(name))
-    sock: socket.socket = pyr_netns.create_socket(netns=name, family=family, socket_type=kind, flags=0)
-    return sock
+    result: list[socket.socket | BaseException] = []
+
+    def enter_and_create() -> None:
+        try:
+            fd = os.open(netns_path(name), os.O_RDONLY)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(socket.socket(family, kind, proto))
+        except BaseException as e:
+            result.append(e)
+
+    worker = threading.Thread(target=enter_and_create, name=f"netns-socket-{name}")
+    worker.start()
+    worker.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def run_in_netns(
