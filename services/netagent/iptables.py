@@ -124,36 +124,67 @@ def render_rule(chain: str, rule: Args, op: str = "-A", position: int | None = N
     return f"{op} {chain} {position} {_join(rule)}"
 
 
+def _append_block(chain: str, rules: Sequence[Args]) -> str:
+    """`-A chain rule` lines for a whole chain. A 10 000-entry map is rendered on every rewrite, so
+    the common case (nothing to quote or refuse) is checked once on the block, not per argument."""
+    block = "\n".join([f"-A {chain} " + " ".join(rule) for rule in rules])
+    spaces = sum(map(len, rules)) + len(rules)  # "-A", chain, args: one space before each but "-A"
+    if (
+        block.count(" ") == spaces
+        and block.count("\n") == len(rules) - 1
+        and not any(bad in block for bad in ('"', "\\", "\t", "\r", "  ", " \n"))
+        and not block.endswith(" ")
+    ):
+        return block
+    return "\n".join(render_rule(chain, rule) for rule in rules)
+
+
 def _chain_edits(chain: str, cur: tuple[Args, ...], des: tuple[Args, ...]) -> list[str] | None:
     """Few in-place edits turning `cur` into `des`, or None when rewriting the chain is cheaper.
 
     Deletions name the rule, not its number: with a stale view of the chain the restore then fails
     (and the caller re-reads) instead of deleting somebody else's rule."""
-    cur_set, des_set = set(cur), set(des)
-    if len(cur_set) != len(cur) or len(des_set) != len(des):
-        return None  # duplicates: deleting by content would be ambiguous
     budget = max(MIN_EDIT_BUDGET, len(des) // 4)
-    gone = [r for r in cur if r not in des_set]
-    new = [j for j, r in enumerate(des) if r not in cur_set]
+    if abs(len(des) - len(cur)) > budget:
+        return None
+    # Only the part between the common head and tail can differ (one pass, no hashing).
+    n = min(len(cur), len(des))
+    p = 0
+    while p < n and cur[p] == des[p]:
+        p += 1
+    t = 0
+    while t < n - p and cur[len(cur) - 1 - t] == des[len(des) - 1 - t]:
+        t += 1
+    a, b = cur[p : len(cur) - t], des[p : len(des) - t]
+    a_set, b_set = set(a), set(b)
+    gone = [r for r in a if r not in b_set]
+    new = [j for j, r in enumerate(b) if r not in a_set]
     if len(gone) + len(new) > budget:
         return None
-    if [r for r in cur if r in des_set] == [r for r in des if r in cur_set]:
+    if len(a_set) != len(a) or len(b_set) != len(b):
+        return None  # duplicates: deleting by content would be ambiguous
+    in_order = [r for r in a if r in b_set] == [r for r in b if r in a_set]
+    doomed = gone if in_order else a
+    # A rule deleted by content must be the only one like it in the whole chain.
+    if (any(cur.count(r) > 1 for r in doomed) if len(doomed) <= 8 else len(set(cur)) != len(cur)):
+        return None
+    if in_order:
         # The rules kept stay in order: delete the gone ones, then insert each new one at its final
         # position, top-down, so that everything above it is already in place.
         return [render_rule(chain, r, "-D") for r in gone] + [
-            render_rule(chain, des[j], "-I", j + 1) for j in new
+            render_rule(chain, b[j], "-I", p + j + 1) for j in new
         ]
     # Kept rules were reordered: a sequence diff, applied bottom-up so that the positions above each
     # edit are still those of `cur`.
-    ops = difflib.SequenceMatcher(None, cur, des, autojunk=False).get_opcodes()
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
     if sum((i2 - i1) + (j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal") > budget:
         return None
     lines: list[str] = []
     for tag, i1, i2, j1, j2 in reversed(ops):
         if tag in ("delete", "replace"):
-            lines += [render_rule(chain, rule, "-D") for rule in cur[i1:i2]]
+            lines += [render_rule(chain, rule, "-D") for rule in a[i1:i2]]
         if tag in ("insert", "replace"):
-            lines += [render_rule(chain, rule, "-I", i1 + 1 + k) for k, rule in enumerate(des[j1:j2])]
+            lines += [render_rule(chain, rule, "-I", p + i1 + 1 + k) for k, rule in enumerate(b[j1:j2])]
     return lines
 
 
@@ -182,7 +213,8 @@ def table_script(table: str, current: Chains, desired: Chains) -> str | None:
             lines = None if cur is None else _chain_edits(chain, cur, des)
             if lines is None:  # new or rewritten: ":CHAIN" creates it or, with --noflush, flushes it
                 declare.append(f":{chain} - [0:0]")
-                edits += [render_rule(chain, r) for r in des]
+                if des:
+                    edits.append(_append_block(chain, des))
             else:
                 edits += lines
     if not (declare or edits or remove):

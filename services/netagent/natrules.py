@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import NoReturn
 
 from services.common.tunnelspec import SpecError, TunnelSpec
 from services.netagent.config import AgentConfig
@@ -235,8 +236,7 @@ def desired_state(
 
 
 def _ipv4_int(s: str) -> int | None:
-    """Strict dotted quad (no leading zeros, no spaces) as an integer; None if it is not one.
-    inet_pton is as strict as IPv4Address and ten times faster on 10 000-entry maps."""
+    """Strict dotted quad (no leading zeros, no spaces) as an integer; None if it is not one."""
     try:
         return int.from_bytes(socket.inet_pton(socket.AF_INET, s), "big")
     except (OSError, ValueError, TypeError):
@@ -262,26 +262,39 @@ def parse_nat_map(
     ext = spec.local_remapped_external_cidr
     ext_net, ext_mask = int(ext.network_address), int(ext.netmask)
     probe, tunnel = int(spec.local_probe_address), int(tunnel_ip)
-    result: dict[IPv4Address, IPv4Address] = {}
-    seen: dict[int, int] = {}
+    # A fast pass (inet_pton is as strict as IPv4Address and ten times faster: maps have up to
+    # 65 536 entries and are validated on every call); any failure re-runs the entry below to say why.
+    pton, af, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
+    pairs: list[tuple[int, int]] = []
+    news: set[int] = set()
     for old_s, new_s in mappings.items():
-        old = _ipv4_int(old_s)
-        if old is None:
-            raise SpecError(f"mappings[{old_s!r}]: key {old_s!r} is not an IPv4 address")
-        new = _ipv4_int(new_s)
-        if new is None:
-            raise SpecError(f"mappings[{old_s!r}]: value {new_s!r} is not an IPv4 address")
-        if not _is_workload(old):
-            raise SpecError(f"mappings[{old_s!r}]: {old_s} cannot be a workload address")
-        if new & ext_mask != ext_net:
-            raise SpecError(f"mappings[{old_s!r}]: {new_s} is outside the local external CIDR {ext}")
-        if new == probe:
-            if old == tunnel:
-                continue
-            raise SpecError(f"mappings[{old_s!r}]: {new_s} is reserved for the probe (DNAT to {tunnel_ip})")
-        first = seen.setdefault(new, old)
-        if first != old:
-            taken_by = IPv4Address(first)
-            raise SpecError(f"mappings[{old_s!r}]: {new_s} is already the new address of {taken_by}")
-        result[IPv4Address(old)] = IPv4Address(new)
-    return result
+        try:
+            old, new = from_bytes(pton(af, old_s), "big"), from_bytes(pton(af, new_s), "big")
+        except (OSError, ValueError, TypeError):
+            _refuse(old_s, new_s, ext, probe, tunnel_ip, {})
+        if new & ext_mask != ext_net or not _is_workload(old) or new == probe or new in news:
+            if new == probe and old == tunnel:
+                continue  # Liqo's tunnel entry: merged into the probe DNAT
+            _refuse(old_s, new_s, ext, probe, tunnel_ip, {n: o for o, n in pairs})
+        news.add(new)
+        pairs.append((old, new))
+    return {IPv4Address(old): IPv4Address(new) for old, new in pairs}
+
+
+def _refuse(
+    old_s: str, new_s: str, ext: IPv4Network, probe: int, tunnel_ip: IPv4Address, taken: Mapping[int, int]
+) -> NoReturn:
+    """Raises the SpecError that says what is wrong with this entry."""
+    where = f"mappings[{old_s!r}]"
+    old, new = _ipv4_int(old_s), _ipv4_int(new_s)
+    if old is None:
+        raise SpecError(f"{where}: key {old_s!r} is not an IPv4 address") from None
+    if new is None:
+        raise SpecError(f"{where}: value {new_s!r} is not an IPv4 address") from None
+    if not _is_workload(old):
+        raise SpecError(f"{where}: {old_s} cannot be a workload address") from None
+    if IPv4Address(new) not in ext:
+        raise SpecError(f"{where}: {new_s} is outside the local external CIDR {ext}") from None
+    if new == probe:
+        raise SpecError(f"{where}: {new_s} is reserved for the probe (DNAT to {tunnel_ip})") from None
+    raise SpecError(f"{where}: {new_s} is already the new address of {IPv4Address(taken[new])}") from None

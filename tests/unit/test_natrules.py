@@ -458,3 +458,21 @@ def test_equal_states_give_no_script() -> None:
     rs = desired_state([spec(True, True, True)], {}, CFG)
     for table in natrules.TABLES:
         assert table_script(table, rs.table(table), rs.table(table)) is None
+
+
+def test_whole_chain_blocks_quote_like_single_lines() -> None:
+    rs = desired_state([spec(True, False, True)], {}, CFG)
+    for table in natrules.TABLES:
+        script = table_script(table, {}, rs.table(table))
+        assert script is not None
+        expected = [render_rule(c, r) for c in sorted(rs.table(table)) for r in rs.table(table)[c]
+                    if c.startswith("LIQO-")]
+        assert [line for line in script.splitlines() if line.startswith("-A ")] == expected
+
+
+def test_duplicated_rules_are_never_deleted_by_content() -> None:
+    r = [("-d", f"10.201.0.{i}/32", "-j", "DROP") for i in range(300)]
+    chains: dict[str, list[Args]] = {"LIQO-M": [*r, r[7]]}  # somebody appended a copy of rule 8
+    script = converge(chains, {"LIQO-M": tuple(r[:7] + r[8:])})  # ...and rule 8 is to go
+    assert script is not None and ":LIQO-M - [0:0]" in script  # rewritten, not "-D" by content
+    assert chains["LIQO-M"] == r[:7] + r[8:]
