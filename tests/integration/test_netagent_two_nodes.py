@@ -148,11 +148,11 @@ def test_tcp_both_directions_sees_netmapped_sources(pair: Pair) -> None:
     ):
         # The server prints the peer address it sees: the sender translated its source (NETMAP).
         srv = server.popen(
-            ["sh", "-c", "nc -l -p 8080 -v 2>&1 | head -c 4096"], stdout=subprocess.PIPE, text=True
+            ["sh", "-c", "nc -n -v -l -p 8080 2>&1 | head -c 4096"], stdout=subprocess.PIPE, text=True
         )
         try:
             time.sleep(0.3)
-            r = client.run("sh", "-c", f"echo hello | nc -q 1 -w 3 {target} 8080", check=False)
+            r = client.run("sh", "-c", f"echo hello | nc -n -q 1 -w 3 {target} 8080", check=False)
             assert r.returncode == 0, r.stderr
             out, _ = srv.communicate(timeout=10)
         finally:
