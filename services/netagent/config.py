@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+# Next hops; never assigned to an interface (static neighbours make them reachable).
+GATEWAY_VETH_IP = IPv4Address("169.254.100.1")  # used from the host, points at liqo.gateway
+HOST_VETH_IP = IPv4Address("169.254.100.2")  # used from liqo-netns, points at liqo.host
+TUNNEL_IP = IPv4Address("169.254.0.1")  # on the WireGuard device; the probe's address
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -20,10 +25,9 @@ class AgentConfig:
     table_id: int = 18952
     # Priority of the host policy rules for table_id: after `local` (0), before `main` (32766).
     rule_priority: int = 18952
-    # Next hops; never assigned to an interface (static neighbours make them reachable).
-    gateway_veth_ip: IPv4Address = IPv4Address("169.254.100.1")  # used from the host, points at liqo.gateway
-    host_veth_ip: IPv4Address = IPv4Address("169.254.100.2")  # used from liqo-netns, points at liqo.host
-    tunnel_ip: IPv4Address = IPv4Address("169.254.0.1")  # on the WireGuard device; probe address
+    gateway_veth_ip: IPv4Address = GATEWAY_VETH_IP
+    host_veth_ip: IPv4Address = HOST_VETH_IP
+    tunnel_ip: IPv4Address = TUNNEL_IP
     probe_port: int = 12345
     probe_interval: float = 2.0
     probe_loss_threshold: int = 5

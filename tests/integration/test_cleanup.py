@@ -47,7 +47,8 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(tmp_path: Path) -> No
     _, peer = keypair()
     with Node("lgt-clean") as node:
         # Foreign state the node had before Liqo: must survive the uninstall.
-        node.run("ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")  # no dummy module here
+        # (a veth: these kernels have no dummy module)
+        node.run("ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
         node.run("ip", "link", "set", "foreign0", "up")
         node.run("ip", "addr", "add", "198.51.100.1/24", "dev", "foreign0")
         node.run("ip", "rule", "add", "from", "198.51.100.0/24", "lookup", "100", "priority", "18952")
