@@ -12,11 +12,12 @@ translates destinations. Rules are values: a tuple of arguments in the exact can
 
 from __future__ import annotations
 
+import bisect
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from services.common.tunnelspec import SpecError, TunnelSpec
 from services.netagent.config import AgentConfig
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_NAT_ENTRIES",
     "TABLES",
     "Args",
+    "NatMap",
     "Ruleset",
     "cluster_chains",
     "desired_state",
@@ -189,8 +191,12 @@ def _cluster_rules(
 
     probe = int(spec.local_probe_address)
     # Sorted by the new address: a stable order keeps a one-entry change a one-rule edit.
-    entries = sorted([(int(new), int(old)) for old, new in nat_map.items()])
-    mapping = _dnat_rules([(probe, int(cfg.tunnel_ip)), *(e for e in entries if e[0] != probe)])
+    mapping = _dnat_rules([(probe, int(cfg.tunnel_ip))])
+    if isinstance(nat_map, NatMap) and not nat_map.has_new(probe):
+        mapping += nat_map.rules  # rendered when parsed: a one-entry change re-renders one rule
+    else:
+        entries = sorted([(int(new), int(old)) for old, new in nat_map.items()])
+        mapping += _dnat_rules(e for e in entries if e[0] != probe)
 
     drop = (*_comment(f"Avoid forwarding '{name}' remapped ExternalCIDR to liqo.gateway"), "-j", "DROP")
     chains: dict[str, dict[str, tuple[Args, ...]]] = {
@@ -248,37 +254,166 @@ def _is_workload(n: int) -> bool:
     return n not in (0, 0xFFFFFFFF) and n >> 24 != 127 and n >> 28 != 0xE
 
 
+class NatMap(dict[IPv4Address, IPv4Address]):
+    """A validated NAT map (old -> new) that also carries its DNAT rules, sorted by new address.
+
+    Read-only, so the rules cannot drift from the entries. Besides being a plain mapping for the
+    agent, it lets `desired_state` reuse the rules and `parse_nat_map` derive the next map from this
+    one when only a few entries change."""
+
+    __slots__ = ("_by_new", "_by_old", "_news", "_rules")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_new: dict[int, int] = {}
+        self._by_old: dict[int, int] = {}
+        self._news: list[int] = []  # sorted new addresses, parallel to _rules
+        self._rules: tuple[Args, ...] = ()
+
+    @property
+    def rules(self) -> tuple[Args, ...]:
+        """`-d new/32 -j DNAT --to-destination old` per entry, by ascending new address."""
+        return self._rules
+
+    def has_new(self, new: int) -> bool:
+        return new in self._by_new
+
+    def as_strings(self) -> dict[str, str]:
+        """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
+        return {_addr(old): _addr(new) for old, new in self._by_old.items()}
+
+    def _readonly(self) -> NoReturn:
+        raise TypeError("NatMap is read-only: parse a new map instead")
+
+    def __setitem__(self, key: IPv4Address, value: IPv4Address) -> None:
+        self._readonly()
+
+    def __delitem__(self, key: IPv4Address) -> None:
+        self._readonly()
+
+    def clear(self) -> None:
+        self._readonly()
+
+    def popitem(self) -> tuple[IPv4Address, IPv4Address]:
+        self._readonly()
+
+    def pop(self, *args: Any) -> Any:
+        self._readonly()
+
+    def setdefault(self, *args: Any) -> Any:
+        self._readonly()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._readonly()
+
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
+        self._readonly()
+
+
+@dataclass(frozen=True)
+class _MapContext:
+    ext: IPv4Network
+    ext_net: int
+    ext_mask: int
+    probe: int
+    tunnel_ip: IPv4Address
+
+    def check(self, old_s: str, new_s: str, old: int, new: int, taken: Mapping[int, int]) -> bool:
+        """True to keep the entry, False for Liqo's tunnel entry (merged); raises if invalid."""
+        if new & self.ext_mask != self.ext_net or not _is_workload(old) or new == self.probe or new in taken:
+            if new == self.probe and old == int(self.tunnel_ip):
+                return False
+            _refuse(old_s, new_s, self.ext, self.probe, self.tunnel_ip, taken)
+        return True
+
+
+# Per cluster: the context, the raw map and the NatMap of the last successful parse.
+_MEMO_CLUSTERS = 64
+_parse_memo: dict[str, tuple[_MapContext, dict[str, str], NatMap]] = {}
+
+
 def parse_nat_map(
     spec: TunnelSpec, mappings: Mapping[str, str], *, tunnel_ip: IPv4Address = AgentConfig.tunnel_ip
-) -> dict[IPv4Address, IPv4Address]:
+) -> NatMap:
     """Validates a NatMapping (key: real/old workload IP, value: new IP in the external CIDR the
-    remote uses for us) and returns old -> new. Raises SpecError naming the first bad entry.
+    remote uses for us) and returns old -> new. Raises SpecError naming a bad entry.
 
     Liqo's NatMapping always carries `tunnel IP -> <E*>.1`: that entry repeats the built-in probe
     DNAT and is merged into it (left out of the result); anything else mapped onto the probe address
-    is refused."""
+    is refused. Maps are resent whole on every change: when only a few entries differ from the
+    cluster's previous map, only those are parsed (same result, a fraction of the cost)."""
     if len(mappings) > MAX_NAT_ENTRIES:
         raise SpecError(f"mappings: {len(mappings)} entries, at most {MAX_NAT_ENTRIES}")
     ext = spec.local_remapped_external_cidr
-    ext_net, ext_mask = int(ext.network_address), int(ext.netmask)
-    probe, tunnel = int(spec.local_probe_address), int(tunnel_ip)
-    # A fast pass (inet_pton is as strict as IPv4Address and ten times faster: maps have up to
-    # 65 536 entries and are validated on every call); any failure re-runs the entry below to say why.
+    probe = int(spec.local_probe_address)
+    ctx = _MapContext(ext, int(ext.network_address), int(ext.netmask), probe, tunnel_ip)
+    memo = _parse_memo.get(spec.cluster_id)
+    result = None
+    if memo is not None and memo[0] == ctx:
+        result = _parse_changes(ctx, memo[1], memo[2], mappings)
+    if result is None:
+        result = _parse_all(ctx, mappings)
+    _parse_memo.pop(spec.cluster_id, None)
+    if len(_parse_memo) >= _MEMO_CLUSTERS:
+        _parse_memo.pop(next(iter(_parse_memo)))
+    _parse_memo[spec.cluster_id] = (ctx, dict(mappings), result)
+    return result
+
+
+def _parse_all(ctx: _MapContext, mappings: Mapping[str, str]) -> NatMap:
+    # inet_pton is as strict as IPv4Address and ten times faster; a failure re-runs the entry
+    # through _refuse to say what is wrong.
     pton, af, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
-    pairs: list[tuple[int, int]] = []
-    news: set[int] = set()
+    by_new: dict[int, int] = {}
     for old_s, new_s in mappings.items():
         try:
             old, new = from_bytes(pton(af, old_s), "big"), from_bytes(pton(af, new_s), "big")
         except (OSError, ValueError, TypeError):
-            _refuse(old_s, new_s, ext, probe, tunnel_ip, {})
-        if new & ext_mask != ext_net or not _is_workload(old) or new == probe or new in news:
-            if new == probe and old == tunnel:
-                continue  # Liqo's tunnel entry: merged into the probe DNAT
-            _refuse(old_s, new_s, ext, probe, tunnel_ip, {n: o for o, n in pairs})
-        news.add(new)
-        pairs.append((old, new))
-    return {IPv4Address(old): IPv4Address(new) for old, new in pairs}
+            _refuse(old_s, new_s, ctx.ext, ctx.probe, ctx.tunnel_ip, {})
+        if ctx.check(old_s, new_s, old, new, by_new):
+            by_new[new] = old
+    nm = NatMap()
+    dict.update(nm, {IPv4Address(old): IPv4Address(new) for new, old in by_new.items()})
+    nm._by_new = by_new
+    nm._by_old = {old: new for new, old in by_new.items()}
+    nm._news = sorted(by_new)
+    nm._rules = tuple(_dnat_rules((new, by_new[new]) for new in nm._news))
+    return nm
+
+
+def _parse_changes(ctx: _MapContext, prev_raw: Mapping[str, str], prev: NatMap,
+                   mappings: Mapping[str, str]) -> NatMap | None:
+    """The map for `mappings` derived from the previous one, or None if too much changed."""
+    gone = [k for k, v in prev_raw.items() if mappings.get(k) != v]
+    came = [(k, v) for k, v in mappings.items() if prev_raw.get(k) != v]
+    if len(gone) + len(came) > max(64, len(mappings) // 8):
+        return None
+    by_new, by_old = dict(prev._by_new), dict(prev._by_old)
+    news, rules = list(prev._news), list(prev._rules)
+    nm = NatMap()
+    dict.update(nm, prev)
+    for old_s in gone:
+        old = _ipv4_int(old_s)
+        new = by_old.pop(old, None) if old is not None else None
+        if new is None:
+            continue  # Liqo's tunnel entry: never stored
+        del by_new[new]
+        i = bisect.bisect_left(news, new)
+        del news[i], rules[i]
+        dict.__delitem__(nm, IPv4Address(old))
+    for old_s, new_s in came:
+        old, new = _ipv4_int(old_s), _ipv4_int(new_s)
+        if old is None or new is None:
+            _refuse(old_s, new_s, ctx.ext, ctx.probe, ctx.tunnel_ip, by_new)
+        if not ctx.check(old_s, new_s, old, new, by_new):
+            continue
+        by_new[new], by_old[old] = old, new
+        i = bisect.bisect_left(news, new)
+        news.insert(i, new)
+        rules.insert(i, _dnat_rules([(new, old)])[0])
+        dict.__setitem__(nm, IPv4Address(old), IPv4Address(new))
+    nm._by_new, nm._by_old, nm._news, nm._rules = by_new, by_old, news, tuple(rules)
+    return nm
 
 
 def _refuse(

@@ -476,3 +476,56 @@ def test_duplicated_rules_are_never_deleted_by_content() -> None:
     script = converge(chains, {"LIQO-M": tuple(r[:7] + r[8:])})  # ...and rule 8 is to go
     assert script is not None and ":LIQO-M - [0:0]" in script  # rewritten, not "-D" by content
     assert chains["LIQO-M"] == r[:7] + r[8:]
+
+
+def test_parsing_only_the_changes_gives_what_a_full_parse_gives() -> None:
+    """Maps are resent whole; parse_nat_map derives the next map from the cluster's previous one
+    when few entries differ. Random edit sequences, each checked against a fresh full parse."""
+    rng = random.Random(7)
+    s = spec(local_external_cidr="10.201.0.0/24")
+    cur = {f"10.0.0.{i}": f"10.201.0.{i + 2}" for i in range(1, 200)}
+    for step in range(300):
+        nxt = dict(cur)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            if op < 0.3 and nxt:
+                del nxt[rng.choice(list(nxt))]
+            elif op < 0.6 and nxt:
+                nxt[rng.choice(list(nxt))] = f"10.201.0.{rng.randint(0, 255)}"  # may collide or hit the probe
+            elif op < 0.9:
+                nxt[f"10.0.{rng.randint(1, 9)}.{rng.randint(1, 254)}"] = f"10.201.0.{rng.randint(2, 255)}"
+            else:
+                nxt[rng.choice(["169.254.0.1", "127.0.0.1", "10.0.0.x"])] = "10.201.0.1"
+        try:
+            got: natrules.NatMap | SpecError = parse_nat_map(s, nxt)
+        except SpecError as e:
+            got = e
+        natrules._parse_memo.clear()
+        try:
+            want: natrules.NatMap | SpecError = parse_nat_map(s, nxt)
+        except SpecError as e:
+            want = e
+        if isinstance(want, SpecError):
+            assert isinstance(got, SpecError), f"step {step}: {want} not detected"
+            parse_nat_map(s, cur)  # back to the last good map (re-seeds the memo)
+            continue
+        assert isinstance(got, natrules.NatMap), f"step {step}: {got}"
+        assert got == want and got.rules == want.rules, f"step {step}"
+        assert desired_state([s], {s.cluster_id: got}, CFG) == desired_state([s], {s.cluster_id: dict(want)}, CFG)
+        cur = nxt
+
+
+def test_nat_maps_are_read_only() -> None:
+    m = parse_nat_map(spec(), {"10.0.0.5": "10.201.0.9"})
+    for mutate in (lambda: m.__setitem__(IPv4Address("10.0.0.6"), IPv4Address("10.201.0.7")), m.clear,
+                   lambda: m.pop(IPv4Address("10.0.0.5")), lambda: m.update({}), m.popitem):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert m == {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}
+
+
+def test_nat_map_as_strings_round_trips() -> None:
+    raw = {"10.0.0.5": "10.201.0.9", "192.168.3.4": "10.201.7.7", "169.254.0.1": "10.201.0.1"}
+    m = parse_nat_map(spec(), raw)
+    assert m.as_strings() == {"10.0.0.5": "10.201.0.9", "192.168.3.4": "10.201.7.7"}
+    assert m.as_strings() == {str(o): str(n) for o, n in m.items()}
