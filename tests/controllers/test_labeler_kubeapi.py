@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_labeler_fakes import RecordingNetAgent, overlap, serve
 
 from sandbox.kubeapi import KubeAPIServer
 from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
 from services.labeler.labels import GATEWAY_LABEL, NODE_IP_ANNOTATION
 from services.labeler.main import DEFAULT_LEASE
+from tests.controllers.test_labeler_fakes import RecordingNetAgent, overlap, serve
 
 NS = "liqo"
 SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "networking"}

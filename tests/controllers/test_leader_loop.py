@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_labeler_fakes import MemoryLeaseStore, MemoryLock, RecordingNetAgent, overlap, serve
 
 from services.common.leaderelection import LeaseRecord, Timings, micro_time
 from services.common.netagent_client import NetAgentClient
 from services.labeler.elector import Elector
 from services.labeler.metrics import LabelerMetrics
+from tests.controllers.test_labeler_fakes import (
+    MemoryLeaseStore,
+    MemoryLock,
+    RecordingNetAgent,
+    overlap,
+    serve,
+)
 
 FAST = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=4.0)
 
