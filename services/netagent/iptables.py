@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 
-from services.netagent.natrules import TABLES, Args, Ruleset, is_liqo_chain, jump_target
+from services.netagent.natrules import TABLES, Args, Ruleset, gc_paused, is_liqo_chain, jump_target
 
 __all__ = ["Iptables", "IptablesError", "parse_save", "render_rule", "table_script"]
 
@@ -261,7 +261,9 @@ class Iptables:
 
     def _read(self) -> Ruleset:
         self._cache = None
-        state = parse_save(self._run([SAVE]))
+        text = self._run([SAVE])
+        with gc_paused():
+            state = parse_save(text)
         self._cache = state
         return state
 
@@ -299,10 +301,11 @@ class Iptables:
         current = self._cache if self._cache is not None else self._read()
         tables = sorted(current.tables.keys() | desired.tables.keys(), key=_table_order)
         scripts: list[tuple[str, str]] = []
-        for table in tables:
-            script = table_script(table, current.table(table), desired.table(table))
-            if script is not None:
-                scripts.append((table, script))
+        with gc_paused():
+            for table in tables:
+                script = table_script(table, current.table(table), desired.table(table))
+                if script is not None:
+                    scripts.append((table, script))
         if not scripts:
             return False
         done: list[str] = []
