@@ -95,6 +95,7 @@ class Agent:
             on_change=self._on_probe_change,
         )
         self._expiry_thread = threading.Thread(target=self._watch_expiry, name="role-expiry", daemon=True)
+        self._resync_thread = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -103,15 +104,15 @@ class Agent:
         cfg = self.cfg
         persisted = state.load(cfg.state_path)
         with self._lock:
-            self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
-            self._timed("veth", lambda: veth.ensure_veth(cfg))
-            self._device = open_device(cfg)
             if persisted is not None:
                 self._state = persisted
                 if persisted.active_until_wall is not None:
                     self._fence.restore(persisted.epoch, persisted.active_until_wall)
                 else:
                     self._fence.set(Role.STANDBY, persisted.epoch, 0, "restored")
+            self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
+            self._timed("veth", lambda: veth.ensure_veth(self.effective_config))
+            self._device = open_device(cfg)
             self._timed("wireguard", lambda: self.device.ensure(None, self.listen_port, self.mtu))
             self._private_key_set = self.device.public_key() is not None
             self._converge_all()
@@ -120,6 +121,7 @@ class Agent:
         self._prober.start()
         self._update_probe_targets()
         self._expiry_thread.start()
+        self._resync_thread.start()
         log.info(
             "netagent started",
             extra={
@@ -144,6 +146,11 @@ class Agent:
         return self._device
 
     @property
+    def effective_config(self) -> AgentConfig:
+        """The configuration with what ConfigureDevice changed since start."""
+        return dataclasses.replace(self.cfg, mtu=self.mtu, listen_port=self.listen_port)
+
+    @property
     def listen_port(self) -> int:
         return self._state.listen_port or self.cfg.listen_port
 
@@ -165,7 +172,8 @@ class Agent:
             self._state.mtu = mtu or self.mtu
             self._timed("wireguard", lambda: self.device.ensure(private_key, self.listen_port, self.mtu))
             self._private_key_set = True
-            if mtu_changed:  # MSS clamping follows the MTU
+            if mtu_changed:  # the veth MTU and MSS clamping follow the device MTU
+                self._timed("veth", lambda: veth.ensure_veth(self.effective_config))
                 self._converge_iptables()
             self._persist()
             key = self.device.public_key()
@@ -217,6 +225,24 @@ class Agent:
                     self._mark_all_changed()
                     self._persist()
                     self._notify()
+
+    def _resync_loop(self) -> None:
+        """Repairs what others changed behind our back: the kernel is re-read, not trusted from cache."""
+        while not self._stopping.wait(self.cfg.resync_interval):
+            try:
+                self.resync()
+            except Exception as e:  # the next round retries; a resync must never kill the agent
+                log.warning("resync failed", extra={"error": str(e)})
+
+    def resync(self) -> bool:
+        """Re-reads the kernel and converges it to the desired state; True when drift was repaired."""
+        with self._lock:
+            self._iptables.invalidate()
+            repaired = self._timed("veth", lambda: veth.ensure_veth(self.effective_config).created)
+            repaired = self._converge_all() or repaired
+        if repaired:
+            log.warning("repaired drift in Liqo-owned kernel state")
+        return repaired
 
     # ---- tunnels ---------------------------------------------------------------------------------
 
@@ -346,14 +372,14 @@ class Agent:
 
     def _converge_all(self) -> bool:
         specs = list(self._state.tunnels.values())
-        self._timed("routes", lambda: routes.sync_netns_routes(self.cfg, specs))
-        self._timed("routes", lambda: routes.sync_host_routing(self.cfg, specs))
-        changed = self._converge_iptables()
+        changed = self._timed("routes", lambda: routes.sync_netns_routes(self.cfg, specs))
+        changed = self._timed("routes", lambda: routes.sync_host_routing(self.cfg, specs)) or changed
+        changed = self._converge_iptables() or changed
         return self._sync_peers() or changed
 
     def _converge_iptables(self) -> bool:
         desired = natrules.desired_state(
-            self._state.tunnels.values(), self._state.nat_maps, dataclasses.replace(self.cfg, mtu=self.mtu)
+            self._state.tunnels.values(), self._state.nat_maps, self.effective_config
         )
         return self._timed("iptables", lambda: self._iptables.apply(desired))
 

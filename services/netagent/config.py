@@ -35,4 +35,7 @@ class AgentConfig:
     wireguard_implementation: str = "auto"
     # Where the agent keeps what it was asked (desired tunnels, NAT maps, role) to adopt after restart.
     state_path: str = "/run/liqo/netagent-state.json"
+    # How often the agent re-reads the kernel and repairs drift (a flushed chain, a deleted route,
+    # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
+    resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-path", default=D.state_path, help="where desired state is kept for restart adoption"
     )
     p.add_argument(
+        "--resync-interval",
+        type=float,
+        default=D.resync_interval,
+        help="seconds between re-reads of the kernel that repair drift in Liqo-owned state",
+    )
+    p.add_argument(
         "--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -93,6 +99,7 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
         probe_loss_threshold=a.probe_loss_threshold,
         wireguard_implementation=a.wireguard_implementation,
         state_path=a.state_path,
+        resync_interval=a.resync_interval,
         metrics_address=a.metrics_address,
     )
 

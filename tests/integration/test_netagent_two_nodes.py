@@ -20,6 +20,7 @@ import pytest
 
 from sandbox.hosts import Node, Pod, link_nodes
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.tunnelspec import chain_suffix
 from tests.integration.netagent_harness import (
     AgentProcess,
     activate,
@@ -121,7 +122,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         sides = []
         for node, pod_ip in ((na, "10.0.1.5"), (nb, "10.0.2.7")):
             pod = node.add_pod("web", f"{pod_ip}/16", "10.0.255.254")
-            agent = AgentProcess(node, Path(work / node.name))
+            agent = AgentProcess(node, Path(work / node.name), "--resync-interval", "1")
             agent.start()
             priv, pub = keypair()
             activate(agent, priv)
@@ -257,6 +258,20 @@ def test_role_expiry_fences_the_dataplane(pair: Pair) -> None:
     assert pair.a.agent.api.GetInfo(pb.GetInfoRequest()).role == pb.ROLE_STANDBY
     activate(pair.a.agent, pair.a.priv, epoch=pair.a.agent.api.GetInfo(pb.GetInfoRequest()).epoch)
     wait_for("traffic after renewal", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+
+
+def test_drift_is_repaired(pair: Pair) -> None:
+    """Someone flushes our chain, deletes our route and our rule: the agent's resync puts them back."""
+    node = pair.a.node
+    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    before = kernel_snapshot(node)
+    chain = f"LIQO-PSTRT-CLS-{chain_suffix(ID_B)}"
+    node.exec_in_netns("liqo-netns", ["iptables-legacy", "-t", "nat", "-F", chain])
+    node.exec_in_netns("liqo-netns", ["ip", "route", "del", "10.60.0.0/16"])
+    node.run("ip", "rule", "del", "to", "10.60.0.0/16", "lookup", "18952")
+    assert kernel_snapshot(node) != before
+    wait_for("drift repaired", lambda: kernel_snapshot(node) == before, timeout=10)
+    assert ping_ok(pair.a.pod, "10.60.2.7")
 
 
 def test_sigkill_and_restart_keeps_traffic_and_adopts(pair: Pair) -> None:
