@@ -299,6 +299,9 @@ class NatMap(dict[IPv4Address, IPv4Address]):
         """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
         return {_addr(old): _addr(new) for old, new in self._by_old.items()}
 
+    def __reduce__(self) -> tuple[type[dict[Any, Any]], tuple[dict[IPv4Address, IPv4Address]]]:
+        return (dict, (dict(self),))  # copies and pickles are plain dicts (rendered again if used)
+
     def _readonly(self) -> NoReturn:
         raise TypeError("NatMap is read-only: parse a new map instead")
 

@@ -5,7 +5,9 @@ kernel's chain semantics; tests/integration/test_iptables.py checks them on the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 import random
 import re
 import shlex
@@ -522,6 +524,8 @@ def test_nat_maps_are_read_only() -> None:
         with pytest.raises(TypeError, match="read-only"):
             mutate()
     assert m == {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}
+    for clone in (copy.copy(m), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert type(clone) is dict and clone == m
 
 
 def test_nat_map_as_strings_round_trips() -> None:
