@@ -299,6 +299,16 @@ class NatMap(dict[IPv4Address, IPv4Address]):
         """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
         return {_addr(old): _addr(new) for old, new in self._by_old.items()}
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NatMap):  # integers, not IPv4Address.__eq__ per entry
+            return self._by_old == other._by_old
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None
+
     def __reduce__(self) -> tuple[type[dict[Any, Any]], tuple[dict[IPv4Address, IPv4Address]]]:
         return (dict, (dict(self),))  # copies and pickles are plain dicts (rendered again if used)
 

@@ -533,3 +533,14 @@ def test_nat_map_as_strings_round_trips() -> None:
     m = parse_nat_map(spec(), raw)
     assert m.as_strings() == {"10.0.0.5": "10.201.0.9", "192.168.3.4": "10.201.7.7"}
     assert m.as_strings() == {str(o): str(n) for o, n in m.items()}
+
+
+def test_nat_maps_compare_by_content() -> None:
+    s = spec()
+    a = parse_nat_map(s, {"10.0.0.5": "10.201.0.9"})
+    natrules._parse_memo.clear()  # a second, independent parse
+    b = parse_nat_map(s, {"10.0.0.5": "10.201.0.9"})
+    c = parse_nat_map(s, {"10.0.0.5": "10.201.0.8"})
+    plain = {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}
+    assert a is not b and a == b and a != c
+    assert a == plain and plain == a and c != plain and a != {}
