@@ -1,0 +1,228 @@
+"""TunnelEndpoint edits converge, with the tunnel and NatMapping controllers against REAL netagents.
+
+Two emulated clusters whose pod CIDRs are the same (10.0.0.0/16), as in
+tests/integration/test_netagent_two_nodes.py: A sees B's pods as 10.60.0.0/16 and B's external CIDR
+as 10.70.0.0/16; B sees A's pods as 10.80.0.0/16 and A's external CIDR as 10.90.0.0/16. Each
+cluster has its own API server, netagent and controllers. The tests run in file order on one pair
+of clusters (each leaves the tunnel working on its new settings); the last deletes the tunnel.
+
+After each edit: traffic flows on the new settings, the old settings stop working, and nothing of
+them stays in the kernel (`wg show`, `ip route`, `ip rule`, iptables-legacy-save in the nodes).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sandbox.hosts import link_nodes
+from services.tunnel import status as st
+from services.tunnel.controller import TUNNEL_ENDPOINTS
+from tests.controllers.realagent import (
+    WG_PORT,
+    Cluster,
+    Lab,
+    liqo_chains,
+    ping_ok,
+    snapshot_diff,
+    tep_body,
+    wait_until,
+    why_unavailable,
+)
+
+pytestmark = pytest.mark.root
+
+ID_A, ID_B = "aaaaaaaa-1111-4111-8111-0000000000a1", "bbbbbbbb-2222-4222-8222-0000000000b2"
+ID_C = "cccccccc-3333-4333-8333-0000000000c3"
+NS_B, NS_A, NS_C = "liqo-tenant-cluster-b", "liqo-tenant-cluster-a", "liqo-tenant-cluster-c"
+A_UL, B_UL = "192.0.2.1", "192.0.2.2"  # the first underlay
+A_UL2, B_UL2 = "198.51.100.1", "198.51.100.2"  # the second underlay, where B moves
+POD_A, POD_B = "10.0.1.5", "10.0.2.7"
+LIQO_TABLE = "18952"
+
+
+@dataclass
+class Pair:
+    a: Cluster
+    b: Cluster
+    b_underlay_dev: str
+    a_empty: dict[str, str]  # A's kernel state with the agent active and no tunnel
+
+    def a_pings_b(self, prefix: str = "10.60") -> bool:
+        return ping_ok(self.a.pods["web"], f"{prefix}.2.7")
+
+    def b_pings_a(self, prefix: str = "10.80") -> bool:
+        return ping_ok(self.b.pods["web"], f"{prefix}.1.5")
+
+
+def tep_for_b(b_key: str) -> dict[str, object]:
+    """A's TunnelEndpoint describing cluster B."""
+    return tep_body("cluster-b", NS_B, ID_B, local_pod="10.0.0.0/16", local_nat_pod="10.80.0.0/16",
+                    local_ext="10.201.0.0/16", local_nat_ext="10.90.0.0/16",
+                    remote_pod="10.0.0.0/16", remote_nat_pod="10.60.0.0/16",
+                    remote_ext="10.201.0.0/16", remote_nat_ext="10.70.0.0/16",
+                    endpoint=B_UL, public_key=b_key)
+
+
+def tep_for_a(a_key: str) -> dict[str, object]:
+    """B's TunnelEndpoint describing cluster A."""
+    return tep_body("cluster-a", NS_A, ID_A, local_pod="10.0.0.0/16", local_nat_pod="10.60.0.0/16",
+                    local_ext="10.201.0.0/16", local_nat_ext="10.70.0.0/16",
+                    remote_pod="10.0.0.0/16", remote_nat_pod="10.80.0.0/16",
+                    remote_ext="10.201.0.0/16", remote_nat_ext="10.90.0.0/16",
+                    endpoint=A_UL, public_key=a_key)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    if why := why_unavailable():
+        pytest.skip(why)
+    with Lab(Path(tmp_path_factory.mktemp("edits"))) as lab:
+        na, nb = lab.node("eda"), lab.node("edb")
+        _, b_dev = link_nodes(na, A_UL, nb, B_UL)
+        link_nodes(na, A_UL2, nb, B_UL2)
+        a = lab.cluster("a", na, A_UL, natmap=True)
+        b = lab.cluster("b", nb, B_UL, natmap=True)
+        a.add_pod("web", f"{POD_A}/16")
+        b.add_pod("web", f"{POD_B}/16")
+        a_empty = a.snapshot()
+        a.create_tep(tep_for_b(b.public_key))
+        b.create_tep(tep_for_a(a.public_key))
+        p = Pair(a, b, b_dev, a_empty)
+        a.wait_status("cluster-b", NS_B, st.CONNECTED)
+        wait_until("A pod -> B pod", p.a_pings_b)
+        yield p
+
+
+def no_trace(snapshot: dict[str, str], text: str) -> list[str]:
+    """The parts of a kernel snapshot that still mention `text` (as a whole address or CIDR:
+    192.0.2.2 is not in 192.0.2.255)."""
+    pattern = re.compile(rf"(?<![\d.]){re.escape(text)}(?!\d)")
+    return [part for part, dump in snapshot.items() if pattern.search(dump)]
+
+
+def test_tunnel_connects_pods_with_the_same_cidr(pair: Pair) -> None:
+    conn = pair.a.wait_status("cluster-b", NS_B, st.CONNECTED,
+                              where=lambda c: (c.get("latency") or {}).get("value") not in (None, "N/A"))
+    assert conn["statusMessage"] == st.MSG_CONNECTED
+    assert conn["peerConfiguration"]["endpointIP"] == B_UL
+    assert conn["peerConfiguration"]["allowedIPs"] == "10.60.0.0/16, 10.70.0.0/16"
+    assert pair.a.tep("cluster-b", NS_B)["status"]["gatewayIP"] == A_UL  # type: ignore[index]
+    assert pair.b_pings_a(), "B pod -> A pod via 10.80.1.5"
+
+
+def test_endpoint_change_converges(pair: Pair) -> None:
+    """B moves to its second underlay address. B loses the first one entirely (so it cannot reach A
+    there either, and WireGuard roaming cannot hide a missed edit): traffic stops until A's
+    TunnelEndpoint names the new address, and only then flows again."""
+    a, b = pair.a, pair.b
+    b.node.run("ip", "addr", "del", f"{B_UL}/24", "dev", pair.b_underlay_dev)
+    wait_until("traffic to stop on the lost address", lambda: not pair.a_pings_b())
+    a.patch_tep_spec("cluster-b", NS_B, {"endpointIP": B_UL2})
+    wait_until("A pod -> B pod over the new endpoint", pair.a_pings_b, timeout=30)
+    # B now reaches A over the second underlay too.
+    b.patch_tep_spec("cluster-a", NS_A, {"endpointIP": A_UL2})
+    wait_until("B's peer endpoint", lambda: b.wg_peers()[a.public_key]["endpoint"] == f"{A_UL2}:{WG_PORT}")
+    assert a.wg_peers()[b.public_key]["endpoint"] == f"{B_UL2}:{WG_PORT}"
+    assert pair.b_pings_a()
+    conn = a.wait_status("cluster-b", NS_B, st.CONNECTED,
+                         where=lambda c: c.get("peerConfiguration", {}).get("endpointIP") == B_UL2)
+    assert conn["peerConfiguration"]["port"] == str(WG_PORT)
+    for c, old in ((a, B_UL), (b, A_UL)):
+        assert not no_trace(c.snapshot(), old), f"{c.name} still knows the old endpoint {old}"
+
+
+def test_public_key_rotation_converges(pair: Pair) -> None:
+    """B's key Secret is rotated and B's gateway restarted (keys are read at start, as in Liqo): B's
+    device takes the new key, A's tunnel breaks until A's TunnelEndpoint names the new key, and the
+    old key leaves A's device."""
+    a, b = pair.a, pair.b
+    old = b.public_key
+    new = b.rotate_key()
+    b.stop_tunnel_controller()
+    b.start_tunnel_controller()
+    assert b.public_key == new.public_key
+    wait_until("B's device to hold the new key", lambda: b.agent.get_info().public_key == new.public_key)
+    wait_until("traffic to stop with the old key", lambda: not pair.a_pings_b())
+    a.patch_tep_spec("cluster-b", NS_B, {"backend_config": {"publicKey": new.public_key,
+                                                             "port": str(WG_PORT)}})
+    wait_until("A pod -> B pod with the new key", pair.a_pings_b, timeout=30)
+    assert set(a.wg_peers()) == {new.public_key}
+    snap = a.snapshot()
+    assert not no_trace(snap, old), "A still holds B's old key"
+    assert pair.b_pings_a()
+    conn = a.wait_status("cluster-b", NS_B, st.CONNECTED,
+                         where=lambda c: c.get("peerConfiguration", {}).get("publicKey") == new.public_key)
+    assert conn["statusMessage"] == st.MSG_CONNECTED
+
+
+def test_remapping_change_converges(pair: Pair) -> None:
+    """Both clusters agree on a new remapping of B's pods (10.60/16 -> 10.61/16): A routes, admits
+    and translates the new CIDR and B answers on it; 10.60/16 is gone from both kernels."""
+    a, b = pair.a, pair.b
+    a.patch_tep_spec("cluster-b", NS_B, {"remoteNATPodCIDR": "10.61.0.0/16"})
+    b.patch_tep_spec("cluster-a", NS_A, {"localNATPodCIDR": "10.61.0.0/16"})
+    wait_until("A pod -> B pod via 10.61.2.7", lambda: pair.a_pings_b("10.61"), timeout=30)
+    assert not pair.a_pings_b("10.60"), "the old remapping must not reach B any more"
+    assert pair.b_pings_a(), "B pod -> A pod via 10.80.1.5"
+    snap_a, snap_b = a.snapshot(), b.snapshot()
+    assert not no_trace(snap_a, "10.60.0.0/16"), "A kept the old remapping"
+    assert not no_trace(snap_b, "10.60.0.0/16"), "B kept the old remapping"
+    assert "10.61.0.0/16 dev liqo.tunnel" in snap_a["netns routes"]
+    assert f"from 10.61.0.0/16 lookup {LIQO_TABLE}" in snap_a["host rules"]
+    assert f"to 10.61.0.0/16 lookup {LIQO_TABLE}" in snap_a["host rules"]
+    assert "10.61.0.0/16" in snap_a["wg"] and "10.61.0.0/16" in snap_b["iptables"]
+    a.wait_status("cluster-b", NS_B, st.CONNECTED,
+                  where=lambda c: c.get("peerConfiguration", {}).get("allowedIPs")
+                  == "10.61.0.0/16, 10.70.0.0/16")
+
+
+def test_invalid_tunnelendpoint_gets_error_and_changes_nothing(pair: Pair) -> None:
+    a = pair.a
+    before = a.snapshot()
+    bad = tep_body("cluster-c", NS_C, ID_C, local_pod="10.0.0.0/16", local_ext="10.201.0.0/16",
+                   remote_pod="10.0.0.0/16", remote_nat_pod="10.62.0.1/16",  # host bits: not a CIDR
+                   remote_ext="10.202.0.0/16", endpoint="192.0.2.99", public_key=pair.b.public_key)
+    a.create_tep(bad)
+    conn = a.wait_status("cluster-c", NS_C, st.ERROR)
+    assert "spec.remoteNATPodCIDR" in conn["statusMessage"], conn
+    warnings = wait_until("a Warning Event", lambda: a.events_for("cluster-c", NS_C, "Warning"))
+    assert any(e["reason"] == "InvalidSpec" and "spec.remoteNATPodCIDR" in e["message"] for e in warnings)
+    # An invalid edit of the live tunnel: Error and an Event, and the tunnel keeps its last valid
+    # settings (traffic flows on).
+    a.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.5/16"})
+    conn = a.wait_status("cluster-b", NS_B, st.ERROR)
+    assert "spec.remoteNATExternalCIDR" in conn["statusMessage"], conn
+    time.sleep(2.0)  # several status-stream periods: the live tunnel's probe must not overwrite it
+    assert a.connection("cluster-b", NS_B)["status"] == st.ERROR
+    wait_until("a Warning Event for the edit", lambda: [
+        e for e in a.events_for("cluster-b", NS_B, "Warning") if e["reason"] == "InvalidSpec"])
+    assert pair.a_pings_b("10.61"), "an invalid edit must not disturb the running tunnel"
+    after = a.snapshot()
+    assert after == before, snapshot_diff(before, after)
+    # Deleting the invalid TunnelEndpoint finalizes it without touching the kernel either.
+    a.kube.delete(TUNNEL_ENDPOINTS, "cluster-c", NS_C)
+    wait_until("the invalid TunnelEndpoint to go", lambda: a.tep("cluster-c", NS_C) is None)
+    a.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.0/16"})
+    a.wait_status("cluster-b", NS_B, st.CONNECTED)
+    assert a.snapshot() == before
+
+
+def test_delete_removes_every_trace_and_the_finalizer(pair: Pair) -> None:
+    """Runs last. A's kernel returns exactly to the state it had before the tunnel."""
+    a = pair.a
+    a.kube.delete(TUNNEL_ENDPOINTS, "cluster-b", NS_B)
+    wait_until("the TunnelEndpoint (and its finalizer) to go", lambda: a.tep("cluster-b", NS_B) is None)
+    snap = a.snapshot()
+    assert a.wg_peers() == {}
+    assert a.netns("ip", "-4", "route", "show", "table", "main", "dev", "liqo.tunnel").strip() == ""
+    assert LIQO_TABLE not in snap["host rules"] and f"table {LIQO_TABLE}" not in snap["host routes"]
+    assert not liqo_chains(snap["iptables"])
+    assert snap == pair.a_empty, snapshot_diff(pair.a_empty, snap)
+    assert not pair.a_pings_b("10.61")
+    assert a.agent.list_tunnels() == []
