@@ -1,0 +1,370 @@
+"""Issue 4's HA story end to end, with real processes only: per gateway replica one emulated node
+running liqo-netagent, liqo-tunnel-controller, liqo-natmap-controller and liqo-labeler against a
+per-cluster API server on a control-plane node (sandbox.gateway). Cluster A has two replicas, B one;
+both use 10.0.0.0/16 for pods (A sees B's pods as 10.60.0.0/16 and B's external CIDR as 10.70.0.0/16,
+B sees A's as 10.80.0.0/16 and 10.90.0.0/16). Each TunnelEndpoint points at the other cluster's
+Service VIP, which follows the pod labelled active; A's worker routes B's CIDRs to A's active replica.
+
+Every test builds a fresh topology (they kill replicas) and prints what it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.gateway import (
+    NAT_MAPPINGS,
+    EmulatedCluster,
+    GatewayReplica,
+    Peering,
+    Remap,
+    Wan,
+    nat_mapping,
+    peer,
+    wait_until,
+)
+from sandbox.hosts import Pod
+
+pytestmark = pytest.mark.root
+if os.geteuid() != 0 or not shutil.which("wireguard-go"):
+    pytest.skip("needs root and wireguard-go", allow_module_level=True)
+
+LEASE_DURATION = 7.0  # the labeler's default, used unchanged
+POD_A, POD_B = "10.0.1.5", "10.0.2.7"
+A_SEES_B = Remap(pod="10.60.0.0/16", external="10.70.0.0/16")
+B_SEES_A = Remap(pod="10.80.0.0/16", external="10.90.0.0/16")
+POD_B_FROM_A, POD_A_FROM_B = "10.60.2.7", "10.80.1.5"
+EXPORTED_B = "10.70.0.7"  # B's NatMapping exports its pod as this address of the CIDR A uses for B
+
+
+@dataclass
+class Env:
+    a: EmulatedCluster
+    b: EmulatedCluster
+    pod_a: Pod
+    pod_b: Pod
+    peering: Peering
+    tep_created: float = 0.0
+    connected_after: dict[str, float] = field(default_factory=dict)
+
+    def logs(self, tail: int = 2500) -> str:
+        out = []
+        for c in (self.a, self.b):
+            for r in c.replicas:
+                for n in r.procs:
+                    out.append(f"--- {c.name}/{r.name}/{n}\n{r.log(n)[-tail:]}")
+        return "\n".join(out)
+
+
+def ping_ok(pod: Pod, target: str, count: int = 2) -> bool:
+    cp = pod.run("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", target, check=False, timeout=15)
+    return cp.returncode == 0
+
+
+def leader(c: EmulatedCluster) -> GatewayReplica:
+    """The one replica whose netagent is ACTIVE (asserts there is exactly one)."""
+    active = [r for r in c.replicas if r.node is not None and r.is_active()]
+    assert len(active) == 1, f"{c.name}: active replicas {[r.name for r in active]}"
+    return active[0]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with Wan() as wan, \
+         EmulatedCluster("a", 1, wan, replicas=2, workdir=tmp_path / "a") as a, \
+         EmulatedCluster("b", 2, wan, replicas=1, workdir=tmp_path / "b") as b:  # fmt: skip
+        a.start()
+        b.start()
+        pod_a, pod_b = a.add_pod("web", POD_A), b.add_pod("web", POD_B)
+        for c in (a, b):
+            wait_until(f"{c.name}: a leader", lambda c=c: any(r.is_active() for r in c.replicas), 30)
+            wait_until(f"{c.name}: VIP follows the active pod", lambda c=c: c.vip and c.vip.backend, 15)
+        a.public_key()
+        b.public_key()
+        t0 = time.monotonic()
+        peering = peer(a, b, a_sees_b=A_SEES_B, b_sees_a=B_SEES_A)
+        e = Env(a, b, pod_a, pod_b, peering, tep_created=t0)
+        try:
+            for c, ref in ((a, peering.in_a), (b, peering.in_b)):
+                c.wait_connected(ref, 60)
+                e.connected_after[c.name] = time.monotonic() - t0
+            wait_until("A pod -> B pod", lambda: ping_ok(pod_a, POD_B_FROM_A), 30)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{e.logs()}") from None
+        yield e
+
+
+# ---- sampling ---------------------------------------------------------------------------------------
+
+
+class PeerSampler:
+    """Reads the WireGuard peers of every replica of a cluster every 50 ms (wireguard-go's UAPI socket,
+    what `wg show` reads) and records (time.time(), peer counts per replica; -1 = unreadable)."""
+
+    def __init__(self, cluster: EmulatedCluster, interval: float = 0.05) -> None:
+        self.cluster, self.interval = cluster, interval
+        self.samples: list[tuple[float, list[int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            counts = []
+            for r in self.cluster.replicas:
+                peers = r.uapi_peers()
+                counts.append(-1 if peers is None else len(peers))
+            self.samples.append((time.time(), counts))
+
+    def overlaps(self) -> list[tuple[float, list[int]]]:
+        return [s for s in self.samples if sum(1 for n in s[1] if n > 0) > 1]
+
+    def first_with_peers(self, index: int, after: float) -> float | None:
+        return next((t for t, c in self.samples if t > after and c[index] > 0), None)
+
+    def last_with_peers(self, index: int) -> float | None:
+        return max((t for t, c in self.samples if c[index] > 0), default=None)
+
+
+@dataclass
+class PingResult:
+    sent: int
+    received: int
+    replies: list[float]  # reply timestamps (time.time())
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+    def longest_gap_after(self, t: float) -> tuple[float, float]:
+        """(start, end) of the longest silence between replies that ends after `t`."""
+        best = (t, t)
+        prev = max((r for r in self.replies if r <= t), default=t)
+        for r in (r for r in self.replies if r > t):
+            if r - prev > best[1] - best[0]:
+                best = (prev, r)
+            prev = r
+        return best
+
+
+class Pinger:
+    """`ping -D -i 0.05` from a pod for the duration of a with-block."""
+
+    def __init__(self, pod: Pod, target: str, out: Path) -> None:
+        self.pod, self.target, self.out = pod, target, out
+        self.proc: subprocess.Popen[Any] | None = None
+        self.result: PingResult | None = None
+
+    def __enter__(self) -> Pinger:
+        with open(self.out, "w") as f:
+            self.proc = self.pod.popen(["ping", "-n", "-D", "-i", "0.05", "-W", "1", self.target],
+                                       stdout=f, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        text = self.out.read_text()
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+        assert m, text[-500:]
+        replies = [float(x) for x in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", text, re.M)]
+        self.result = PingResult(int(m.group(1)), int(m.group(2)), replies)
+
+
+def first_active_after(r: GatewayReplica, t: float) -> float | None:
+    """When `r`'s netagent last turned ACTIVE after `t` (its own log: SetRole ACTIVE applied)."""
+    for ev in r.log_events("netagent", "role changed"):
+        if ev.get("role") == "active" and ev.get("t", 0) > t:
+            return float(ev["t"])
+    return None
+
+
+# ---- the tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_one_leader_labels_annotation_connected_traffic_and_natmapping(env: Env) -> None:
+    a, b = env.a, env.b
+    lead = leader(a)
+    other = next(r for r in a.replicas if r is not lead)
+    lease = a.lease()
+    assert lease["spec"]["holderIdentity"] == lead.name
+    assert a.labels() == {lead.name: "active", other.name: "standby"}
+    assert a.service_annotation() == lead.ip
+    assert a.vip is not None and a.vip.backend == lead.ip
+    # The sampler's source agrees with the real tool: the leader holds B's peer, the standby none.
+    assert lead.wg_peers() and sorted(lead.wg_peers()) == sorted(
+        __import__("base64").b64encode(bytes.fromhex(k)).decode() for k in lead.uapi_peers() or [])
+    assert other.wg_peers() == [] and other.uapi_peers() == []
+    for c, ref in ((a, env.peering.in_a), (b, env.peering.in_b)):
+        status = c.tunnel_status(*ref)
+        conn = status["connection"]
+        assert conn["status"] == "Connected" and conn["latency"]["value"] not in ("", "N/A"), conn
+        assert status["gatewayIP"] == leader(c).ip
+        assert conn["peerConfiguration"]["endpointIP"] == (b.vip_ip if c is a else a.vip_ip)
+    assert ping_ok(env.pod_a, POD_B_FROM_A) and ping_ok(env.pod_b, POD_A_FROM_B)
+    # B's NatMapping exports its pod in the external CIDR A uses for B.
+    assert not ping_ok(env.pod_a, EXPORTED_B, count=1)
+    t0 = time.monotonic()
+    b.client.create(NAT_MAPPINGS, nat_mapping(b, a, {POD_B: EXPORTED_B}, pod_cidr=B_SEES_A.pod,
+                                              external_cidr=A_SEES_B.external))
+    wait_until("A pod -> B's exported address", lambda: ping_ok(env.pod_a, EXPORTED_B, count=1), 20)
+    natmap_s = time.monotonic() - t0
+    print(f"\nTEP created -> Connected: A {env.connected_after['a']:.2f}s, B {env.connected_after['b']:.2f}s;"
+          f" latency A {a.tunnel_status(*env.peering.in_a)['connection']['latency']['value']};"
+          f" NatMapping created -> reachable {natmap_s:.2f}s")
+
+
+@pytest.mark.timeout(240)
+def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -> None:
+    a = env.a
+    old = leader(a)
+    new = next(r for r in a.replicas if r is not old)
+    epoch = int(a.lease()["spec"].get("leaseTransitions", 0))
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+        time.sleep(2)
+        t_kill = time.time()
+        old.crash()  # every process SIGKILLed at once, then the node's namespaces vanish
+        t_active = wait_until("standby turns active", lambda: first_active_after(new, t_kill), 30)
+        wait_until("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30)
+        time.sleep(2)
+    res = pinger.result
+    assert res is not None
+    gap = res.longest_gap_after(t_kill)
+    takeover = t_active - t_kill
+    print(f"\ncrash: new leader ACTIVE after {takeover:.2f}s, traffic back after {gap[1] - t_kill:.2f}s "
+          f"(gap {gap[1] - gap[0]:.2f}s), ping lost {res.lost}/{res.sent}; "
+          f"{len(sampler.samples)} peer samples, overlaps {len(sampler.overlaps())}")
+    assert takeover <= LEASE_DURATION + 2, f"takeover {takeover:.2f}s\n{env.logs()}"
+    assert not sampler.overlaps(), sampler.overlaps()[:5]
+    assert len(sampler.samples) > 100
+    assert a.labels()[new.name] == "active" and a.service_annotation() == new.ip
+    assert int(a.lease()["spec"]["leaseTransitions"]) == epoch + 1
+    assert a.vip is not None and a.vip.backend == new.ip
+    assert gap[1] - t_kill < 20
+    wait_until("B's TEP Connected again", lambda: env.b.wait_connected(env.peering.in_b, 1), 30)
+
+
+@pytest.mark.timeout(240)
+def test_sigkilled_labeler_fences_its_agent_before_the_standby_activates(env: Env, tmp_path: Path) -> None:
+    a = env.a
+    old = leader(a)
+    new = next(r for r in a.replicas if r is not old)
+    i_old, i_new = a.replicas.index(old), a.replicas.index(new)
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+        time.sleep(2)
+        assert sampler.samples[-1][1][i_old] > 0
+        t_kill = time.time()
+        old.kill("labeler")  # the agent, tunnel and natmap controllers of that replica live on
+        t_active = wait_until("standby turns active", lambda: first_active_after(new, t_kill), 30)
+        wait_until("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30)
+        # The killed labeler comes back, campaigns, and stays standby behind the new holder.
+        old.start_process("labeler")
+        time.sleep(6)
+    res = pinger.result
+    assert res is not None
+    dropped = sampler.last_with_peers(i_old)
+    new_peers = sampler.first_with_peers(i_new, t_kill)
+    gap = res.longest_gap_after(t_kill)
+    nan = float("nan")
+    print(f"\nlabeler SIGKILL: old agent dropped its peers {dropped - t_kill if dropped else nan:.2f}s "
+          f"after the kill, new leader ACTIVE after {t_active - t_kill:.2f}s, peers at "
+          f"{new_peers - t_kill if new_peers else nan:.2f}s, traffic back after "
+          f"{gap[1] - t_kill:.2f}s, ping lost {res.lost}/{res.sent}")
+    assert old.alive("netagent") and old.alive("tunnel") and old.alive("natmap")
+    assert dropped is not None and new_peers is not None and dropped < new_peers, (dropped, new_peers)
+    assert not sampler.overlaps(), sampler.overlaps()[:5]
+    assert t_active - t_kill <= LEASE_DURATION + 2
+    assert not old.is_active() and new.is_active()
+    assert a.lease()["spec"]["holderIdentity"] == new.name
+    assert a.labels() == {new.name: "active", old.name: "standby"}
+
+
+@pytest.mark.timeout(240)
+def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -> None:
+    a = env.a
+    old = leader(a)
+    new = next(r for r in a.replicas if r is not old)
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+        time.sleep(2)
+        t_term = time.time()
+        old.stop("labeler")  # SIGTERM: releases the Lease after setting its agent STANDBY
+        t_labeler_gone = time.time()
+        old.stop()  # then the rest
+        t_active = wait_until("standby turns active", lambda: first_active_after(new, t_term), 10)
+        wait_until("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 20)
+        time.sleep(1)
+    res = pinger.result
+    assert res is not None
+    gap = res.longest_gap_after(t_term)
+    print(f"\ngraceful: labeler exited after {t_labeler_gone - t_term:.2f}s, new leader ACTIVE after "
+          f"{t_active - t_term:.2f}s, traffic back after {gap[1] - t_term:.2f}s "
+          f"(gap {gap[1] - gap[0]:.2f}s), ping lost {res.lost}/{res.sent}")
+    assert t_active - t_term <= 2.0, f"{t_active - t_term:.2f}s\n{env.logs()}"
+    assert not sampler.overlaps(), sampler.overlaps()[:5]
+    assert all(code == 0 for code in old.exit_codes().values()), old.exit_codes()
+    assert a.labels()[new.name] == "active" and a.service_annotation() == new.ip
+
+
+@pytest.mark.timeout(300)
+def test_api_server_outage_keeps_traffic_and_controllers_catch_up(env: Env, tmp_path: Path) -> None:
+    a, b = env.a, env.b
+    lead = leader(a)
+    lease_before = a.lease()["spec"]
+    outage = 30.0
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+        time.sleep(1)
+        t0 = time.time()
+        a.pause_api(outage)
+        b.pause_api(outage)
+        time.sleep(1)
+        with pytest.raises(Exception):  # noqa: B017 - any client error proves the outage is real
+            a.client.get(NAT_MAPPINGS, "none")
+        time.sleep(outage - 1)
+        wait_until("A's API back", lambda: a.lease(), 15)
+        wait_until("B's API back", lambda: b.lease(), 15)
+        t_back = time.time()
+        t_nm = time.monotonic()
+        b.client.create(NAT_MAPPINGS, nat_mapping(b, a, {POD_B: EXPORTED_B}, pod_cidr=B_SEES_A.pod,
+                                                  external_cidr=A_SEES_B.external))
+        wait_until("NatMapping applied after the outage", lambda: ping_ok(env.pod_a, EXPORTED_B, count=1), 20)
+        caught_up = time.monotonic() - t_nm
+        time.sleep(1)
+    res = pinger.result
+    assert res is not None
+    in_outage = [r for r in res.replies if t0 <= r <= t_back]
+    expected = (t_back - t0) / 0.05
+    print(f"\nAPI outage {t_back - t0:.1f}s: ping lost {res.lost}/{res.sent} overall, {len(in_outage)} "
+          f"replies during the outage (~{expected:.0f} sent); NatMapping created after it applied in "
+          f"{caught_up:.2f}s")
+    assert all(all(c.processes_alive().values()) for c in (a, b)), [c.processes_alive() for c in (a, b)]
+    assert res.lost <= res.sent * 0.01, f"lost {res.lost}/{res.sent}"
+    assert len(in_outage) >= expected * 0.95
+    assert leader(a) is lead and a.lease()["spec"]["holderIdentity"] == lead.name
+    assert a.lease()["spec"].get("leaseTransitions") == lease_before.get("leaseTransitions")
+    assert not sampler.overlaps()
+    assert caught_up < 10
