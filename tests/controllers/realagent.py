@@ -105,6 +105,31 @@ def tep_body(
     }
 
 
+# Two clusters with the SAME pod CIDR (10.0.0.0/16), remapped as in test_netagent_two_nodes.py: A sees
+# B's pods as 10.60.0.0/16 and B's external CIDR as 10.70.0.0/16; B sees A's pods as 10.80.0.0/16 and
+# A's external CIDR as 10.90.0.0/16.
+ID_A, ID_B = "aaaaaaaa-1111-4111-8111-0000000000a1", "bbbbbbbb-2222-4222-8222-0000000000b2"
+NS_A, NS_B = "liqo-tenant-cluster-a", "liqo-tenant-cluster-b"
+
+
+def tep_for_b(endpoint: str, b_key: str) -> dict[str, Any]:
+    """A's TunnelEndpoint describing cluster B (cluster-b in NS_B)."""
+    return tep_body("cluster-b", NS_B, ID_B, local_pod="10.0.0.0/16", local_nat_pod="10.80.0.0/16",
+                    local_ext="10.201.0.0/16", local_nat_ext="10.90.0.0/16",
+                    remote_pod="10.0.0.0/16", remote_nat_pod="10.60.0.0/16",
+                    remote_ext="10.201.0.0/16", remote_nat_ext="10.70.0.0/16",
+                    endpoint=endpoint, public_key=b_key)
+
+
+def tep_for_a(endpoint: str, a_key: str) -> dict[str, Any]:
+    """B's TunnelEndpoint describing cluster A (cluster-a in NS_A)."""
+    return tep_body("cluster-a", NS_A, ID_A, local_pod="10.0.0.0/16", local_nat_pod="10.60.0.0/16",
+                    local_ext="10.201.0.0/16", local_nat_ext="10.70.0.0/16",
+                    remote_pod="10.0.0.0/16", remote_nat_pod="10.80.0.0/16",
+                    remote_ext="10.201.0.0/16", remote_nat_ext="10.90.0.0/16",
+                    endpoint=endpoint, public_key=a_key)
+
+
 def natmapping_body(name: str, cluster_id: str, pod_cidr: str, external_cidr: str,
                     mappings: dict[str, str]) -> dict[str, Any]:
     return {

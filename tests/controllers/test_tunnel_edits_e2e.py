@@ -24,6 +24,8 @@ from sandbox.hosts import link_nodes
 from services.tunnel import status as st
 from services.tunnel.controller import TUNNEL_ENDPOINTS
 from tests.controllers.realagent import (
+    NS_A,
+    NS_B,
     WG_PORT,
     Cluster,
     Lab,
@@ -31,15 +33,16 @@ from tests.controllers.realagent import (
     ping_ok,
     snapshot_diff,
     tep_body,
+    tep_for_a,
+    tep_for_b,
     wait_until,
     why_unavailable,
 )
 
 pytestmark = pytest.mark.root
 
-ID_A, ID_B = "aaaaaaaa-1111-4111-8111-0000000000a1", "bbbbbbbb-2222-4222-8222-0000000000b2"
 ID_C = "cccccccc-3333-4333-8333-0000000000c3"
-NS_B, NS_A, NS_C = "liqo-tenant-cluster-b", "liqo-tenant-cluster-a", "liqo-tenant-cluster-c"
+NS_C = "liqo-tenant-cluster-c"
 A_UL, B_UL = "192.0.2.1", "192.0.2.2"  # the first underlay
 A_UL2, B_UL2 = "198.51.100.1", "198.51.100.2"  # the second underlay, where B moves
 POD_A, POD_B = "10.0.1.5", "10.0.2.7"
@@ -60,24 +63,6 @@ class Pair:
         return ping_ok(self.b.pods["web"], f"{prefix}.1.5")
 
 
-def tep_for_b(b_key: str) -> dict[str, object]:
-    """A's TunnelEndpoint describing cluster B."""
-    return tep_body("cluster-b", NS_B, ID_B, local_pod="10.0.0.0/16", local_nat_pod="10.80.0.0/16",
-                    local_ext="10.201.0.0/16", local_nat_ext="10.90.0.0/16",
-                    remote_pod="10.0.0.0/16", remote_nat_pod="10.60.0.0/16",
-                    remote_ext="10.201.0.0/16", remote_nat_ext="10.70.0.0/16",
-                    endpoint=B_UL, public_key=b_key)
-
-
-def tep_for_a(a_key: str) -> dict[str, object]:
-    """B's TunnelEndpoint describing cluster A."""
-    return tep_body("cluster-a", NS_A, ID_A, local_pod="10.0.0.0/16", local_nat_pod="10.60.0.0/16",
-                    local_ext="10.201.0.0/16", local_nat_ext="10.70.0.0/16",
-                    remote_pod="10.0.0.0/16", remote_nat_pod="10.80.0.0/16",
-                    remote_ext="10.201.0.0/16", remote_nat_ext="10.90.0.0/16",
-                    endpoint=A_UL, public_key=a_key)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     if why := why_unavailable():
@@ -91,8 +76,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         a.add_pod("web", f"{POD_A}/16")
         b.add_pod("web", f"{POD_B}/16")
         a_empty = a.snapshot()
-        a.create_tep(tep_for_b(b.public_key))
-        b.create_tep(tep_for_a(a.public_key))
+        a.create_tep(tep_for_b(B_UL, b.public_key))
+        b.create_tep(tep_for_a(A_UL, a.public_key))
         p = Pair(a, b, b_dev, a_empty)
         a.wait_status("cluster-b", NS_B, st.CONNECTED)
         wait_until("A pod -> B pod", p.a_pings_b)
