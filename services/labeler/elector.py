@@ -56,6 +56,10 @@ class RoleAgent(Protocol):
     def get_info(self, *, retry_deadline: float | None = None) -> Any: ...
 
 
+# Attempt this long after another holder's lease expires by our clock (scheduling slack).
+_EXPIRY_MARGIN = 0.05
+
+
 def _stale_epoch(e: NetAgentError) -> bool:
     return e.code == grpc.StatusCode.FAILED_PRECONDITION and "epoch" in e.details.lower()
 
@@ -85,6 +89,7 @@ class Elector:
         self.wall = wall
         self.state = ElectionState()
         self.observed: Observed | None = None
+        self._blind = False  # a Lease read failed since the last successful one
         self.granted: RoleDirective | None = None  # what the netagent last accepted
         self.wake = threading.Event()
         self.last_tick = clock()
@@ -108,10 +113,30 @@ class Elector:
         t = self.timings
         return self.clock() - self.last_tick < 2 * t.retry_period + 3 * self.lock.timeout + 1.0
 
-    def lease_changed(self, record: LeaseRecord) -> None:
-        """From the Lease watch: a released lease is worth an attempt now."""
-        if not record.holder and not self.state.leading:
+    def lease_changed(self, record: LeaseRecord, resource_version: str) -> None:
+        """From the Lease watch. A released lease is worth an attempt now; another holder's renewal
+        restarts its expiry on our clock as soon as we see it, so that the attempt after a crash can be
+        timed to the expiry instead of waiting for the next retry tick."""
+        if self.state.leading:
+            return
+        if record.holder and record.holder != self.identity:
+            self.observed = observe(self.observed, record, resource_version, self.clock())
+        if not record.holder:
             self.wake.set()
+
+    def _next_attempt(self, next_tick: float) -> float:
+        """The next tick, or earlier: the moment another holder's lease expires by our observation
+        (never before it: fencing relies on a successor starting no sooner than that)."""
+        seen = self.observed
+        if (
+            self.state.leading
+            or seen is None
+            or not seen.record.holder
+            or seen.record.holder == self.identity
+        ):
+            return next_tick
+        expiry = seen.since + seen.record.duration + _EXPIRY_MARGIN
+        return min(next_tick, expiry) if expiry > self.clock() else next_tick
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -121,8 +146,7 @@ class Elector:
             while not stop.is_set():
                 self.tick()
                 next_at += self.timings.retry_period
-                now = self.clock()
-                next_at = max(next_at, now)
+                next_at = self._next_attempt(max(next_at, self.clock()))
                 while not stop.is_set() and self.clock() < next_at:
                     if self.wake.wait(min(0.1, max(0.0, next_at - self.clock()))):
                         next_at = self.clock()
@@ -144,10 +168,17 @@ class Elector:
         try:
             got = self.lock.read()
         except LockFailed as e:
+            self._blind = True
             self.metrics.attempts.labels(e.kind.value).inc()
             log.warning("lease read failed", extra={"kind": e.kind.value, "error": e.detail})
             return Failed(e.kind, e.detail)
-        self.observed = None if got is None else observe(self.observed, got[0], got[1], self.clock())
+        if self._blind and got is not None:
+            # We could not watch the Lease for a while, so we cannot tell for how long it went
+            # unrenewed: its holder gets a full lease duration from now (an outage is not a lost lease).
+            self.observed = Observed(got[0], got[1], self.clock())
+        else:
+            self.observed = None if got is None else observe(self.observed, got[0], got[1], self.clock())
+        self._blind = False
         if self.observed is not None:
             self.metrics.epoch.set(self.observed.record.transitions)
         plan = plan_claim(
@@ -163,6 +194,7 @@ class Elector:
         try:
             record, rv = self.lock.write(plan)
         except LockFailed as e:
+            self._blind = True
             self.metrics.attempts.labels(e.kind.value).inc()
             log.warning(
                 "lease write failed",

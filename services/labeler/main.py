@@ -222,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         on_standby=on_standby,
     )
     leases.add_handler(
-        lambda etype, obj, _old: elector.lease_changed(record_from_lease(obj)) if etype != "DELETED" else None
+        lambda etype, obj, _old: (
+            elector.lease_changed(record_from_lease(obj), obj["metadata"].get("resourceVersion", ""))
+            if etype != "DELETED"
+            else None
+        )
     )
     mgr.add_controller(ctl)
     mgr.add_runnable("elector", elector.run)

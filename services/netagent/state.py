@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
 from services.common.tunnelspec import TunnelSpec
+from services.netagent.natrules import NatMap
 
 VERSION = 1
 
@@ -41,6 +43,13 @@ def spec_to_dict(spec: TunnelSpec) -> dict[str, Any]:
     }
 
 
+def _map_strings(m: Mapping[IPv4Address, IPv4Address]) -> dict[str, str]:
+    # A 10 000-entry map is persisted on every change: NatMap keeps its dotted quads ready.
+    if isinstance(m, NatMap):
+        return m.as_strings()
+    return {str(old): str(new) for old, new in m.items()}
+
+
 @dataclass
 class AgentState:
     listen_port: int | None = None
@@ -62,9 +71,7 @@ class AgentState:
                 "active_until_wall": self.active_until_wall,
                 "tunnels": [spec_to_dict(s) for s in self.tunnels.values()],
                 "endpoints": {k: str(v) for k, v in self.endpoints.items()},
-                "nat_maps": {
-                    cid: {str(old): str(new) for old, new in m.items()} for cid, m in self.nat_maps.items()
-                },
+                "nat_maps": {cid: _map_strings(m) for cid, m in self.nat_maps.items()},
             },
             sort_keys=True,
         )
@@ -102,13 +109,17 @@ def load(path: str) -> AgentState | None:
 
 
 def save(path: str, state: AgentState) -> None:
+    write_atomic(path, state.to_json())
+
+
+def write_atomic(path: str, text: str) -> None:
     """Atomic replace, so a crash mid-write leaves the previous state."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".netagent-state-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(state.to_json())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -119,7 +119,7 @@ class MemoryLeaseStore:
         self.rv = 0
         self.down = False  # the whole API server is unreachable
         self._lock = threading.Lock()
-        self.watchers: list[Callable[[LeaseRecord], None]] = []
+        self.watchers: list[Callable[[LeaseRecord, str], None]] = []
 
     def lock_for(self, timeout: float = 0.2) -> MemoryLock:
         return MemoryLock(self, timeout)
@@ -162,5 +162,5 @@ class MemoryLock:
             out = (s.record, str(s.rv))
             watchers = list(s.watchers)
         for notify in watchers:
-            notify(w.record)
+            notify(*out)
         return out
