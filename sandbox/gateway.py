@@ -161,6 +161,12 @@ def _kubeconfig(url: str) -> dict[str, Any]:
     }
 
 
+def _dies_with_us(argv: list[str]) -> list[str]:
+    """SIGKILL the process when the thread that started it dies, so that a killed test run leaves no
+    controller behind (start processes from a long-lived thread, e.g. the test's main thread)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
 def _cluster_id(name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.clusters.liqo-gateway.test"))
 
@@ -506,7 +512,7 @@ class GatewayReplica:
         env = {**os.environ, "POD_NAME": self.name, "POD_NAMESPACE": self.cluster.namespace,
                "POD_IP": self.ip, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path(name), "ab") as logf:
-            proc = self.node.popen(self.argv(name), stdin=subprocess.DEVNULL, stdout=logf,
+            proc = self.node.popen(_dies_with_us(self.argv(name)), stdin=subprocess.DEVNULL, stdout=logf,
                                    stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.procs[name] = proc
         if name == "netagent":
@@ -729,8 +735,8 @@ class EmulatedCluster:
         argv = [sys.executable, "-m", "sandbox.gateway", "apiserver", "--host", self.api_ip,
                 "--port", str(API_PORT), "--crds", str(CRD_DIR), "--control", str(self._control)]
         with open(self.workdir / "kubeapi.log", "ab") as logf:
-            self._api_proc = self.cp.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                           stderr=logf, cwd=ROOT)
+            self._api_proc = self.cp.popen(_dies_with_us(argv), stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.PIPE, stderr=logf, cwd=ROOT)
         assert self._api_proc.stdout is not None
         ready, _, _ = select.select([self._api_proc.stdout], [], [], 60)
         line = self._api_proc.stdout.readline() if ready else b""
