@@ -31,6 +31,7 @@ __all__ = ["Agent", "StaleEpoch", "TunnelView"]
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MIN_MTU, MAX_MTU = 1280, 9000
+PERSIST_DELAY = 0.05  # seconds
 
 
 class TunnelState:
@@ -438,6 +439,8 @@ class Agent:
     def _persist_loop(self) -> None:
         while True:
             self._dirty.wait()
+            # Let the call that asked for the write answer first, and coalesce a burst of calls.
+            self._stopping.wait(PERSIST_DELAY)
             self._dirty.clear()
             with self._lock:
                 text = self._state.to_json()

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from services.common.tunnelspec import SpecError, TunnelSpec
 from services.netagent.config import AgentConfig
@@ -271,21 +271,27 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class NatMap(dict[IPv4Address, IPv4Address]):
+class NatMap(Mapping[IPv4Address, IPv4Address]):
     """A validated NAT map (old -> new) that also carries its DNAT rules, sorted by new address.
 
-    Read-only, so the rules cannot drift from the entries. Besides being a plain mapping for the
-    agent, it lets `desired_state` reuse the rules and `parse_nat_map` derive the next map from this
-    one when only a few entries change."""
+    Immutable, so the rules cannot drift from the entries. Entries are kept as integers and turned
+    into addresses only when read: building 20 000 IPv4Address objects was half the cost of parsing
+    a 10 000-entry map. It lets `desired_state` reuse the rules and `parse_nat_map` derive the next
+    map from this one when only a few entries change."""
 
     __slots__ = ("_by_new", "_by_old", "_news", "_rules")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._by_new: dict[int, int] = {}
-        self._by_old: dict[int, int] = {}
-        self._news: list[int] = []  # sorted new addresses, parallel to _rules
-        self._rules: tuple[Args, ...] = ()
+    def __init__(
+        self,
+        by_new: dict[int, int],
+        news: list[int],
+        rules: tuple[Args, ...],
+        by_old: dict[int, int] | None = None,
+    ) -> None:
+        self._by_new = by_new
+        self._by_old = dict(zip(by_new.values(), by_new, strict=True)) if by_old is None else by_old
+        self._news = news  # sorted new addresses, parallel to _rules
+        self._rules = rules
 
     @property
     def rules(self) -> tuple[Args, ...]:
@@ -299,45 +305,23 @@ class NatMap(dict[IPv4Address, IPv4Address]):
         """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
         return {_addr(old): _addr(new) for old, new in self._by_old.items()}
 
+    def __getitem__(self, key: IPv4Address) -> IPv4Address:
+        if not isinstance(key, IPv4Address):
+            raise KeyError(key)
+        return IPv4Address(self._by_old[int(key)])
+
+    def __iter__(self) -> Iterator[IPv4Address]:
+        return map(IPv4Address, self._by_old)
+
+    def __len__(self) -> int:
+        return len(self._by_old)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, NatMap):  # integers, not IPv4Address.__eq__ per entry
             return self._by_old == other._by_old
-        return dict.__eq__(self, other)
+        return super().__eq__(other)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = None
-
-    def __reduce__(self) -> tuple[type[dict[Any, Any]], tuple[dict[IPv4Address, IPv4Address]]]:
-        return (dict, (dict(self),))  # copies and pickles are plain dicts (rendered again if used)
-
-    def _readonly(self) -> NoReturn:
-        raise TypeError("NatMap is read-only: parse a new map instead")
-
-    def __setitem__(self, key: IPv4Address, value: IPv4Address) -> None:
-        self._readonly()
-
-    def __delitem__(self, key: IPv4Address) -> None:
-        self._readonly()
-
-    def clear(self) -> None:
-        self._readonly()
-
-    def popitem(self) -> tuple[IPv4Address, IPv4Address]:
-        self._readonly()
-
-    def pop(self, *args: Any) -> Any:
-        self._readonly()
-
-    def setdefault(self, *args: Any) -> Any:
-        self._readonly()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self._readonly()
-
-    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
-        self._readonly()
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -409,13 +393,8 @@ def _parse_all(ctx: _MapContext, mappings: Mapping[str, str]) -> NatMap:
         ) and not ctx.check(old_s, new_s, old, new, by_new):
             continue
         by_new[new] = old
-    nm = NatMap()
-    dict.update(nm, zip(map(IPv4Address, by_new.values()), map(IPv4Address, by_new), strict=True))
-    nm._by_new = by_new
-    nm._by_old = dict(zip(by_new.values(), by_new, strict=True))
-    nm._news = sorted(by_new)
-    nm._rules = tuple(_dnat_rules([(new, by_new[new]) for new in nm._news]))
-    return nm
+    news = sorted(by_new)
+    return NatMap(by_new, news, tuple(_dnat_rules([(new, by_new[new]) for new in news])))
 
 
 def _parse_changes(ctx: _MapContext, prev_raw: Mapping[str, str], prev: NatMap,
@@ -436,8 +415,6 @@ def _parse_changes(ctx: _MapContext, prev_raw: Mapping[str, str], prev: NatMap,
                 return None
     by_new, by_old = dict(prev._by_new), dict(prev._by_old)
     news, rules = list(prev._news), list(prev._rules)
-    nm = NatMap()
-    dict.update(nm, prev)
     for old_s in gone:
         old = _ipv4_int(old_s)
         new = by_old.pop(old, None) if old is not None else None
@@ -446,7 +423,6 @@ def _parse_changes(ctx: _MapContext, prev_raw: Mapping[str, str], prev: NatMap,
         del by_new[new]
         i = bisect.bisect_left(news, new)
         del news[i], rules[i]
-        dict.__delitem__(nm, IPv4Address(old))
     for old_s, new_s in came:
         old, new = _ipv4_int(old_s), _ipv4_int(new_s)
         if old is None or new is None:
@@ -457,9 +433,7 @@ def _parse_changes(ctx: _MapContext, prev_raw: Mapping[str, str], prev: NatMap,
         i = bisect.bisect_left(news, new)
         news.insert(i, new)
         rules.insert(i, _dnat_rules([(new, old)])[0])
-        dict.__setitem__(nm, IPv4Address(old), IPv4Address(new))
-    nm._by_new, nm._by_old, nm._news, nm._rules = by_new, by_old, news, tuple(rules)
-    return nm
+    return NatMap(by_new, news, tuple(rules), by_old)
 
 
 def _refuse(

@@ -59,7 +59,7 @@ class AgentState:
     tunnels: dict[str, TunnelSpec] = field(default_factory=dict)
     # Resolved endpoint address per cluster, so a restart keeps using it.
     endpoints: dict[str, IPv4Address] = field(default_factory=dict)
-    nat_maps: dict[str, dict[IPv4Address, IPv4Address]] = field(default_factory=dict)
+    nat_maps: dict[str, Mapping[IPv4Address, IPv4Address]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(

@@ -518,14 +518,16 @@ def test_parsing_only_the_changes_gives_what_a_full_parse_gives() -> None:
 
 
 def test_nat_maps_are_read_only() -> None:
+    """The rules a map carries cannot drift from its entries: there is no way to mutate it."""
     m = parse_nat_map(spec(), {"10.0.0.5": "10.201.0.9"})
-    for mutate in (lambda: m.__setitem__(IPv4Address("10.0.0.6"), IPv4Address("10.201.0.7")), m.clear,
-                   lambda: m.pop(IPv4Address("10.0.0.5")), lambda: m.update({}), m.popitem):
-        with pytest.raises(TypeError, match="read-only"):
-            mutate()
+    with pytest.raises(TypeError):
+        m[IPv4Address("10.0.0.6")] = IPv4Address("10.201.0.7")  # type: ignore[index]
+    for mutator in ("clear", "pop", "update", "popitem", "setdefault", "__delitem__"):
+        assert not hasattr(m, mutator), mutator
     assert m == {IPv4Address("10.0.0.5"): IPv4Address("10.201.0.9")}
+    assert m[IPv4Address("10.0.0.5")] == IPv4Address("10.201.0.9") and "10.0.0.5" not in m
     for clone in (copy.copy(m), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
-        assert type(clone) is dict and clone == m
+        assert clone == m and clone.rules == m.rules
 
 
 def test_nat_map_as_strings_round_trips() -> None:
