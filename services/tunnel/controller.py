@@ -32,7 +32,7 @@ from services.common.kube import (
     RetryableError,
     patch_status,
 )
-from services.common.kube.client import MERGE_PATCH
+from services.common.kube.client import MERGE_PATCH, object_key
 from services.common.netagent_client import NetAgentClient, NetAgentError, RoleWatcher, follow_stream
 from services.common.tunnelspec import SpecError
 from services.tunnel import status as st
@@ -78,6 +78,10 @@ class TunnelController:
         self.keys: KeyPair | None = None
         self.device_ready = threading.Event()
         self._programmed: dict[str, str] = {}  # key -> clusterID we ensured for it
+        # Keys whose current spec was refused (status Error): the tunnel of their previous valid
+        # spec may still run, and its status stream must not overwrite that Error (the two writers
+        # would flip the status on every stream update).
+        self._refused: set[str] = set()
         self._lock = threading.Lock()
         self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> latest from the stream
         self._gc_wanted = threading.Event()
@@ -164,6 +168,7 @@ class TunnelController:
         with self._lock:
             self._programmed[key] = tunnel.cluster_id
             self._last_status[tunnel.cluster_id] = resp.status
+            self._refused.discard(key)
         if resp.changed:
             self.events.normal(
                 obj, "TunnelConfigured",
@@ -185,6 +190,7 @@ class TunnelController:
         self._patch_finalizers(obj, [f for f in md.get("finalizers") or [] if f != FINALIZER])
         with self._lock:
             self._programmed.pop(key, None)
+            self._refused.discard(key)
             for cid in cids:
                 self._last_status.pop(cid, None)
         log.info("tunnel removed", extra={"key": key, "clusters": sorted(cids)})
@@ -230,6 +236,8 @@ class TunnelController:
         return None
 
     def _fail(self, obj: JSON, reason: str, message: str) -> None:
+        with self._lock:
+            self._refused.add(object_key(obj))
         self.events.warning(obj, reason, message)
         self._patch(obj, st.error_status(message, self.opts.pod_ip))
 
@@ -281,6 +289,9 @@ class TunnelController:
         if not self.role.active:
             return
         key = self._key_for_cluster(cid)
+        with self._lock:
+            if key in self._refused:
+                return
         obj = self.informer.get(key) if key else None
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
