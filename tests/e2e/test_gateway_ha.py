@@ -275,6 +275,9 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
     assert a.labels()[new.name] == "active" and a.service_annotation() == new.ip
     assert int(a.lease()["spec"]["leaseTransitions"]) == epoch + 1
     assert a.vip is not None and a.vip.backend == new.ip
+    # The VIP's stale flows were flushed: no conntrack entry still leads to the dead node.
+    flows = a.lb.run("conntrack", "-L", "-p", "udp").stdout
+    assert new.ip in flows and old.ip not in flows, flows
     assert gap[1] - t_kill < 20
     wait_until("B's TEP Connected again", lambda: env.b.wait_connected(env.peering.in_b, 1), 30)
 
