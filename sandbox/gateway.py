@@ -37,7 +37,8 @@ Public API (stable; other tests build on it)::
                     b_sees_a=Remap("10.80.0.0/16", "10.90.0.0/16"))   # TunnelEndpoints on both sides
         a.wait_connected(teps.in_a)                # -> the TEP's status.connection
         r = a.active_replica()                     # by the pod label; a.replicas[k]: GatewayReplica
-        r.kill("labeler"); r.stop("netagent"); r.start_process("labeler"); r.crash(); r.boot(); r.start()
+        r.kill("labeler"); r.stop("netagent"); r.start_process("labeler"); r.restart("tunnel")
+        r.crash(); r.boot(); r.start()             # node crash, then a rebooted node
         r.wg_peers(); r.uapi_peers(); r.role(); r.log("labeler"); r.log_events("netagent", "role changed")
         a.pause_api(30)                             # API outage, state kept, same port
         a.client                                    # services.common.kube.KubeClient (test side)
@@ -550,6 +551,14 @@ class GatewayReplica:
     def stop(self, name: str | None = None, timeout: float = 15) -> None:
         """SIGTERM one process (or all four, labeler first) and wait for it to exit."""
         self._signal(name, signal.SIGTERM, timeout)
+
+    def restart(self, name: str | None = None) -> None:
+        """SIGTERM one process (or all four) and start it again (an agent restart keeps kernel state)."""
+        self.stop(name)
+        if name is None:
+            self.start()
+        else:
+            self.start_process(name)
 
     def crash(self) -> None:
         """A node crash: every process of the node SIGKILLed at once, then the node removed."""
