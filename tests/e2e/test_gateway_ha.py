@@ -36,6 +36,7 @@ from sandbox.gateway import (
     wait_until,
 )
 from sandbox.hosts import Pod
+from services.api.netagent.v1 import netagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not shutil.which("wireguard-go"):
@@ -280,6 +281,14 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
     assert new.ip in flows and old.ip not in flows, flows
     assert gap[1] - t_kill < 20
     wait_until("B's TEP Connected again", lambda: env.b.wait_connected(env.peering.in_b, 1), 30)
+    # The crashed node reboots (fresh kernel state): it rejoins as a standby with no peer.
+    with PeerSampler(a) as after:
+        old.boot()
+        old.start()
+        time.sleep(LEASE_DURATION)  # the rebooted labeler campaigns for a while
+    assert old.role().role == pb.ROLE_STANDBY and new.is_active() and old.wg_peers() == []
+    assert all(old.alive(n) for n in old.procs) and a.labels()[old.name] == "standby"
+    assert not after.overlaps() and ping_ok(env.pod_a, POD_B_FROM_A)
 
 
 @pytest.mark.timeout(240)
