@@ -84,6 +84,7 @@ class Agent:
         self._state = state.AgentState()
         self._state_since: dict[str, float] = {}
         self._private_key_set = False
+        self._routing_known = False  # the kernel's routing matched the desired state at the last write
         self._stopping = threading.Event()
         self.started_at = time.monotonic()
         self._device: WireGuardDevice | None = None
@@ -255,6 +256,7 @@ class Agent:
             self._require_active()
             self._check_no_overlap(spec)
             old = self._state.tunnels.get(spec.cluster_id)
+            before = list(self._state.tunnels.values())
             if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
                 # Mappings are addresses of the old external CIDR: re-check them against the new one.
                 kept = self._state.nat_maps.get(spec.cluster_id, {})
@@ -266,7 +268,7 @@ class Agent:
             if changed:
                 self._state_since[spec.cluster_id] = time.time()
             try:
-                kernel_changed = self._converge_all()
+                kernel_changed = self._converge_all(before)
             finally:
                 self._persist()
             view = self._view(spec.cluster_id, self._peer_states())
@@ -292,12 +294,13 @@ class Agent:
             self._require_active()
             if cluster_id not in self._state.tunnels:
                 return False
+            before = list(self._state.tunnels.values())
             del self._state.tunnels[cluster_id]
             self._state.endpoints.pop(cluster_id, None)
             self._state.nat_maps.pop(cluster_id, None)
             self._state_since.pop(cluster_id, None)
             try:
-                self._converge_all()
+                self._converge_all(before)
             finally:
                 self._persist()
         self._update_probe_targets()
@@ -374,12 +377,26 @@ class Agent:
 
     # ---- convergence -----------------------------------------------------------------------------
 
-    def _converge_all(self) -> bool:
+    def _converge_all(self, before: list[TunnelSpec] | None = None) -> bool:
+        """Converges every layer. With `before` (the tunnels the kernel matched until this call),
+        routing is updated by difference instead of re-read and re-synced whole."""
         specs = list(self._state.tunnels.values())
-        changed = self._timed("routes", lambda: routes.sync_netns_routes(self.cfg, specs))
-        changed = self._timed("routes", lambda: routes.sync_host_routing(self.cfg, specs)) or changed
+        changed = self._timed("routes", lambda: self._converge_routing(before, specs))
         changed = self._converge_iptables() or changed
         return self._sync_peers() or changed
+
+    def _converge_routing(self, before: list[TunnelSpec] | None, specs: list[TunnelSpec]) -> bool:
+        if before is not None and self._routing_known:
+            try:
+                return routes.update_routing(self.cfg, before, specs)
+            except OSError as e:
+                log.warning("incremental routing update failed, syncing in full", extra={"error": str(e)})
+        # Until a full sync succeeds, the kernel may match neither `before` nor `specs`.
+        self._routing_known = False
+        changed = routes.sync_netns_routes(self.cfg, specs)
+        changed = routes.sync_host_routing(self.cfg, specs) or changed
+        self._routing_known = True
+        return changed
 
     def _converge_iptables(self) -> bool:
         desired = natrules.desired_state(

@@ -157,8 +157,13 @@ def _route_of(msg: Any, names: dict[int, str]) -> Route:
         onlink=bool(msg["flags"] & RTNH_F_ONLINK),
     )
     if msg["type"] != RTN_UNICAST or msg["scope"] != route.scope or msg["tos"]:
-        return Route(route.table, route.dst, f"?{route.dev}/type{msg['type']}/scope{msg['scope']}",
-                     route.gateway, route.onlink)
+        return Route(
+            route.table,
+            route.dst,
+            f"?{route.dev}/type{msg['type']}/scope{msg['scope']}",
+            route.gateway,
+            route.onlink,
+        )
     return route
 
 
@@ -272,7 +277,8 @@ def _converge_routes(ipr: IPRoute, current: Sequence[tuple[Route, Any]], desired
     # `replace` rewrote in place the route with the same (table, dst, tos 0, metric 0): not stale.
     replaced = {(r.table, r.dst) for r in to_add}
     stale = [
-        (r, m) for r, m in current
+        (r, m)
+        for r, m in current
         if r not in desired
         and not ((r.table, r.dst) in replaced and not m["tos"] and not m.get_attr("RTA_PRIORITY"))
     ]
@@ -311,6 +317,55 @@ def sync_host_routing(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> bool:
             with kernel_errors(f"rule del {rule}"):
                 ipr.rule("del", **_rule_args(rule))
         return changed or bool(to_add or to_remove)
+
+
+def update_routing(cfg: AgentConfig, before: Iterable[TunnelSpec], after: Iterable[TunnelSpec]) -> bool:
+    """Writes only the difference between two desired states, without reading the kernel.
+
+    A full sync dumps every route and rule, so a burst of N tunnels costs N dumps of O(N) entries;
+    one tunnel's change is a handful of writes. It trusts that the kernel matched `before` (the
+    caller falls back to the full syncs on any error, and its periodic resync repairs drift)."""
+    before, after = list(before), list(after)
+    ns_add, ns_del = plan(desired_netns_routes(cfg, before), desired_netns_routes(cfg, after))
+    host_add, host_del = plan(desired_host_routes(cfg, before), desired_host_routes(cfg, after))
+    rule_add, rule_del = plan(desired_host_rules(cfg, before), desired_host_rules(cfg, after))
+    if ns_add or ns_del:
+        with netns_iproute(cfg.netns_name) as ipr:
+            _write_routes(ipr, ns_add, ns_del)
+    with host_iproute() as ipr:
+        _write_routes(ipr, host_add, host_del)
+        for rule in rule_add:
+            with kernel_errors(f"rule add {rule}"):
+                try:
+                    ipr.rule("add", **_rule_args(rule))
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+        for rule in rule_del:
+            with kernel_errors(f"rule del {rule}"):
+                try:
+                    ipr.rule("del", **_rule_args(rule))
+                except NetlinkError as e:
+                    if e.code != errno.ENOENT:
+                        raise
+    return bool(ns_add or ns_del or host_add or host_del or rule_add or rule_del)
+
+
+def _write_routes(ipr: IPRoute, add: Sequence[Route], remove: Sequence[Route]) -> None:
+    """Replaces `add` first (no gap), then deletes what `remove` names and `add` did not rewrite."""
+    for route in add:
+        with kernel_errors(f"route replace {route}"):
+            ipr.route("replace", **_route_args(route, _ifindex(ipr, route.dev)))
+    rewritten = {(r.table, r.dst) for r in add}
+    for route in remove:
+        if (route.table, route.dst) in rewritten:
+            continue
+        with kernel_errors(f"route del {route}"):
+            try:
+                ipr.route("del", **_route_args(route, _ifindex(ipr, route.dev)))
+            except NetlinkError as e:
+                if e.code != errno.ESRCH:
+                    raise
 
 
 def remove_host_routing(cfg: AgentConfig) -> bool:
