@@ -102,13 +102,14 @@ class TunnelController:
     # --- device keys -----------------------------------------------------------------------------
 
     def _device_keeper(self, stop: threading.Event) -> None:
-        """Loads (or creates) the key Secret, then keeps the netagent's device configured with it."""
+        """Loads (or creates) the key Secret, then keeps the netagent's device configured with it.
+        The Secret is re-read every round, so a rotated key pair reaches the device without a restart
+        (an unusable Secret keeps the last good key in place and is reported)."""
         backoff = Backoff(base=0.5, cap=30.0)
         failures = 0
         while not stop.is_set():
             try:
-                if self.keys is None:
-                    self.keys = ensure_key_secret(self.kube, self.opts.pod_namespace, self.opts.secret_name)
+                self.keys = ensure_key_secret(self.kube, self.opts.pod_namespace, self.opts.secret_name)
                 info = self.agent.get_info(retry_deadline=0)
                 if not info.device_configured or info.public_key != self.keys.public_key:
                     resp = self.agent.configure_device(

@@ -91,8 +91,11 @@ def desired_status(
 
 
 def error_status(message: str, gateway_ip: str) -> dict[str, Any]:
-    """Status for a TunnelEndpoint the gateway cannot program (invalid spec, refused by the agent)."""
+    """Status for a TunnelEndpoint the gateway cannot program (invalid spec, refused by the agent).
+
+    The peer configuration and latency of an earlier, valid spec are removed: they no longer
+    describe what this object asks for (Liqo's Error carries neither)."""
     return {
-        "connection": {"status": ERROR, "statusMessage": message},
+        "connection": {"status": ERROR, "statusMessage": message, "peerConfiguration": None, "latency": None},
         "gatewayIP": gateway_ip,
     }

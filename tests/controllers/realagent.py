@@ -168,7 +168,8 @@ class Cluster:
         ctl = TunnelController(
             mgr, self.agent,
             TunnelOptions(pod_namespace=GATEWAY_NS, pod_ip=self.underlay_ip,
-                          status_min_interval=self.status_min_interval, latency_interval=5.0),
+                          status_min_interval=self.status_min_interval, latency_interval=5.0,
+                          device_check_interval=1.0),
             workers=self.workers, backoff=Backoff(base=0.1, cap=1.0),
         )
         self.tunnel_mgr, self.tunnel = mgr, ctl

@@ -68,10 +68,14 @@ def test_missing_nat_fields_mean_none_and_keepalive_is_passed() -> None:
         ({"endpointIP": "-bad-"}, "spec.endpointIP"),
         ({"backendType": "ipsec"}, "spec.backendType"),
         ({"backend_config": {"publicKey": "c2hvcnQ=", "port": "5871"}}, "spec.backend_config.publicKey"),
-        ({"backend_config": {"publicKey": EXAMPLE["spec"]["backend_config"]["publicKey"], "port": "0"}},
-         "spec.backend_config.port"),
-        ({"backend_config": {"publicKey": EXAMPLE["spec"]["backend_config"]["publicKey"], "port": "x"}},
-         "spec.backend_config.port"),
+        (
+            {"backend_config": {"publicKey": EXAMPLE["spec"]["backend_config"]["publicKey"], "port": "0"}},
+            "spec.backend_config.port",
+        ),
+        (
+            {"backend_config": {"publicKey": EXAMPLE["spec"]["backend_config"]["publicKey"], "port": "x"}},
+            "spec.backend_config.port",
+        ),
         ({"clusterIdentity": {"clusterName": "b"}}, "spec.clusterIdentity.clusterID"),
         ({"remoteNATPodCIDR": "10.220.0.0/16"}, "overlaps"),  # remote remapped onto our external CIDR
         ({"localNATPodCIDR": "10.202.0.0/24"}, "spec.localNATPodCIDR"),  # NETMAP needs equal sizes
@@ -112,8 +116,14 @@ NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def ts(state: int, latency_ms: float | None = None) -> pb.TunnelStatus:
-    s = pb.TunnelStatus(cluster_id="c", state=state, endpoint_ip="192.0.2.10", endpoint_port=5871,  # type: ignore[arg-type]
-                        public_key="K", allowed_ips=["10.201.0.0/16", "10.230.0.0/16"])
+    s = pb.TunnelStatus(
+        cluster_id="c",
+        state=state,
+        endpoint_ip="192.0.2.10",
+        endpoint_port=5871,  # type: ignore[arg-type]
+        public_key="K",
+        allowed_ips=["10.201.0.0/16", "10.230.0.0/16"],
+    )
     if latency_ms is not None:
         d = Duration()
         d.FromNanoseconds(int(latency_ms * 1e6))
@@ -122,8 +132,13 @@ def ts(state: int, latency_ms: float | None = None) -> pb.TunnelStatus:
 
 
 def written(status: str, message: str, latency: str, at: datetime) -> dict[str, Any]:
-    return {"connection": {"status": status, "statusMessage": message,
-                           "latency": {"value": latency, "timestamp": st.rfc3339(at)}}}
+    return {
+        "connection": {
+            "status": status,
+            "statusMessage": message,
+            "latency": {"value": latency, "timestamp": st.rfc3339(at)},
+        }
+    }
 
 
 @pytest.mark.parametrize(
@@ -139,8 +154,12 @@ def test_state_maps_to_liqo_strings(state: int, expect: tuple[str, str, str]) ->
     assert d is not None
     c = d["connection"]
     assert (c["status"], c["statusMessage"], c["latency"]["value"]) == expect
-    assert c["peerConfiguration"] == {"publicKey": "K", "port": "5871", "endpointIP": "192.0.2.10",
-                                      "allowedIPs": "10.201.0.0/16, 10.230.0.0/16"}
+    assert c["peerConfiguration"] == {
+        "publicKey": "K",
+        "port": "5871",
+        "endpointIP": "192.0.2.10",
+        "allowedIPs": "10.201.0.0/16, 10.230.0.0/16",
+    }
     assert d["gatewayIP"] == "10.0.0.5"
 
 
@@ -184,3 +203,32 @@ def test_key_pair_secret_roundtrip_and_validation() -> None:
     assert pair.private_key not in str(e.value)
     with pytest.raises(KeySecretError, match="missing"):
         parse_secret({"data": {"publicKey": body["data"]["publicKey"]}})  # type: ignore[index]
+
+
+def test_error_status_clears_what_the_last_valid_spec_reported() -> None:
+    from services.common.kube.status import merge_patch_diff
+    from services.tunnel.status import error_status
+
+    current = {
+        "connection": {
+            "status": "Connected",
+            "statusMessage": "VPN connection established",
+            "peerConfiguration": {"endpointIP": "192.0.2.2", "port": "5871"},
+            "latency": {"value": "2ms", "timestamp": "2026-11-26T09:00:00Z"},
+        },
+        "gatewayIP": "192.0.2.1",
+    }
+    patch = merge_patch_diff(current, error_status("remote_pod_cidr: bad", "192.0.2.1"))
+    assert patch == {
+        "connection": {
+            "status": "Error",
+            "statusMessage": "remote_pod_cidr: bad",
+            "peerConfiguration": None,
+            "latency": None,
+        }
+    }
+    cleared = {
+        "connection": {"status": "Error", "statusMessage": "remote_pod_cidr: bad"},
+        "gatewayIP": "192.0.2.1",
+    }
+    assert merge_patch_diff(cleared, error_status("remote_pod_cidr: bad", "192.0.2.1")) is None
