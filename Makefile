@@ -41,8 +41,11 @@ test: install
 test-unit: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
+# Benchmarks print numbers (the last line of each is one JSON object); they assert nothing.
 bench: install
 	$(PY) bench/natmap_apply.py --sizes 100,1000,10000
+	$(PY) bench/reconcile_latency.py
+	$(PY) bench/kubeapi_rps.py
 
 # Removes every Liqo object this machine's netagent created (uninstall); touches nothing else.
 clean-host: venv
