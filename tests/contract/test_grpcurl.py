@@ -28,6 +28,7 @@ if os.geteuid() != 0:
 SVC = "liqo.netagent.v1.NetAgentService"
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 CLUSTER = "c0ffee00-0000-4000-8000-000000000001"
+METRICS = "127.0.0.1:9100"  # inside the agent's node
 
 
 class Grpcurl:
@@ -86,7 +87,7 @@ def tunnel(peer_pub: str, **override: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     with Node("lgt-contract") as node:
-        a = AgentProcess(node, tmp_path_factory.mktemp("contract"))
+        a = AgentProcess(node, tmp_path_factory.mktemp("contract"), "--metrics-address", METRICS)
         try:
             a.start()
             yield a
@@ -226,3 +227,14 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
 
 def agent_log_text(g: Grpcurl) -> str:
     return (Path(g.socket).parent / "netagent.log").read_text()
+
+
+def test_metrics_endpoint_after_the_story(agent: AgentProcess) -> None:
+    """Prometheus metrics served where --metrics-address says, with the RPCs just made counted."""
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{METRICS}/metrics').read().decode())"
+    text = agent.node.run(sys.executable, "-c", fetch).stdout
+    assert 'liqo_wireguard_implementation{driver="wireguard",implementation="userspace"} 1.0' in text, text
+    assert 'liqo_netagent_rpc_duration_seconds_count{code="INVALID_ARGUMENT",method="EnsureTunnel"}' in text
+    assert 'liqo_netagent_rpc_duration_seconds_count{code="OK",method="SetNatMappings"}' in text
+    assert 'liqo_netagent_apply_duration_seconds_count{what="iptables"}' in text
+    assert 'liqo_netagent_role{role="active"} 1.0' in text
