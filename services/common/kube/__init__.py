@@ -56,10 +56,10 @@ from services.common.kube.config import RuntimeConfig, add_runtime_flags
 from services.common.kube.controller import Controller, Manager, RetryableError
 from services.common.kube.events import EventRecorder
 from services.common.kube.informer import Informer
-from services.common.kube.logs import setup_logging
 from services.common.kube.metrics import ControllerMetrics, HealthServer
 from services.common.kube.status import merge_patch_diff, patch_status
 from services.common.kube.workqueue import ShutDown, WorkQueue
+from services.common.logging import setup_logging
 
 __all__ = [
     "EVENTS",
