@@ -47,6 +47,11 @@ bench: install
 	$(PY) bench/reconcile_latency.py
 	$(PY) bench/kubeapi_rps.py
 
+# The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
+DEMO_ARGS ?=
+demo: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m sandbox.demo $(DEMO_ARGS)
+
 # Removes every Liqo object this machine's netagent created (uninstall); touches nothing else.
 clean-host: venv
 	$(VENV)/bin/liqo-netagent cleanup
