@@ -93,6 +93,15 @@ class PingSummary:
             gap, prev = max(gap, r - prev), r
         return gap
 
+    def missing(self) -> tuple[int, int]:
+        """(missing, expected) replies between the first and the last reply: the loss, without the
+        request still in flight when ping was stopped."""
+        seqs = {q for _, q, _ in self.replies}
+        if not seqs:
+            return (self.sent, self.sent)
+        expected = max(seqs) - min(seqs) + 1
+        return expected - len(seqs), expected
+
     def delayed(self, over_ms: float) -> list[float]:
         """The round-trip times above `over_ms`: packets that were held somewhere, not lost."""
         return [rtt for _, _, rtt in self.replies if rtt > over_ms]
@@ -454,13 +463,13 @@ class Demo:
         r.step("Pod-to-pod traffic through the remapped CIDRs")
         b_from_a = netmap(POD_B, POD_CIDR, A_SEES_B.pod)
         a_from_b = netmap(POD_A, POD_CIDR, B_SEES_A.pod)
-        for src, dst, cluster in ((t.pod_a, b_from_a, "b"), (t.pod_b, a_from_b, "a")):
+        for src, dst, peer_pod in ((t.pod_a, b_from_a, t.pod_b), (t.pod_b, a_from_b, t.pod_a)):
             with r.proving(f"ping {src.name} -> {dst}"):
                 with contextlib.suppress(AssertionError):  # the first packets may meet a cold path
                     wait_until(f"{dst} answers", functools.partial(answers, src, dst), 15)
                 res = ping(src, dst)
                 r.proof(res.received == res.sent,
-                        f"ping {src.name} ({src.ip}) -> {dst} ({cluster}/web): {res.received}/{res.sent} "
+                        f"ping {src.name} ({src.ip}) -> {dst} ({peer_pod.name}): {res.received}/{res.sent} "
                         f"replies, rtt avg {res.rtt_avg_ms} ms", f"lost {res.lost}")
         for server, client, target, seen_as in ((t.pod_b, t.pod_a, b_from_a, a_from_b),
                                                 (t.pod_a, t.pod_b, a_from_b, b_from_a)):
@@ -481,7 +490,7 @@ class Demo:
         r.step(f"NatMapping: B exports {t.pod_b.name} ({POD_B}) as {EXPORTED_B} to A")
         before = ping(t.pod_a, EXPORTED_B, 1)
         r.info(f"before: ping {EXPORTED_B} from {t.pod_a.name}: {before.received}/{before.sent} replies "
-               f"(no mapping: the receiver's FORWARD DROP)")
+               f"(no mapping yet)")
         nm = nat_mapping(b, a, {POD_B: EXPORTED_B}, pod_cidr=B_SEES_A.pod, external_cidr=A_SEES_B.external)
         t0 = time.monotonic()
         b.client.create(NAT_MAPPINGS, nm)
@@ -596,8 +605,9 @@ class Demo:
         gap = res.longest_gap_after(t_term)
         late = res.delayed(500)
         held = f", {len(late)} answered late (held up to {max(late) / 1000:.1f}s)" if late else ""
+        missing, expected = res.missing()
         r.proof(res.received > 0 and res.replies[-1][0] > t_term,
-                f"ping during the hand-over: {res.lost} of {res.sent} lost{held}; longest time without "
+                f"ping during the hand-over: {missing} of {expected} lost{held}; longest time without "
                 f"a reply {gap:.2f}s", f"{res.received} replies")
         with r.proving("state after the failover"):
             history = a.vip.history if a.vip else []
