@@ -428,14 +428,17 @@ class Demo:
         for c in (a, b):
             t0 = time.monotonic()
             c.start()
-            r.info(f"cluster {c.name}: API server {c.api_ip}:6443, gateway Service VIP {c.vip_ip}:5871/udp, "
-                   f"gateway replicas {', '.join(f'{g.name} ({g.ip})' for g in c.replicas)} "
-                   f"running liqo-netagent, liqo-tunnel-controller, liqo-natmap-controller, liqo-labeler "
-                   f"[{time.monotonic() - t0:.1f}s]")
+            r.info(f"cluster {c.name} (up in {time.monotonic() - t0:.1f}s):\n"
+                   f"  API server {c.api_ip}:6443 serving the CRDs of charts/liqo-gateway/crds\n"
+                   f"  gateway Service VIP {c.vip_ip}:5871/udp on its load-balancer node, forwarding to the "
+                   f"pod labelled active\n"
+                   + "\n".join(f"  {g.name} on node {c.name}-gw{g.index} ({g.ip}): liqo-netagent, "
+                               "liqo-tunnel-controller, liqo-natmap-controller, liqo-labeler"
+                               for g in c.replicas))
         pod_a, pod_b = a.add_pod("web", POD_A), b.add_pod("web", POD_B)
         t = Topology(wan, a, b, pod_a, pod_b)
-        r.info(f"pod a/web {POD_A} on node a-w1, pod b/web {POD_B} on node b-w1: the same CIDR, "
-               f"so each cluster reaches the other through a remapped one")
+        r.info(f"pods: {pod_a.name} {POD_A} in cluster a, {pod_b.name} {POD_B} in cluster b; the same "
+               f"CIDR, so each cluster reaches the other's pods through a remapped one")
         for c in (a, b):
             wait_until(f"{c.name}: a leader", functools.partial(active_agent, c), 30)
             wait_until(f"{c.name}: VIP follows the active pod", functools.partial(vip_backend, c), 15)
@@ -450,6 +453,9 @@ class Demo:
                f"B reaches A's pods as {B_SEES_A.pod} and A's external CIDR as {B_SEES_A.external}")
         t0 = time.monotonic()
         t.peering = peer(a, b, a_sees_b=A_SEES_B, b_sees_a=B_SEES_A)
+        r.info(f"created TunnelEndpoint {t.peering.in_a[1]}/{t.peering.in_a[0]} in A and "
+               f"{t.peering.in_b[1]}/{t.peering.in_b[0]} in B (endpoint: the other cluster's VIP; "
+               f"workers route the remote CIDRs to their active replica)")
         for c, ref in ((a, t.peering.in_a), (b, t.peering.in_b)):
             conn = c.wait_connected(ref, 60)
             r.info(f"cluster {c.name}: TunnelEndpoint {ref[1]}/{ref[0]} Connected after "
