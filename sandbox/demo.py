@@ -51,6 +51,7 @@ from sandbox.gateway import (
 )
 from sandbox.hosts import Node, NodeError, Pod
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.kube import KubeClient
 
 POD_CIDR = "10.0.0.0/16"
 POD_A, POD_B = "10.0.1.5", "10.0.2.7"
@@ -399,6 +400,15 @@ def first_active_after(r: GatewayReplica, t: float) -> float | None:
     return None
 
 
+def tunnel_endpoints_table(client: KubeClient) -> str:
+    """`kubectl get tunnelendpoints -A -o wide` from the API: the CRD's printer columns."""
+    crd = client.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                                "tunnelendpoints.net.liqo.io")
+    cols = crd["spec"]["versions"][0].get("additionalPrinterColumns", [])
+    items = client.list(TUNNEL_ENDPOINTS)["items"]
+    return format_table(*printer_table(cols, items, time.time()))
+
+
 def run_kubectl(c: EmulatedCluster, *args: str) -> str:
     cp = subprocess.run(["kubectl", "--kubeconfig", str(c.kubeconfig_path), *args], capture_output=True,
                         text=True, timeout=20, check=False)
@@ -527,12 +537,8 @@ class Demo:
                 r.info(f"$ kubectl get pods -n liqo -L net.liqo.io/gateway    # cluster {c.name}\n"
                        + run_kubectl(c, "get", "pods", "-n", "liqo", "-L", "net.liqo.io/gateway"))
             else:
-                crd = c.client.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                                       "tunnelendpoints.net.liqo.io")
-                cols = crd["spec"]["versions"][0].get("additionalPrinterColumns", [])
-                items = c.client.list(TUNNEL_ENDPOINTS)["items"]
                 r.info(f"TunnelEndpoints in cluster {c.name} (no kubectl: the same columns from the API)\n"
-                       + format_table(*printer_table(cols, items, time.time())))
+                       + tunnel_endpoints_table(c.client))
         b_nms = "\n" + run_kubectl(t.b, "get", "natmappings") if kubectl else ""
         r.info(f"$ kubectl get natmappings    # cluster b{b_nms}")
         for c, ref, vip in ((t.a, t.peering.in_a, t.b.vip_ip), (t.b, t.peering.in_b, t.a.vip_ip)):

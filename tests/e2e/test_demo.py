@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.demo import PingSummary, format_table, netmap, parse_ping, printer_table
+from sandbox.demo import (
+    PingSummary,
+    format_table,
+    netmap,
+    parse_ping,
+    printer_table,
+    tunnel_endpoints_table,
+)
+from sandbox.gateway import NAMESPACES, TUNNEL_ENDPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG_VAR = "LIQO_DEMO_TEST_TAG"
@@ -116,6 +124,40 @@ def test_printer_table_uses_the_crd_columns() -> None:
 
 def test_ping_summary_without_replies() -> None:
     assert PingSummary(3, 0, None).missing() == (3, 3)
+
+
+def test_table_without_kubectl_matches_kubectl(tmp_path: Path) -> None:
+    """The fallback for a machine without kubectl prints what `kubectl get -o wide` prints."""
+    from sandbox.kubeapi import KubeAPIServer
+    from services.common.kube import KubeClient
+
+    with KubeAPIServer(crd_dirs=[str(ROOT / "charts/liqo-gateway/crds")]) as api:
+        kc = tmp_path / "kc"
+        api.write_kubeconfig(kc)
+        client = KubeClient.from_kubeconfig(str(kc))
+        try:
+            client.create(NAMESPACES, {"metadata": {"name": "liqo-tenant-b"}})
+            tep = {"apiVersion": "net.liqo.io/v1alpha1", "kind": "TunnelEndpoint",
+                   "metadata": {"name": "b-tep", "namespace": "liqo-tenant-b"},
+                   "spec": {"clusterIdentity": {"clusterID": "b-id", "clusterName": "b"},
+                            "localPodCIDR": "10.0.0.0/16", "localExternalCIDR": "10.201.0.0/16",
+                            "remotePodCIDR": "10.0.0.0/16", "remoteExternalCIDR": "10.201.0.0/16",
+                            "endpointIP": "172.31.0.12", "backendType": "wireguard",
+                            "backend_config": {"publicKey": "A" * 43 + "=", "port": "5871"}}}
+            client.create(TUNNEL_ENDPOINTS, tep, "liqo-tenant-b")
+            client.patch(TUNNEL_ENDPOINTS, "b-tep", {"status": {"connection": {
+                "status": "Connected", "latency": {"value": "2ms"}}}}, "liqo-tenant-b", subresource="status")
+            ours = tunnel_endpoints_table(client)
+        finally:
+            client.close()
+        if shutil.which("kubectl") is None:
+            pytest.skip("no kubectl to compare with")
+        argv = ["kubectl", "--kubeconfig", str(kc), "get", "tunnelendpoints", "-A", "-o", "wide"]
+        theirs = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.rstrip()
+    # Same columns and cells; AGE (the last one) may tick between the two reads.
+    assert [line.split()[:-1] for line in ours.splitlines()] == \
+        [line.split()[:-1] for line in theirs.splitlines()], (ours, theirs)
+    assert "Connected" in ours and "172.31.0.12" in ours
 
 
 # ---- the real demo -------------------------------------------------------------------------------------
