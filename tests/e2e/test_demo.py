@@ -211,10 +211,11 @@ def root_state() -> dict[str, set[str]]:
 
 @dataclass
 class Sampler:
-    """Records, every second, the namespaces of the tagged processes (and the named netns inside
+    """Records, every `interval` seconds, the namespaces of the tagged processes (and the named netns inside
     their mount namespaces) while the demo runs."""
 
     tag: str
+    interval: float = 1.0
     namespaces: set[tuple[str, int]] = field(default_factory=set)
     pids_seen: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -231,7 +232,7 @@ class Sampler:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.interval):
             for pid in tagged(self.tag):
                 self.pids_seen.add(pid)
                 for kind in ("net", "mnt"):
@@ -301,11 +302,11 @@ class DemoRun:
                 self.proc.wait(10)
 
 
-def assert_nothing_left(run: DemoRun, sampler: Sampler) -> None:
+def assert_nothing_left(run: DemoRun, sampler: Sampler, min_namespaces: int = 20) -> None:
     assert sampler.pids_seen, "the sampler saw no tagged process: the check would be vacuous"
     ours = sampler.ours()
-    # Nodes (net+mnt), pods, each gateway node's liqo-netns, the WAN: far more than a handful.
-    assert len(ours) >= 20, ours
+    # A full run: nodes (net+mnt), pods, each gateway node's liqo-netns, the WAN: far more than a handful.
+    assert len(ours) >= min_namespaces, ours
     assert tagged(run.tag) == [], "processes of the demo survived it"
     assert in_namespaces(ours) == [], "processes live in the demo's namespaces"
     assert list(run.tmpdir.iterdir()) == [], "files left in the demo's TMPDIR"
@@ -410,3 +411,26 @@ def test_demo_keep_is_reachable_from_the_root_namespace_and_ctrl_c_cleans_up(dem
     assert code == 0, out  # every proof had passed; Ctrl-C is how --keep ends
     assert "interrupted" in out and "left behind: nothing" in out, out
     assert_nothing_left(demo_run, sampler)
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.timeout(300)
+def test_demo_failure_exits_non_zero_with_the_logs_and_leaves_nothing(demo_run: DemoRun) -> None:
+    # A real failure: below this TMPDIR the Unix socket paths (the API server's control socket, the
+    # netagents') exceed the 107 bytes a Unix socket allows, so the clusters never come up.
+    deep = demo_run.tmpdir / ("d" * 80)
+    deep.mkdir()
+    with Sampler(demo_run.tag, interval=0.1) as sampler:  # the failure comes within a second or two
+        demo_run.tmpdir, top = deep, demo_run.tmpdir
+        demo_run.start("--no-failover")
+        code = demo_run.finish(timeout=240)
+    out = demo_run.text()
+    print(out)
+    assert code == 1, out
+    assert "FAIL  bringing up the clusters and the tunnel" in out
+    assert re.search(r"AF_UNIX path too long|should not have more than 107 characters", out)  # the cause
+    assert "PASS" not in out and "left behind: nothing" in out
+    assert_nothing_left(demo_run, sampler, min_namespaces=4)  # at least the WAN and a-lb were up
+    deep.rmdir()
+    assert list(top.iterdir()) == []
