@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from sandbox.kubeapi import errors, openapi, tables
+from sandbox.kubeapi import errors, gnostic, openapi, openapi_v2, tables
 from sandbox.kubeapi.hooks import Hooks, RequestRecord
 from sandbox.kubeapi.resources import SERVER_VERSION, ResourceType
 from sandbox.kubeapi.selectors import (
@@ -110,9 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
     def _send_json(self, code: int, body: Any, warnings: Iterable[str] = ()) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
+        self._send_bytes(code, json.dumps(body, separators=(",", ":")).encode(), "application/json", warnings)
+
+    def _send_bytes(self, code: int, data: bytes, ctype: str, warnings: Iterable[str] = ()) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-cache, private")
         for w in warnings:
@@ -245,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in path.split("/") if p]
         registry = api.store.registry
         doc: Any = None
+        ctype = "application/json"
         with api.store.lock:
             if not parts:
                 doc = {
@@ -271,6 +274,11 @@ class _Handler(BaseHTTPRequestHandler):
                 doc = registry.resource_list_doc(parts[1], parts[2])
             elif parts == ["version"]:
                 doc = SERVER_VERSION
+            elif parts == ["openapi", "v2"]:
+                doc = openapi_v2.document(registry)
+                # kubectl < 1.27 asks for gnostic's protobuf; anything else gets the JSON document.
+                if gnostic.MEDIA_TYPE in (self.headers.get("Accept") or ""):
+                    ctype = gnostic.MEDIA_TYPE
             elif parts == ["openapi", "v3"]:
                 doc = openapi.root_document(registry)
             elif len(parts) >= 4 and parts[:2] == ["openapi", "v3"]:
@@ -289,12 +297,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if doc is None:
             raise errors.APIError(404, "NotFound", "the server could not find the requested resource")
-        self._send_json(200, doc)
+        if ctype == gnostic.MEDIA_TYPE:
+            # Upstream's Content-Type is what Go sniffs from the bytes: the media type asked for has
+            # an "@", which Go's mime parser (hence client-go) rejects.
+            self._send_bytes(200, gnostic.document(doc), "application/octet-stream")
+        else:
+            self._send_json(200, doc)
 
     # --- resources ----------------------------------------------------------------------------
 
-    def _wants_table(self) -> bool:
-        return "as=Table" in (self.headers.get("Accept") or "")
+    def _table_version(self) -> str | None:
+        return tables.table_version(self.headers.get("Accept") or "")
 
     def _selectors(self, rt: ResourceType, query: dict[str, str]) -> tuple[LabelSelector, FieldSelector]:
         try:
@@ -314,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
         if r.verb == "get":
             assert r.name is not None
             obj = _versioned(rt, version, store.get(rt, r.namespace, r.name))
-            if self._wants_table():
+            if table_version := self._table_version():
                 self._send_json(
                     200,
                     tables.table(
@@ -324,6 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
                         time.time(),
                         resource_version=obj["metadata"].get("resourceVersion", ""),
                         include=query.get("includeObject", "PartialObjectMetadata"),
+                        meta_version=table_version,
                     ),
                 )
             else:
@@ -338,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rt, r.namespace, labels, fields, limit, query.get("continue", "")
             )
             items = [_versioned(rt, version, o) for o in items]
-            if self._wants_table():
+            if table_version := self._table_version():
                 self._send_json(
                     200,
                     tables.table(
@@ -349,6 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
                         resource_version=str(rv),
                         continue_token=cont,
                         include=query.get("includeObject", "PartialObjectMetadata"),
+                        meta_version=table_version,
                     ),
                 )
                 return
@@ -441,7 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
         store = api.store
         labels, fields = self._selectors(r.rt, query)
         send_initial = query.get("sendInitialEvents", "").lower() in _TRUE
-        table = self._wants_table()
+        table = self._table_version()
         try:
             timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         except ValueError:
@@ -541,7 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Encoder:
     """Watch event lines for one watch (storage-version objects re-labelled if needed, or Tables)."""
 
-    def __init__(self, rt: ResourceType, version: str, table: bool) -> None:
+    def __init__(self, rt: ResourceType, version: str, table: str | None) -> None:
         self.rt = rt
         self.version = version
         self.table = table
@@ -555,6 +570,7 @@ class _Encoder:
                 [_versioned(self.rt, self.version, ev.obj)],
                 time.time(),
                 resource_version=ev.obj["metadata"].get("resourceVersion", ""),
+                meta_version=self.table,
             )
             raw = json.dumps(obj, separators=(",", ":")).encode()
         elif self.same_version:

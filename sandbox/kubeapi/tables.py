@@ -117,7 +117,31 @@ def _cell(obj: Obj, col: dict[str, Any], now: float) -> Any:
     return value
 
 
-def row(rt: ResourceType, version: str, obj: Obj, now: float, include: str = "PartialObjectMetadata") -> Obj:
+def table_version(accept: str) -> str | None:
+    """The ``meta.k8s.io`` version of the first Table clause of an Accept header, or None.
+
+    kubectl asks for ``as=Table;v=v1`` then ``v=v1beta1``; both shapes are the same, only the
+    apiVersion differs.
+    """
+    for clause in accept.split(","):
+        params = dict(p.strip().partition("=")[::2] for p in clause.split(";")[1:])
+        version = params.get("v", "v1")
+        if params.get("as") == "Table" and params.get("g", "meta.k8s.io") == "meta.k8s.io" and version in (
+            "v1",
+            "v1beta1",
+        ):
+            return version
+    return None
+
+
+def row(
+    rt: ResourceType,
+    version: str,
+    obj: Obj,
+    now: float,
+    include: str = "PartialObjectMetadata",
+    meta_version: str = "v1",
+) -> Obj:
     cols = columns(rt, version)
     out: Obj = {"cells": [_cell(obj, c, now) for c in cols]}
     if include == "Object":
@@ -125,7 +149,7 @@ def row(rt: ResourceType, version: str, obj: Obj, now: float, include: str = "Pa
     elif include != "None":
         out["object"] = {
             "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
+            "apiVersion": f"meta.k8s.io/{meta_version}",
             "metadata": obj.get("metadata", {}),
         }
     return out
@@ -140,6 +164,7 @@ def table(
     resource_version: str = "",
     continue_token: str = "",
     include: str = "PartialObjectMetadata",
+    meta_version: str = "v1",
 ) -> Obj:
     cols = [{k: v for k, v in c.items() if k != "jsonPath"} for c in columns(rt, version)]
     meta: Obj = {"resourceVersion": resource_version}
@@ -147,8 +172,8 @@ def table(
         meta["continue"] = continue_token
     return {
         "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
+        "apiVersion": f"meta.k8s.io/{meta_version}",
         "metadata": meta,
         "columnDefinitions": cols,
-        "rows": [row(rt, version, o, now, include) for o in objs],
+        "rows": [row(rt, version, o, now, include, meta_version) for o in objs],
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -53,12 +55,25 @@ def gadget(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def kubectl_minor_version(binary: str = "kubectl") -> int:
+    """The minor version of the kubectl on PATH (20 for Debian 12's v1.20.2, 32 for v1.32.4)."""
+    out = subprocess.run(
+        [binary, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return int("".join(c for c in json.loads(out)["clientVersion"]["minor"] if c.isdigit()))
+
+
 class Kubectl:
     """Runs the real kubectl against the server with its own kubeconfig and discovery cache."""
 
     def __init__(self, kubeconfig: Path, cache: Path) -> None:
         self.kubeconfig = kubeconfig
         self.cache = cache
+
+    @property
+    def minor(self) -> int:
+        return kubectl_minor_version()
 
     def argv(self, *args: str) -> list[str]:
         return ["kubectl", f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache}", *args]
