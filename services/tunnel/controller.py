@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -314,7 +315,10 @@ class TunnelController:
 
     def _orphan_gc_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self._gc_wanted.wait(timeout=self.controller.resync_period)
+            deadline = time.monotonic() + self.controller.resync_period
+            # In slices, so that a shutdown is seen at once (the request event never fires then).
+            while not stop.is_set() and time.monotonic() < deadline and not self._gc_wanted.wait(0.5):
+                pass
             if stop.is_set():
                 return
             self._gc_wanted.clear()
