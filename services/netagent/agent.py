@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MIN_MTU, MAX_MTU = 1280, 9000
 PERSIST_DELAY = 0.05  # seconds
+# A new peer without a handshake is re-programmed at these ages (seconds): its first handshake can be
+# lost while a load balancer still points the remote's answers at the previous gateway, and
+# WireGuard itself only retries after its 5 s rekey timeout.
+HANDSHAKE_NUDGES = (0.5, 1.0, 2.0, 4.0)
 
 
 class TunnelState:
@@ -54,6 +58,26 @@ class TunnelView:
     rx_bytes: int
     tx_bytes: int
     nat_mapping_count: int
+
+
+def plan_nudges(
+    fresh: Mapping[str, tuple[float, int]], now: float, settled: set[str]
+) -> tuple[list[str], dict[str, tuple[float, int]]]:
+    """Which fresh peers to re-program now, and the fresh set afterwards. `fresh` maps a key to
+    (programmed at, nudges done); `settled` peers (handshaken, or no longer both programmed and
+    desired) are forgotten; a peer is nudged at each age in HANDSHAKE_NUDGES, then forgotten."""
+    nudge: list[str] = []
+    after: dict[str, tuple[float, int]] = {}
+    for key, (t0, n) in fresh.items():
+        if key in settled:
+            continue
+        if now - t0 < HANDSHAKE_NUDGES[n]:
+            after[key] = (t0, n)
+            continue
+        nudge.append(key)
+        if n + 1 < len(HANDSHAKE_NUDGES):
+            after[key] = (t0, n + 1)
+    return sorted(nudge), after
 
 
 def resolve_endpoint(endpoint: str, current: IPv4Address | None) -> IPv4Address:
@@ -99,6 +123,9 @@ class Agent:
         self._expiry_thread = threading.Thread(target=self._watch_expiry, name="role-expiry", daemon=True)
         self._resync_thread = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
         self._dirty = threading.Event()
+        # Peers programmed recently and not yet handshaken: key -> (programmed at, nudges done).
+        self._fresh_peers: dict[str, tuple[float, int]] = {}
+        self._nudge_thread = threading.Thread(target=self._nudge_loop, name="handshake-nudge", daemon=True)
         self._persist_thread = threading.Thread(target=self._persist_loop, name="persist", daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -127,6 +154,7 @@ class Agent:
         self._expiry_thread.start()
         self._resync_thread.start()
         self._persist_thread.start()
+        self._nudge_thread.start()
         log.info(
             "netagent started",
             extra={
@@ -407,16 +435,7 @@ class Agent:
     def _sync_peers(self) -> bool:
         """Programs exactly the peers of the desired tunnels when ACTIVE, none otherwise; removes
         stale peers by the key actually programmed (Liqo removed by the new key: bug 12.1.2)."""
-        desired: dict[str, PeerConfig] = {}
-        if self._fence.current().role is Role.ACTIVE:
-            for cid, spec in self._state.tunnels.items():
-                desired[spec.public_key] = PeerConfig(
-                    public_key=spec.public_key,
-                    endpoint_ip=self._state.endpoints[cid],
-                    endpoint_port=spec.endpoint_port,
-                    allowed_ips=spec.allowed_ips,
-                    persistent_keepalive=spec.persistent_keepalive,
-                )
+        desired = self._desired_peers()
 
         def apply() -> bool:
             current = {p.public_key: p for p in self.device.peers()}
@@ -429,9 +448,53 @@ class Agent:
                 if have is None or not peer.matches(have):
                     self.device.set_peer(peer)
                     changed = True
+                    if have is None or have.endpoint_ip != peer.endpoint_ip:
+                        self._fresh_peers[key] = (time.monotonic(), 0)
+            for key in self._fresh_peers.keys() - desired.keys():
+                del self._fresh_peers[key]
             return changed
 
         return self._timed("wireguard", apply)
+
+    def _desired_peers(self) -> dict[str, PeerConfig]:
+        """The peers to program: every tunnel's when ACTIVE, none otherwise."""
+        if self._fence.current().role is not Role.ACTIVE:
+            return {}
+        return {
+            spec.public_key: PeerConfig(
+                public_key=spec.public_key,
+                endpoint_ip=self._state.endpoints[cid],
+                endpoint_port=spec.endpoint_port,
+                allowed_ips=spec.allowed_ips,
+                persistent_keepalive=spec.persistent_keepalive,
+            )
+            for cid, spec in self._state.tunnels.items()
+        }
+
+    def _nudge_loop(self) -> None:
+        while not self._stopping.wait(0.25):
+            try:
+                with self._lock:
+                    self._nudge_fresh_peers()
+            except Exception as e:  # the next round retries
+                log.warning("handshake nudge failed", extra={"error": str(e)})
+
+    def _nudge_fresh_peers(self) -> None:
+        """Re-programs new peers that have not handshaken in time: removing and re-adding a peer
+        resets WireGuard's handshake state, so the next packet starts a new handshake."""
+        now = time.monotonic()
+        if not any(now - t0 >= HANDSHAKE_NUDGES[n] for t0, n in self._fresh_peers.values()):
+            return
+        peers = {p.public_key: p for p in self.device.peers()}
+        handshaken = {k for k, p in peers.items() if p.last_handshake}
+        desired = self._desired_peers()
+        nudge, self._fresh_peers = plan_nudges(
+            self._fresh_peers, now, handshaken | (peers.keys() ^ desired.keys())
+        )
+        for key in nudge:
+            self.device.remove_peer(key)
+            self.device.set_peer(desired[key])
+            log.info("no handshake yet: peer re-programmed", extra={"public_key": key})
 
     def _timed(self, what: str, fn: Callable[[], bool | object]) -> bool:
         start = time.perf_counter()
