@@ -58,6 +58,9 @@ class RoleAgent(Protocol):
 
 # Attempt this long after another holder's lease expires by our clock (scheduling slack).
 _EXPIRY_MARGIN = 0.05
+# A leader whose netagent keeps refusing ACTIVE for a lease duration steps down, and then stays out of
+# the election for this many lease durations, so that a healthy replica can take over.
+_STEP_DOWN_HOLD_OFF = 3
 
 
 def _stale_epoch(e: NetAgentError) -> bool:
@@ -90,6 +93,8 @@ class Elector:
         self.state = ElectionState()
         self.observed: Observed | None = None
         self._blind = False  # a Lease read failed since the last successful one
+        self._refused_since: float | None = None  # our netagent refuses ACTIVE since then
+        self._hold_off_until = 0.0  # after stepping down: no campaigning before then
         self.granted: RoleDirective | None = None  # what the netagent last accepted
         self.wake = threading.Event()
         self.last_tick = clock()
@@ -157,6 +162,8 @@ class Elector:
     def tick(self) -> None:
         self.wake.clear()
         self.last_tick = self.clock()
+        if self.last_tick < self._hold_off_until:
+            return
         change = settle(self.state, self._attempt(), self.clock(), self.timings)
         if change.reread:
             self._apply(change)
@@ -256,7 +263,14 @@ class Elector:
             log.warning("netagent refused the ACTIVE role", extra={"error": str(e), "epoch": want.epoch})
             if _stale_epoch(e):
                 self._learn_agent_epoch()
+                return
+            now = self.clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            elif now - self._refused_since >= self.timings.lease_duration:
+                self._step_down()
             return
+        self._refused_since = None
         self.granted = want
         if self._active_epoch != want.epoch:
             self._active_epoch = want.epoch
@@ -310,14 +324,31 @@ class Elector:
 
     # --- graceful release --------------------------------------------------------------------------
 
+    def _step_down(self) -> None:
+        """Holding the Lease with a dataplane that will not go ACTIVE keeps every replica's traffic
+        down. Our last ACTIVE grant (its TTL is shorter than a lease duration) has lapsed by now, so the
+        Lease can go even if the netagent cannot be told STANDBY."""
+        log.warning(
+            "stepping down: the netagent refused the ACTIVE role for a lease duration",
+            extra={"hold_off_s": _STEP_DOWN_HOLD_OFF * self.timings.lease_duration},
+        )
+        self._refused_since = None
+        self._hold_off_until = self.clock() + _STEP_DOWN_HOLD_OFF * self.timings.lease_duration
+        self._give_up_lease("stepped down", fenced=True)
+
     def release(self) -> None:
         """Fence first, then empty the Lease (leaseDurationSeconds 1) so a standby takes over at once.
         If the netagent cannot be set STANDBY, the Lease is left to expire: releasing it would let a
         successor go ACTIVE while our role may still run."""
+        self._give_up_lease("shutting down", fenced=False)
+
+    def _give_up_lease(self, reason: str, *, fenced: bool) -> None:
+        """Withdraws the role and empties the Lease; `fenced`: the role has lapsed already, so the
+        Lease goes even if the netagent cannot be reached."""
         if not self.state.leading:
             return
         epoch = self.state.epoch
-        if not self._grant_standby(epoch, "shutting down"):
+        if not self._grant_standby(epoch, reason) and not fenced:
             log.warning("not releasing the lease: the netagent role could not be withdrawn")
             return
         st = self.state

@@ -44,6 +44,7 @@ class RecordingNetAgent(pb_grpc.NetAgentServiceServicer):
         self.fence = Fence()
         self.calls: list[RoleCall] = []
         self._lock = threading.Lock()
+        self.refuse_active = False  # as an agent whose device is not configured
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
         g = self.fence.current()
@@ -54,6 +55,8 @@ class RecordingNetAgent(pb_grpc.NetAgentServiceServicer):
         if request.role not in (pb.ROLE_ACTIVE, pb.ROLE_STANDBY):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "role: must be ROLE_ACTIVE or ROLE_STANDBY")
         active = request.role == pb.ROLE_ACTIVE
+        if active and self.refuse_active:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "device not configured")
         ttl = request.ttl.ToNanoseconds() / 1e9 if active else 0.0
         error: tuple[grpc.StatusCode, str] | None = None
         with self._lock:

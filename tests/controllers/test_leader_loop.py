@@ -269,3 +269,21 @@ def test_lease_taken_by_another_writer_demotes_at_once(cluster_factory: Callable
     assert len(c.leaders()) == 1
     assert c.store.record is not None and c.store.record.transitions == epoch + 2
     assert c.double_active_samples == 0
+
+
+def test_leader_whose_agent_refuses_active_steps_down(cluster_factory: Callable[[Timings], Cluster]) -> None:
+    """A leader that cannot make its dataplane ACTIVE must not sit on the Lease: after a lease
+    duration of refusals it steps down, stays out of the election, and the healthy replica leads."""
+    cluster = cluster_factory(FAST)
+    a = cluster.add("gw-a")
+    a.agent.refuse_active = True
+    a.start()
+    assert wait_for(lambda: cluster.store.record is not None and cluster.store.record.holder == "gw-a", 3)
+    b = cluster.add("gw-b")
+    b.start()
+    t = FAST.lease_duration
+    assert wait_for(lambda: b.elector.state.leading and b.agent.active(), t + 4 * FAST.retry_period + 2)
+    assert not a.elector.state.leading and not a.agent.active()
+    time.sleep(2 * t)  # within the hold-off: the refusing replica does not take the Lease back
+    assert cluster.store.record is not None and cluster.store.record.holder == "gw-b"
+    assert b.agent.active()
