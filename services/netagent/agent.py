@@ -522,8 +522,12 @@ class Agent:
             # Let the call that asked for the write answer first, and coalesce a burst of calls.
             self._stopping.wait(PERSIST_DELAY)
             self._dirty.clear()
-            with self._lock:
-                text = self._state.to_json()
+            with self._lock:  # a shallow copy: the values (specs, NAT maps, addresses) are immutable
+                st = self._state
+                snapshot = dataclasses.replace(
+                    st, tunnels=dict(st.tunnels), endpoints=dict(st.endpoints), nat_maps=dict(st.nat_maps)
+                )
+            text = snapshot.to_json()  # outside the lock: a 10 000-entry map takes ~10 ms
             try:
                 state.write_atomic(self.cfg.state_path, text)
             except OSError as e:  # losing the file only costs adoption after a restart
