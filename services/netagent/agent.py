@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,9 @@ from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, 
 from services.netagent import iptables, natrules, netns, routes, state, veth
 from services.netagent.config import AgentConfig
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
+from services.netagent.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.probe import Prober, ProbeState, ProbeStatus
+from services.netagent.resolver import resolve_endpoint
 from services.netagent.role import Fence, Grant, Role, StaleEpoch
 from services.netagent.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
 
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MIN_MTU, MAX_MTU = 1280, 9000
 PERSIST_DELAY = 0.05  # seconds
-# A new peer without a handshake is re-programmed at these ages (seconds): its first handshake can be
-# lost while a load balancer still points the remote's answers at the previous gateway, and
-# WireGuard itself only retries after its 5 s rekey timeout.
-HANDSHAKE_NUDGES = (0.5, 1.0, 2.0, 4.0)
 
 
 class TunnelState:
@@ -58,43 +55,6 @@ class TunnelView:
     rx_bytes: int
     tx_bytes: int
     nat_mapping_count: int
-
-
-def plan_nudges(
-    fresh: Mapping[str, tuple[float, int]], now: float, settled: set[str]
-) -> tuple[list[str], dict[str, tuple[float, int]]]:
-    """Which fresh peers to re-program now, and the fresh set afterwards. `fresh` maps a key to
-    (programmed at, nudges done); `settled` peers (handshaken, or no longer both programmed and
-    desired) are forgotten; a peer is nudged at each age in HANDSHAKE_NUDGES, then forgotten."""
-    nudge: list[str] = []
-    after: dict[str, tuple[float, int]] = {}
-    for key, (t0, n) in fresh.items():
-        if key in settled:
-            continue
-        if now - t0 < HANDSHAKE_NUDGES[n]:
-            after[key] = (t0, n)
-            continue
-        nudge.append(key)
-        if n + 1 < len(HANDSHAKE_NUDGES):
-            after[key] = (t0, n + 1)
-    return sorted(nudge), after
-
-
-def resolve_endpoint(endpoint: str, current: IPv4Address | None) -> IPv4Address:
-    """IPv4 literal as is; a DNS name resolved, keeping `current` while it is still in the answer set
-    (round-robin DNS must not make the peer endpoint hop on every call)."""
-    try:
-        return IPv4Address(endpoint)
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(endpoint, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-    except OSError as e:
-        raise Transient(f"endpoint {endpoint!r} does not resolve: {e}") from e
-    answers = [IPv4Address(info[4][0]) for info in infos]
-    if not answers:
-        raise Transient(f"endpoint {endpoint!r} has no IPv4 address")
-    return current if current in answers else answers[0]
 
 
 class Agent:
