@@ -15,7 +15,7 @@ A, B, C = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), IPv4Address("192.0
 
 
 def answers(monkeypatch: pytest.MonkeyPatch, *ips: IPv4Address) -> None:
-    def fake(host: str, port: Any, family: int = 0, type: int = 0) -> list[Any]:  # noqa: A002
+    def fake(host: str, port: Any, family: int = 0, type: int = 0) -> list[Any]:
         assert family == socket.AF_INET
         return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (str(ip), 0)) for ip in ips]
 
