@@ -40,6 +40,8 @@ from services.common.tunnelspec import TunnelSpec  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
 from services.netagent.iptables import Iptables  # noqa: E402
 from services.netagent.natrules import cluster_chains, desired_state, parse_nat_map  # noqa: E402
+from services.netagent.netns import run_in_netns  # noqa: E402
+from services.netagent.wireguard import generate_private_key, public_key_of  # noqa: E402
 
 CLUSTER_ID = "bench-cluster"
 LOCAL_EXT = "10.201.0.0/16"
@@ -88,9 +90,8 @@ def spec() -> TunnelSpec:
 
 
 def wg_keypair() -> tuple[str, str]:
-    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True)
-    return priv, pub.stdout.strip()
+    priv = generate_private_key()
+    return priv, public_key_of(priv)
 
 
 @contextlib.contextmanager
@@ -104,8 +105,7 @@ def throwaway_netns() -> Iterator[str]:
 
 
 def in_netns(ns: str, *argv: str, stdin: str | None = None) -> str:
-    cmd = ["nsenter", f"--net=/run/netns/{ns}", *argv]
-    return subprocess.run(cmd, input=stdin, check=True, capture_output=True, text=True, timeout=600).stdout
+    return run_in_netns(ns, argv, input=stdin, timeout=600).stdout
 
 
 def count_rules(save: str, chain: str) -> int:

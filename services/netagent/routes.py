@@ -271,9 +271,7 @@ def _delete_route_msg(ipr: IPRoute, route: Route, msg: Any) -> None:
 def _converge_routes(ipr: IPRoute, current: Sequence[tuple[Route, Any]], desired: set[Route]) -> bool:
     """Adds/replaces missing routes, then deletes owned routes not desired (add first: no gap)."""
     to_add, _ = plan((r for r, _ in current), desired)
-    for route in to_add:
-        with kernel_errors(f"route replace {route}"):
-            ipr.route("replace", **_route_args(route, _ifindex(ipr, route.dev)))
+    _write_routes(ipr, to_add, [])
     # `replace` rewrote in place the route with the same (table, dst, tos 0, metric 0): not stale.
     replaced = {(r.table, r.dst) for r in to_add}
     stale = [
@@ -310,12 +308,7 @@ def sync_host_routing(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> bool:
     with host_iproute() as ipr:
         changed = _converge_routes(ipr, _read_routes(ipr, cfg.table_id), desired_host_routes(cfg, specs))
         to_add, to_remove = plan(_read_rules(ipr, cfg.table_id), want_rules)
-        for rule in to_add:
-            with kernel_errors(f"rule add {rule}"):
-                ipr.rule("add", **_rule_args(rule))
-        for rule in to_remove:
-            with kernel_errors(f"rule del {rule}"):
-                ipr.rule("del", **_rule_args(rule))
+        _write_rules(ipr, to_add, to_remove)
         return changed or bool(to_add or to_remove)
 
 
@@ -334,20 +327,7 @@ def update_routing(cfg: AgentConfig, before: Iterable[TunnelSpec], after: Iterab
             _write_routes(ipr, ns_add, ns_del)
     with host_iproute() as ipr:
         _write_routes(ipr, host_add, host_del)
-        for rule in rule_add:
-            with kernel_errors(f"rule add {rule}"):
-                try:
-                    ipr.rule("add", **_rule_args(rule))
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
-                        raise
-        for rule in rule_del:
-            with kernel_errors(f"rule del {rule}"):
-                try:
-                    ipr.rule("del", **_rule_args(rule))
-                except NetlinkError as e:
-                    if e.code != errno.ENOENT:
-                        raise
+        _write_rules(ipr, rule_add, rule_del)
     return bool(ns_add or ns_del or host_add or host_del or rule_add or rule_del)
 
 
@@ -366,6 +346,18 @@ def _write_routes(ipr: IPRoute, add: Sequence[Route], remove: Sequence[Route]) -
             except NetlinkError as e:
                 if e.code != errno.ESRCH:
                     raise
+
+
+def _write_rules(ipr: IPRoute, add: Sequence[Rule], remove: Sequence[Rule]) -> None:
+    """Adds then removes rules; one already there (or already gone) is what was wanted."""
+    for op, rules, done in (("add", add, errno.EEXIST), ("del", remove, errno.ENOENT)):
+        for rule in rules:
+            with kernel_errors(f"rule {op} {rule}"):
+                try:
+                    ipr.rule(op, **_rule_args(rule))
+                except NetlinkError as e:
+                    if e.code != done:
+                        raise
 
 
 def remove_host_routing(cfg: AgentConfig) -> bool:

@@ -18,6 +18,7 @@ from services.netagent import natrules
 from services.netagent.config import AgentConfig
 from services.netagent.iptables import Iptables, IptablesError
 from services.netagent.natrules import Args, Ruleset, desired_state, parse_nat_map
+from services.netagent.netns import run_in_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -39,8 +40,7 @@ def netns() -> Iterator[str]:
 
 
 def run(netns: str, *cmd: str, stdin: str | None = None) -> str:
-    argv = ["nsenter", f"--net=/run/netns/{netns}", *cmd]
-    return subprocess.run(argv, input=stdin, check=True, capture_output=True, text=True, timeout=30).stdout
+    return run_in_netns(netns, cmd, input=stdin).stdout
 
 
 def save(netns: str) -> str:
