@@ -38,16 +38,10 @@ delay to be called again, and raises to be retried with backoff (RetryableError:
 
 from services.common.kube.backoff import Backoff
 from services.common.kube.client import (
-    EVENTS,
     JSON,
-    LEASES,
     MERGE_PATCH,
-    PODS,
-    SECRETS,
-    SERVICES,
     KubeClient,
     KubeError,
-    ResourceRef,
     load_api_client,
     object_key,
     split_key,
@@ -60,6 +54,7 @@ from services.common.kube.metrics import ControllerMetrics, HealthServer
 from services.common.kube.status import merge_patch_diff, patch_status
 from services.common.kube.workqueue import ShutDown, WorkQueue
 from services.common.logging import setup_logging
+from services.common.vocabulary import EVENTS, LEASES, PODS, SECRETS, SERVICES, ResourceRef
 
 __all__ = [
     "EVENTS",

@@ -10,54 +10,20 @@ models. Every object is a plain `dict` as the API server sends it, every call ha
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from services.common.vocabulary import ResourceRef
+
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-
-
-@dataclass(frozen=True)
-class ResourceRef:
-    """Where a kind lives in the API: `group` is "" for the core group."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{urllib.parse.quote(name, safe='')}"
-        if sub is not None:
-            base += f"/{sub}"
-        return base
-
-
-# The kinds the controllers use; others can be declared the same way.
-PODS = ResourceRef("", "v1", "pods", "Pod")
-SERVICES = ResourceRef("", "v1", "services", "Service")
-SECRETS = ResourceRef("", "v1", "secrets", "Secret")
-EVENTS = ResourceRef("", "v1", "events", "Event")
-LEASES = ResourceRef("coordination.k8s.io", "v1", "leases", "Lease")
 
 
 class KubeError(Exception):

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from services.common.kube.backoff import Backoff
-from services.common.kube.client import JSON, KubeClient, ResourceRef, object_key
+from services.common.kube.client import JSON, KubeClient, object_key
 from services.common.kube.events import EventRecorder
 from services.common.kube.informer import Informer
 from services.common.kube.metrics import ControllerMetrics, HealthServer
 from services.common.kube.workqueue import ShutDown, WorkQueue
+from services.common.vocabulary import ResourceRef
 
 log = logging.getLogger(__name__)
 

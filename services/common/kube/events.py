@@ -8,7 +8,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from services.common.kube.client import EVENTS, JSON, KubeClient, KubeError
+from services.common.kube.client import JSON, KubeClient, KubeError
+from services.common.vocabulary import EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from typing import Any
 import urllib3
 
 from services.common.kube.backoff import Backoff
-from services.common.kube.client import JSON, KubeClient, KubeError, ResourceRef, object_key
+from services.common.kube.client import JSON, KubeClient, KubeError, object_key
+from services.common.vocabulary import ResourceRef
 
 Handler = Callable[[str, JSON, JSON | None], None]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.kube.client import JSON, MERGE_PATCH, KubeClient, ResourceRef
+from services.common.kube.client import JSON, MERGE_PATCH, KubeClient
+from services.common.vocabulary import ResourceRef
 
 
 def merge_patch_diff(current: Any, desired: Any) -> Any:
