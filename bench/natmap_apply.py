@@ -36,12 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.common.keys import generate  # noqa: E402
 from services.common.tunnelspec import TunnelSpec  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
 from services.netagent.iptables import Iptables  # noqa: E402
 from services.netagent.natrules import cluster_chains, desired_state, parse_nat_map  # noqa: E402
 from services.netagent.netns import run_in_netns  # noqa: E402
-from services.netagent.wireguard import generate_private_key, public_key_of  # noqa: E402
 
 CLUSTER_ID = "bench-cluster"
 LOCAL_EXT = "10.201.0.0/16"
@@ -90,8 +90,8 @@ def spec() -> TunnelSpec:
 
 
 def wg_keypair() -> tuple[str, str]:
-    priv = generate_private_key()
-    return priv, public_key_of(priv)
+    pair = generate()
+    return pair.private_key, pair.public_key
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.keys import KeyPair, KeySecretError
 from services.common.kube import (
     JSON,
     Backoff,
@@ -37,7 +38,7 @@ from services.common.kube.client import MERGE_PATCH, object_key
 from services.common.netagent_client import NetAgentClient, NetAgentError, RoleWatcher, follow_stream
 from services.common.tunnelspec import SpecError
 from services.tunnel import status as st
-from services.tunnel.keys import KeyPair, KeySecretError, ensure_key_secret
+from services.tunnel.keysecret import ensure_key_secret
 from services.tunnel.mapping import cluster_id_of, is_dns_endpoint, tunnel_from_endpoint
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import sys
 
 from services.common.kube import Backoff, KubeClient, Manager, RuntimeConfig, add_runtime_flags, setup_logging
 from services.common.netagent_client import NetAgentClient
+from services.common.vocabulary import KEY_SECRET
 from services.tunnel.controller import TunnelController, TunnelOptions
-from services.tunnel.keys import DEFAULT_SECRET_NAME
 
 COMPONENT = "liqo-tunnel-controller"
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runtime_flags(p, default_http=":8081")
     g = p.add_argument_group("tunnels")
-    g.add_argument("--wireguard-secret-name", default=DEFAULT_SECRET_NAME,
+    g.add_argument("--wireguard-secret-name", default=KEY_SECRET,
                    help="Secret in POD_NAMESPACE holding the WireGuard key pair shared by all replicas "
                    "(created if absent)"
                    " (default %(default)s)")

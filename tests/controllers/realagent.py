@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 from sandbox.hosts import Node, Pod, link_nodes
 from sandbox.kubeapi import KubeAPIServer
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.keys import KeyPair, generate, secret_body
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, KubeError, Manager
 from services.common.netagent_client import NetAgentClient
 from services.natmap.controller import NATMAPPINGS, NatMappingController
 from services.tunnel.controller import TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
-from services.tunnel.keys import KeyPair, generate, secret_body
 from tests.integration.netagent_harness import AgentProcess, kernel_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,11 +27,11 @@ import yaml
 from sandbox.kubeapi import KubeAPIServer
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
+from services.common.keys import parse_secret
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, Manager
 from services.common.netagent_client import NetAgentClient, duration
 from services.natmap.controller import NATMAPPINGS, NatMappingController
 from services.tunnel.controller import FINALIZER, TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
-from services.tunnel.keys import parse_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "liqo-tenant-cluster-b"
@@ -78,11 +78,11 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
                                   device_configured=bool(self.private_key))
 
     def ConfigureDevice(self, req: Any, ctx: Any) -> pb.ConfigureDeviceResponse:
-        from services.tunnel.keys import public_of
+        from services.common.keys import public_key_of
         with self.lock:
             self.calls.append("ConfigureDevice")
             self.private_key = req.private_key
-            self.public_key = public_of(req.private_key)
+            self.public_key = public_key_of(req.private_key)
         return pb.ConfigureDeviceResponse(public_key=self.public_key, listen_port=5871, mtu=1340)
 
     def WatchRole(self, req: Any, ctx: Any) -> Iterator[pb.WatchRoleResponse]:

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from sandbox.hosts import Node, link_nodes
+from services.common.keys import generate, public_key_of
 from services.common.tunnelspec import TunnelSpec
 from services.netagent import netns, routes, veth
 from services.netagent.config import AgentConfig
@@ -21,9 +22,7 @@ from services.netagent.wireguard import (
     DeviceError,
     PeerConfig,
     UserspaceDevice,
-    generate_private_key,
     open_device,
-    public_key_of,
 )
 from tests.unit.test_tunnelspec import BASE
 
@@ -83,9 +82,9 @@ def pair(node_factory: Callable[[str], Node]) -> Iterator[Pair]:
     na, nb = node_factory("wga"), node_factory("wgb")
     link_nodes(na, "192.168.50.1", nb, "192.168.50.2")
     cfg = AgentConfig(wireguard_implementation="userspace")
-    a = Side(na, dataclasses.replace(cfg, tunnel_ip=IPv4Address("169.254.0.1")), generate_private_key(),
+    a = Side(na, dataclasses.replace(cfg, tunnel_ip=IPv4Address("169.254.0.1")), generate().private_key,
              "192.168.50.1", "10.101.0.1")
-    b = Side(nb, dataclasses.replace(cfg, tunnel_ip=IPv4Address("169.254.0.1")), generate_private_key(),
+    b = Side(nb, dataclasses.replace(cfg, tunnel_ip=IPv4Address("169.254.0.1")), generate().private_key,
              "192.168.50.2", "10.102.0.1")
     spec_a = spec_towards(b, "10.102.0.0/16", "10.202.0.0/16")
     spec_b = spec_towards(a, "10.101.0.0/16", "10.211.0.0/16")

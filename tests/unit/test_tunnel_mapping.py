@@ -12,9 +12,9 @@ import yaml
 from google.protobuf.duration_pb2 import Duration
 
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.keys import KeyPair, KeySecretError, generate, parse_secret, public_key_of, secret_body
 from services.common.tunnelspec import SpecError
 from services.tunnel import status as st
-from services.tunnel.keys import KeyPair, KeySecretError, generate, parse_secret, public_of, secret_body
 from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/tunnelendpoint.yaml").read_text())
@@ -191,7 +191,7 @@ def test_latency_refresh_interval(current: dict[str, Any], latency_ms: float, la
 
 def test_key_pair_secret_roundtrip_and_validation() -> None:
     pair = generate()
-    assert public_of(pair.private_key) == pair.public_key
+    assert public_key_of(pair.private_key) == pair.public_key
     assert pair.private_key not in repr(pair) and pair.private_key not in str(pair)
     body = secret_body("wireguard-pubkey", pair)
     assert body["metadata"] == {"name": "wireguard-pubkey", "labels": {"net.liqo.io/key": "wireguard"}}

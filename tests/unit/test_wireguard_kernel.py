@@ -12,6 +12,7 @@ from unittest.mock import MagicMock, call
 
 import pytest
 
+from services.common.keys import InvalidKey, b64_to_hex, generate, hex_to_b64, public_key_of
 from services.netagent.config import AgentConfig
 from services.netagent.wireguard import (
     DeviceError,
@@ -20,11 +21,8 @@ from services.netagent.wireguard import (
     PeerState,
     UserspaceDevice,
     choose_implementation,
-    generate_private_key,
-    public_key_of,
 )
 from services.netagent.wireguard.kernel import kernel_module_available
-from services.netagent.wireguard.keys import InvalidKey, b64_to_hex, hex_to_b64
 from services.netagent.wireguard.uapi import (
     UapiError,
     encode_device_set,
@@ -336,7 +334,7 @@ def test_uapi_set_over_a_real_socket(tmp_path: Path) -> None:
 
 
 def test_keys() -> None:
-    k = generate_private_key()
+    k = generate().private_key
     assert hex_to_b64(b64_to_hex(k)) == k
     assert public_key_of(PRIV) == PUB and len(PUB) == 44
     for bad in ("", "abc", "c2hvcnQ="):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from services.netagent.config import AgentConfig
 from services.netagent.wireguard import link as wglink
 from services.netagent.wireguard.kernel import KernelDevice, kernel_module_available
-from services.netagent.wireguard.keys import generate_private_key, public_key_of
 from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState, WireGuardDevice
 from services.netagent.wireguard.userspace import UserspaceDevice
 
@@ -24,9 +23,7 @@ __all__ = [
     "UserspaceDevice",
     "WireGuardDevice",
     "choose_implementation",
-    "generate_private_key",
     "open_device",
-    "public_key_of",
 ]
 
 IMPLEMENTATIONS = ("auto", "kernel", "userspace")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_network
 
-from services.netagent.wireguard.keys import b64_to_hex, hex_to_b64, public_key_of
+from services.common.keys import b64_to_hex, hex_to_b64, public_key_of
 from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState
 
 __all__ = [

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
 from services.netagent.netns import host_iproute, netns_iproute
 from services.netagent.wireguard import link as wglink
-from services.netagent.wireguard.keys import decode_b64, public_key_of
 from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState
 from services.netagent.wireguard.uapi import (
     UapiClient,
