@@ -232,7 +232,7 @@ def through_grpc(m: dict[str, str], repeats: int) -> dict[str, float]:
     import grpc
     from google.protobuf.duration_pb2 import Duration
 
-    from sandbox.hosts import Node
+    from sandbox.testkit.hosts import Node
     from services.api.netagent.v1 import netagent_pb2 as pb
     from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 
@@ -312,7 +312,7 @@ def grpc_available() -> str | None:
     if shutil.which("wireguard-go") is None and not Path("/sys/module/wireguard").exists():
         return "no WireGuard implementation"
     try:
-        import sandbox.hosts  # noqa: F401
+        import sandbox.testkit.hosts  # noqa: F401
         import services.netagent.main  # noqa: F401
     except ImportError as e:
         return f"netagent not importable: {e}"

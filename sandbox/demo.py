@@ -49,7 +49,7 @@ from sandbox.gateway import (
     peer,
     wait_until,
 )
-from sandbox.hosts import Node, NodeError, Pod
+from sandbox.testkit.hosts import Node, NodeError, Pod
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeClient
 

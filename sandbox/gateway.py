@@ -1,6 +1,6 @@
 """Emulated Liqo clusters with real gateway replicas: the reusable end-to-end harness.
 
-Everything runs as real processes in emulated hosts (`sandbox.hosts.Node`); nothing is created in the
+Everything runs as real processes in emulated hosts (`sandbox.testkit.hosts.Node`); nothing is created in the
 root network namespace. Topology (cluster index `i`, 1-based)::
 
     wan node: bridge, 172.31.0.0/24 ("the internet")
@@ -79,7 +79,7 @@ from typing import Any
 import grpc
 import yaml
 
-from sandbox.hosts import Node, NodeError, Pod
+from sandbox.testkit.hosts import Node, NodeError, Pod
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.kube import LEASES, PODS, SECRETS, SERVICES, KubeClient, KubeError, ResourceRef

@@ -3,7 +3,7 @@
 Host-state guard: when the suite runs as root, the host's (root namespaces') links, policy rules,
 routes of every table, named netns and legacy iptables rules are snapshotted at session start and
 compared at the end; any difference fails the session. Tests must do all their work inside emulated
-nodes (sandbox/hosts.py), so the only legitimate changes come from *other* test runs sharing this
+nodes (sandbox/testkit/hosts.py), so the only legitimate changes come from *other* test runs sharing this
 machine: those use names starting with `lgt-`, and lines mentioning such names are ignored (as are
 iptables tables that merely got loaded, with no rule and ACCEPT policies, and route expiry timers).
 On a machine of its own the suite would not need even that.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sandbox.hosts import Node
+from sandbox.testkit.hosts import Node
 
 IS_ROOT = os.geteuid() == 0
 ROOT_TOOLS = ("ip", "unshare", "nsenter", "setpriv", "wireguard-go", "wg", "iptables-legacy-save")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.hosts import Node
+from sandbox.testkit.hosts import Node
 from tests.integration.netagent_harness import AgentProcess, keypair
 
 pytestmark = pytest.mark.root

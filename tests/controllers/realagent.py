@@ -1,6 +1,6 @@
 """Emulated clusters for controller end-to-end tests: REAL netagents, in-process controllers.
 
-A `Cluster` is one gateway of one Kubernetes cluster: an emulated node (sandbox.hosts) running a real
+A `Cluster` is one gateway of one Kubernetes cluster: an emulated node (sandbox.testkit.hosts) running a real
 `liqo-netagent` (wireguard-go, iptables-legacy, policy routing inside the node), its own in-memory
 API server (sandbox.kubeapi, on 127.0.0.1), and the tunnel and NatMapping controllers running in this
 process against that API server and the agent's Unix socket: exactly the production split, minus the
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sandbox.hosts import Node, Pod, link_nodes
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit.hosts import Node, Pod, link_nodes
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import KeyPair, generate, secret_body
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, KubeError, Manager

@@ -1,5 +1,5 @@
 """End to end: the tunnel controllers of two "clusters" against the in-memory API server and REAL
-netagents in two emulated nodes (sandbox.hosts), with overlapping pod CIDRs. A TunnelEndpoint on
+netagents in two emulated nodes (sandbox.testkit.hosts), with overlapping pod CIDRs. A TunnelEndpoint on
 each side must bring the WireGuard tunnel up and the status must reach Connected with a latency;
 deleting it must remove the peer. The role is given to the agents with SetRole directly (the
 labeler's election is tested on its own).
@@ -53,7 +53,7 @@ WHY = _netagent_runs()
 def two_nodes() -> Iterator[tuple[Any, Any]]:
     if WHY:
         pytest.skip(f"real netagent unavailable: {WHY}")
-    from sandbox.hosts import Node, link_nodes
+    from sandbox.testkit.hosts import Node, link_nodes
 
     with Node("ctl-a") as a, Node("ctl-b") as b:
         link_nodes(a, "192.0.2.1", b, "192.0.2.2")

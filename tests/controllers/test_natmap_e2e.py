@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.hosts import link_nodes
+from sandbox.testkit.hosts import link_nodes
 from services.natmap.controller import NATMAPPINGS
 from services.tunnel import status as st
 from services.tunnel.controller import FINALIZER

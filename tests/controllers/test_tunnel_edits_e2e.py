@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.hosts import link_nodes
+from sandbox.testkit.hosts import link_nodes
 from services.tunnel import status as st
 from services.tunnel.controller import TUNNEL_ENDPOINTS
 from tests.controllers.realagent import (

@@ -35,7 +35,7 @@ from sandbox.gateway import (
     peer,
     wait_until,
 )
-from sandbox.hosts import Pod
+from sandbox.testkit.hosts import Pod
 from services.api.netagent.v1 import netagent_pb2 as pb
 
 pytestmark = pytest.mark.root

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from sandbox.hosts import Node
+from sandbox.testkit.hosts import Node
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 

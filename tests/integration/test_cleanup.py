@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.hosts import Node
+from sandbox.testkit.hosts import Node
 from services.api.netagent.v1 import netagent_pb2 as pb
 from tests.integration.netagent_harness import AgentProcess, activate, keypair
 

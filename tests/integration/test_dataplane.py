@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.hosts import Node
+from sandbox.testkit.hosts import Node
 from services.common.tunnelspec import TunnelSpec
 from services.netagent import netns, routes, veth
 from services.netagent.config import AgentConfig

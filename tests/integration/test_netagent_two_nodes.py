@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sandbox.hosts import Node, Pod, link_nodes
+from sandbox.testkit.hosts import Node, Pod, link_nodes
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.tunnelspec import chain_suffix
 from tests.integration.netagent_harness import (

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from sandbox.hosts import Node, link_nodes
+from sandbox.testkit.hosts import Node, link_nodes
 from services.common.keys import generate, public_key_of
 from services.common.tunnelspec import TunnelSpec
 from services.netagent import netns, routes, veth
