@@ -21,10 +21,11 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The product with its dev tools, and the sandbox (its own distribution: the product never ships it).
+$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./sandbox
 	touch $@
 
 proto: venv
@@ -33,6 +34,7 @@ proto: venv
 lint: venv
 	$(VENV)/bin/ruff check services sandbox tests bench
 	$(VENV)/bin/mypy services sandbox
+	$(VENV)/bin/lint-imports --no-cache
 	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --diff --exit-code
 
 test: install
