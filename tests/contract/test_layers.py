@@ -61,8 +61,9 @@ def test_every_contract_has_a_plant() -> None:
 @pytest.mark.parametrize(("contract", "module", "line"), PLANTS, ids=[f"{c}:{m}" for c, m, _ in PLANTS])
 def test_a_planted_forbidden_import_breaks_its_contract(tmp_path: Path, contract: str, module: str,
                                                         line: str) -> None:
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
     for pkg in PACKAGES:
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=skip)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     assert lint_imports(tmp_path, contract).returncode == 0, "the copy must pass before the plant"
     target = tmp_path / module
