@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, check_public_key
-from services.netagent import iptables, natrules, netns, routes, state, veth
+from services.netagent import state
 from services.netagent.config import AgentConfig
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
-from services.netagent.handshake import HANDSHAKE_NUDGES, plan_nudges
-from services.netagent.probe import Prober, ProbeState, ProbeStatus
-from services.netagent.resolver import resolve_endpoint
-from services.netagent.role import Fence, Grant, Role, StaleEpoch
-from services.netagent.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+from services.netagent.kernel import iptables, netns, routes, veth
+from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+from services.netagent.plan import natrules
+from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.probe import Prober, ProbeState, ProbeStatus
+from services.netagent.plan.resolver import resolve_endpoint
+from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
 

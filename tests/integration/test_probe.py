@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.netagent.probe import Prober, ProbeState, ProbeStatus
+from services.netagent.plan.probe import Prober, ProbeState, ProbeStatus
 
 pytestmark = [
     pytest.mark.root,

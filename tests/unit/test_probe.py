@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.netagent.probe import (
+from services.netagent.plan.probe import (
     PeerProbe,
     Prober,
     ProbeState,

@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 
-from services.netagent.natrules import TABLES, Args, Ruleset, gc_paused, is_liqo_chain, jump_target
+from services.netagent.plan.natrules import TABLES, Args, Ruleset, gc_paused, is_liqo_chain, jump_target
 
 __all__ = ["Iptables", "IptablesError", "parse_save", "render_rule", "table_script"]
 

@@ -20,7 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from services.netagent.config import AgentConfig
-from services.netagent.netns import (
+from services.netagent.kernel.netns import (
     KernelError,
     host_iproute,
     kernel_errors,
@@ -29,7 +29,7 @@ from services.netagent.netns import (
     netns_path,
     write_sysctl,
 )
-from services.netagent.routes import MAIN_TABLE, RT_SCOPE_LINK, Route, _read_routes, _route_args
+from services.netagent.kernel.routes import MAIN_TABLE, RT_SCOPE_LINK, Route, _read_routes, _route_args
 
 __all__ = ["VethInfo", "delete_veth", "desired_veth_routes", "ensure_veth", "refresh_neighbours"]
 

@@ -24,7 +24,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
-from services.netagent.netns import KernelError, host_iproute, kernel_errors, netns_exists, netns_iproute
+from services.netagent.kernel.netns import (
+    KernelError,
+    host_iproute,
+    kernel_errors,
+    netns_exists,
+    netns_iproute,
+)
 
 __all__ = [
     "MAIN_TABLE",

@@ -9,10 +9,10 @@ available and wireguard-go when not. Forcing "userspace" never creates a kernel 
 from __future__ import annotations
 
 from services.netagent.config import AgentConfig
-from services.netagent.wireguard import link as wglink
-from services.netagent.wireguard.kernel import KernelDevice, kernel_module_available
-from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState, WireGuardDevice
-from services.netagent.wireguard.userspace import UserspaceDevice
+from services.netagent.kernel.wireguard import link as wglink
+from services.netagent.kernel.wireguard.kernel import KernelDevice, kernel_module_available
+from services.netagent.kernel.wireguard.model import DeviceError, PeerConfig, PeerState, WireGuardDevice
+from services.netagent.kernel.wireguard.userspace import UserspaceDevice
 
 __all__ = [
     "IMPLEMENTATIONS",
