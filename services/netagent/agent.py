@@ -22,11 +22,12 @@ from services.netagent import state
 from services.netagent.config import AgentConfig
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
 from services.netagent.kernel import iptables, netns, routes, veth
+from services.netagent.kernel.probe import Prober
+from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
 from services.netagent.plan import natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
-from services.netagent.plan.probe import Prober, ProbeState, ProbeStatus
-from services.netagent.plan.resolver import resolve_endpoint
+from services.netagent.plan.probe import ProbeState, ProbeStatus
 from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
