@@ -17,6 +17,8 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 
+from services.common.netns import nsenter_argv
+from services.netagent.kernel.netns import netns_path
 from services.netagent.plan.natrules import TABLES, Args, Ruleset, gc_paused, is_liqo_chain, jump_target
 
 __all__ = ["Iptables", "IptablesError", "parse_save", "render_rule", "table_script"]
@@ -233,8 +235,7 @@ class Iptables:
     it on demand (e.g. periodically, to repair changes made behind the agent's back)."""
 
     def __init__(self, netns: str | None, *, lock_wait: int = 10, timeout: float = 60.0) -> None:
-        if netns is not None and (not netns or "/" in netns or netns in (".", "..")):
-            raise ValueError(f"invalid netns name {netns!r}")
+        self._ns_file = netns_path(netns) if netns is not None else None  # ValueError on a bad name
         self.netns = netns
         self._lock_wait = lock_wait
         self._timeout = timeout
@@ -243,9 +244,7 @@ class Iptables:
         self.restores = 0  # restore processes run so far (observability and tests)
 
     def _argv(self, *cmd: str) -> list[str]:
-        if self.netns is None:
-            return list(cmd)
-        return ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
+        return list(cmd) if self._ns_file is None else nsenter_argv(self._ns_file, cmd)
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
         try:
