@@ -397,7 +397,8 @@ class Agent:
 
     def _sync_peers(self) -> bool:
         """Programs exactly the peers of the desired tunnels when ACTIVE, none otherwise; removes
-        stale peers by the key actually programmed (Liqo removed by the new key: bug 12.1.2)."""
+        stale peers by the key actually programmed. Liqo removed a peer by the key of the new spec, so
+        after a remote key rotation the old peer was never removed."""
         desired = self._desired_peers()
 
         def apply() -> bool:
