@@ -27,6 +27,7 @@ from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
 from services.netagent.plan import natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
 from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
@@ -466,7 +467,7 @@ class Agent:
             result = fn()
         except (SpecError, NotActive, NotConfigured, NotReady, Transient):
             raise
-        except (OSError, iptables.IptablesError, RuntimeError) as e:
+        except (OSError, IptablesError, RuntimeError) as e:
             raise Transient(f"{what}: {e}") from e
         finally:
             self._on_apply(what, time.perf_counter() - start)

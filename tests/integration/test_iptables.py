@@ -15,9 +15,10 @@ import pytest
 
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
-from services.netagent.kernel.iptables import Iptables, IptablesError
+from services.netagent.kernel.iptables import Iptables
 from services.netagent.kernel.netns import run_in_netns
 from services.netagent.plan import natrules
+from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.natrules import Args, Ruleset, desired_state, parse_nat_map
 
 pytestmark = [

@@ -18,8 +18,8 @@ import pytest
 
 from services.common.tunnelspec import SpecError, TunnelSpec, chain_suffix
 from services.netagent.config import AgentConfig
-from services.netagent.kernel.iptables import parse_save, render_rule, table_script
 from services.netagent.plan import natrules
+from services.netagent.plan.iptables import parse_save, render_rule, table_script
 from services.netagent.plan.natrules import Args, Ruleset, desired_state, parse_nat_map
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
