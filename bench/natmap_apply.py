@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 from services.common.keys import generate  # noqa: E402
 from services.common.tunnelspec import TunnelSpec  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
-from services.netagent.iptables import Iptables  # noqa: E402
-from services.netagent.natrules import cluster_chains, desired_state, parse_nat_map  # noqa: E402
-from services.netagent.netns import run_in_netns  # noqa: E402
+from services.netagent.kernel.iptables import Iptables  # noqa: E402
+from services.netagent.kernel.netns import run_in_netns  # noqa: E402
+from services.netagent.plan.natrules import cluster_chains, desired_state, parse_nat_map  # noqa: E402
 
 CLUSTER_ID = "bench-cluster"
 LOCAL_EXT = "10.201.0.0/16"

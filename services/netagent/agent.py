@@ -18,14 +18,18 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, check_public_key
-from services.netagent import iptables, natrules, netns, routes, state, veth
+from services.netagent import state
 from services.netagent.config import AgentConfig
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
-from services.netagent.handshake import HANDSHAKE_NUDGES, plan_nudges
-from services.netagent.probe import Prober, ProbeState, ProbeStatus
-from services.netagent.resolver import resolve_endpoint
-from services.netagent.role import Fence, Grant, Role, StaleEpoch
-from services.netagent.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+from services.netagent.kernel import iptables, netns, routes, veth
+from services.netagent.kernel.probe import Prober
+from services.netagent.kernel.resolver import resolve_endpoint
+from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+from services.netagent.plan import natrules
+from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.iptables import IptablesError
+from services.netagent.plan.probe import ProbeState, ProbeStatus
+from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
 
@@ -394,7 +398,8 @@ class Agent:
 
     def _sync_peers(self) -> bool:
         """Programs exactly the peers of the desired tunnels when ACTIVE, none otherwise; removes
-        stale peers by the key actually programmed (Liqo removed by the new key: bug 12.1.2)."""
+        stale peers by the key actually programmed. Liqo removed a peer by the key of the new spec, so
+        after a remote key rotation the old peer was never removed."""
         desired = self._desired_peers()
 
         def apply() -> bool:
@@ -462,7 +467,7 @@ class Agent:
             result = fn()
         except (SpecError, NotActive, NotConfigured, NotReady, Transient):
             raise
-        except (OSError, iptables.IptablesError, RuntimeError) as e:
+        except (OSError, IptablesError, RuntimeError) as e:
             raise Transient(f"{what}: {e}") from e
         finally:
             self._on_apply(what, time.perf_counter() - start)

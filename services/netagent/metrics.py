@@ -3,7 +3,7 @@
 Liqo's names where Liqo has the metric (`liqo_peer_*`, `liqo_wireguard_implementation`, with its labels
 driver, device, cluster_id, cluster_name), ours under `liqo_netagent_*`. Peer metrics are read from a
 snapshot at scrape time; a record without identity is skipped and counted, never a failed scrape
-(Liqo's collector dereferenced a missing identity: bug 12.1.3).
+(Liqo's collector dereferenced a peer's missing identity and panicked).
 """
 
 from __future__ import annotations

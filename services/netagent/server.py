@@ -22,7 +22,7 @@ from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.tunnelspec import NONE_CIDR, SpecError, TunnelSpec, check_cluster_id
 from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
-from services.netagent.role import Grant, Role, StaleEpoch
+from services.netagent.plan.role import Grant, Role, StaleEpoch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

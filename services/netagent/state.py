@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from services.common.tunnelspec import TunnelSpec
-from services.netagent.natrules import NatMap
+from services.netagent.plan.natrules import NatMap
 
 VERSION = 1
 

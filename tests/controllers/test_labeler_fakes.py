@@ -1,7 +1,7 @@
 """Test doubles for the labeler's election tests (no tests here).
 
 `RecordingNetAgent` is a FAKE netagent gRPC servicer: it serves GetInfo and SetRole only, on a Unix
-socket, through the real fencing grant of the netagent (services.netagent.role.Fence: same epoch and
+socket, through the real fencing grant of the netagent (services.netagent.plan.role.Fence: same epoch and
 TTL rules), and records every SetRole with the monotonic time it was served. It stands in for the
 privileged netagent because the subject under test is the election and fencing logic, and it lets one
 process host both replicas' agents on one clock, so "two ACTIVE roles at once" can be decided exactly
@@ -26,7 +26,7 @@ from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.leaderelection import Failure, LeaseRecord, Write
 from services.labeler.lease_lock import LockFailed
-from services.netagent.role import Fence, Role, StaleEpoch
+from services.netagent.plan.role import Fence, Role, StaleEpoch
 
 
 @dataclass(frozen=True)

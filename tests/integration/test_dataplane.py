@@ -17,8 +17,8 @@ import pytest
 
 from sandbox.testkit.hosts import Node
 from services.common.tunnelspec import TunnelSpec
-from services.netagent import netns, routes, veth
 from services.netagent.config import AgentConfig
+from services.netagent.kernel import netns, routes, veth
 from tests.unit.test_tunnelspec import BASE
 
 pytestmark = pytest.mark.root

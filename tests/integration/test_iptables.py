@@ -14,11 +14,12 @@ from ipaddress import IPv4Address
 import pytest
 
 from services.common.tunnelspec import TunnelSpec
-from services.netagent import natrules
 from services.netagent.config import AgentConfig
-from services.netagent.iptables import Iptables, IptablesError
-from services.netagent.natrules import Args, Ruleset, desired_state, parse_nat_map
-from services.netagent.netns import run_in_netns
+from services.netagent.kernel.iptables import Iptables
+from services.netagent.kernel.netns import run_in_netns
+from services.netagent.plan import natrules
+from services.netagent.plan.iptables import IptablesError
+from services.netagent.plan.natrules import Args, Ruleset, desired_state, parse_nat_map
 
 pytestmark = [
     pytest.mark.root,

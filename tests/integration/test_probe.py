@@ -13,7 +13,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.netagent.probe import Prober, ProbeState, ProbeStatus
+from services.netagent.kernel.probe import Prober
+from services.netagent.plan.probe import ProbeState, ProbeStatus
 
 pytestmark = [
     pytest.mark.root,

@@ -16,9 +16,9 @@ import pytest
 from sandbox.testkit.hosts import Node, link_nodes
 from services.common.keys import generate, public_key_of
 from services.common.tunnelspec import TunnelSpec
-from services.netagent import netns, routes, veth
 from services.netagent.config import AgentConfig
-from services.netagent.wireguard import (
+from services.netagent.kernel import netns, routes, veth
+from services.netagent.kernel.wireguard import (
     DeviceError,
     PeerConfig,
     UserspaceDevice,

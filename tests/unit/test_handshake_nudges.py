@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.netagent.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 
 T0 = 100.0
 

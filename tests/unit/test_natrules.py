@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from services.common.tunnelspec import SpecError, TunnelSpec, chain_suffix
-from services.netagent import natrules
 from services.netagent.config import AgentConfig
-from services.netagent.iptables import parse_save, render_rule, table_script
-from services.netagent.natrules import Args, Ruleset, desired_state, parse_nat_map
+from services.netagent.plan import natrules
+from services.netagent.plan.iptables import parse_save, render_rule, table_script
+from services.netagent.plan.natrules import Args, Ruleset, desired_state, parse_nat_map
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 CID = "b1c2d3e4-0000-4000-8000-000000000001"

@@ -10,9 +10,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.netagent.probe import (
+from services.netagent.kernel.probe import Prober
+from services.netagent.plan.probe import (
     PeerProbe,
-    Prober,
     ProbeState,
     ProbeStatus,
     decode_message,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.netagent.errors import Transient
-from services.netagent.resolver import resolve_endpoint
+from services.netagent.kernel.resolver import resolve_endpoint
 
 A, B, C = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), IPv4Address("192.0.2.3")
 

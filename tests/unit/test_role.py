@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.netagent.role import Fence, Role, StaleEpoch
+from services.netagent.plan.role import Fence, Role, StaleEpoch
 
 
 class Clock:

@@ -9,7 +9,7 @@ import pytest
 
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
-from services.netagent.routes import (
+from services.netagent.plan.routes import (
     MAIN_TABLE,
     RT_SCOPE_LINK,
     RT_SCOPE_UNIVERSE,

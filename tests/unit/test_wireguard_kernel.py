@@ -14,7 +14,7 @@ import pytest
 
 from services.common.keys import InvalidKey, b64_to_hex, generate, hex_to_b64, public_key_of
 from services.netagent.config import AgentConfig
-from services.netagent.wireguard import (
+from services.netagent.kernel.wireguard import (
     DeviceError,
     KernelDevice,
     PeerConfig,
@@ -22,8 +22,8 @@ from services.netagent.wireguard import (
     UserspaceDevice,
     choose_implementation,
 )
-from services.netagent.wireguard.kernel import kernel_module_available
-from services.netagent.wireguard.uapi import (
+from services.netagent.kernel.wireguard.kernel import kernel_module_available
+from services.netagent.kernel.wireguard.uapi import (
     UapiError,
     encode_device_set,
     encode_peer_remove,
@@ -191,7 +191,7 @@ def test_kernel_peer_messages(kernel: Kernel) -> None:
 
 
 def test_kernel_genl_socket_lives_in_the_netns(monkeypatch: pytest.MonkeyPatch) -> None:
-    import services.netagent.wireguard.kernel as k
+    import services.netagent.kernel.wireguard.kernel as k
 
     made: list[dict[str, Any]] = []
     def fake(**kw: Any) -> MagicMock:
@@ -324,7 +324,7 @@ def test_uapi_set_over_a_real_socket(tmp_path: Path) -> None:
 
     t = threading.Thread(target=serve)
     t.start()
-    from services.netagent.wireguard.uapi import UapiClient
+    from services.netagent.kernel.wireguard.uapi import UapiClient
 
     with pytest.raises(UapiError, match="errno=17"):
         UapiClient(path, timeout=2).set(encode_remove_all_peers(), "remove all peers")

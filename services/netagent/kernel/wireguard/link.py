@@ -10,7 +10,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from services.netagent.config import AgentConfig
-from services.netagent.netns import host_iproute, kernel_errors, netns_exists, netns_iproute
+from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_exists, netns_iproute
 
 __all__ = ["Location", "delete_link", "find_link", "place_link"]
 

@@ -8,20 +8,20 @@ is adopted: recreating it would cut every tunnel while the agent restarts.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
 import re
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyr_netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+from services.common.netns import run_in, socket_in
 
 __all__ = [
     "NETNS_DIR",
@@ -41,7 +41,6 @@ NETNS_DIR = "/var/run/netns"
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0
-_libc = ctypes.CDLL(None, use_errno=True)
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -66,6 +65,8 @@ def check_name(name: str) -> str:
 
 
 def netns_path(name: str) -> str:
+    """The file naming the netns: what setns() and `nsenter --net=` take. The one place the
+    namespace directory is joined to a name (which is checked here)."""
     return os.path.join(NETNS_DIR, check_name(name))
 
 
@@ -124,48 +125,20 @@ def netns_iproute(name: str) -> IPRoute:
 def netns_socket(
     name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM, proto: int = 0
 ) -> socket.socket:
-    """A socket created inside the named netns (a socket stays in the netns it was born in).
-
-    Made by a short-lived thread that enters the netns (setns is per thread), never by forking as
-    pyroute2's `netns=` does: the agent is a multithreaded gRPC server, and its forked children crash."""
+    """A socket created inside the named netns (a socket stays in the netns it was born in), by a
+    short-lived thread that enters it (`services.common.netns.socket_in`), never by forking."""
     if not netns_exists(name):
         raise FileNotFoundError(errno.ENOENT, f"netns {name} does not exist", netns_path(name))
-    result: list[socket.socket | BaseException] = []
-
-    def enter_and_create() -> None:
-        try:
-            fd = os.open(netns_path(name), os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(socket.socket(family, kind, proto))
-        except BaseException as e:
-            result.append(e)
-
-    worker = threading.Thread(target=enter_and_create, name=f"netns-socket-{name}")
-    worker.start()
-    worker.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    return socket_in(netns_path(name), family, kind, proto)
 
 
 def run_in_netns(
     name: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30, input: str | None = None,
     **kw: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs a command in the named netns (network namespace only: mounts stay ours, so the
-    wireguard-go sockets under /var/run/wireguard remain visible)."""
-    if not argv:
-        raise ValueError("empty command")
-    cmd = ["nsenter", f"--net={netns_path(name)}", "--", *argv]
-    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input, check=False, **kw)
-    if check and cp.returncode != 0:
-        raise subprocess.CalledProcessError(cp.returncode, list(argv), cp.stdout, cp.stderr)
-    return cp
+    """Runs a command in the named netns (`services.common.netns.run_in`: network namespace only, so
+    the wireguard-go sockets under /var/run/wireguard remain visible)."""
+    return run_in(netns_path(name), argv, check=check, timeout=timeout, input=input, **kw)
 
 
 def read_sysctl(name: str, key: str) -> str:

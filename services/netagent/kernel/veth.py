@@ -14,13 +14,13 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from services.netagent.config import AgentConfig
-from services.netagent.netns import (
+from services.netagent.kernel.netns import (
     KernelError,
     host_iproute,
     kernel_errors,
@@ -29,9 +29,10 @@ from services.netagent.netns import (
     netns_path,
     write_sysctl,
 )
-from services.netagent.routes import MAIN_TABLE, RT_SCOPE_LINK, Route, _read_routes, _route_args
+from services.netagent.kernel.routes import _read_routes, _route_args
+from services.netagent.plan.routes import MAIN_TABLE, RT_SCOPE_LINK, Route, desired_veth_routes
 
-__all__ = ["VethInfo", "delete_veth", "desired_veth_routes", "ensure_veth", "refresh_neighbours"]
+__all__ = ["VethInfo", "delete_veth", "ensure_veth", "refresh_neighbours"]
 
 IFF_UP = 0x1
 IFF_NOARP = 0x80
@@ -45,16 +46,6 @@ class VethInfo:
     gateway_ifindex: int
     gateway_mac: str
     created: bool  # False when an existing pair was adopted
-
-
-def desired_veth_routes(cfg: AgentConfig) -> tuple[list[Route], list[Route]]:
-    """(host routes, netns routes) of the veth; all in the main table."""
-    host = [Route(MAIN_TABLE, IPv4Network(f"{cfg.gateway_veth_ip}/32"), cfg.host_veth)]
-    gw = [
-        Route(MAIN_TABLE, IPv4Network(f"{cfg.host_veth_ip}/32"), cfg.gateway_veth),
-        Route(MAIN_TABLE, IPv4Network("0.0.0.0/0"), cfg.gateway_veth, gateway=cfg.host_veth_ip),
-    ]
-    return host, gw
 
 
 def _link(ipr: IPRoute, name: str) -> Any:

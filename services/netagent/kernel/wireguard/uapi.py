@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_network
 
 from services.common.keys import b64_to_hex, hex_to_b64, public_key_of
-from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState
+from services.netagent.kernel.wireguard.model import DeviceError, PeerConfig, PeerState
 
 __all__ = [
     "DeviceInfo",

@@ -1,8 +1,8 @@
-"""Routes and policy rules for the tunnels: computed as data, then converged on the kernel.
+"""Converges the kernel's routes and policy rules to what `services.netagent.plan.routes` computes.
 
-Desired state is a pure function of the tunnel specs and the config (`desired_*`). The appliers read
-the Liqo-owned subset of the kernel's state, diff it against the desired set and write only the
-difference, so adopting state left by a previous agent writes nothing and state nobody claims goes.
+The appliers read the Liqo-owned subset of the kernel's state, diff it against the desired set and
+write only the difference, so adopting state left by a previous agent writes nothing and state nobody
+claims goes.
 
 Ownership (nothing else is ever read for deletion or written):
 - in the gateway netns: IPv4 routes of the main table whose device is the WireGuard device;
@@ -15,125 +15,41 @@ import errno
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
-from services.netagent.netns import KernelError, host_iproute, kernel_errors, netns_exists, netns_iproute
+from services.netagent.kernel.netns import (
+    KernelError,
+    host_iproute,
+    kernel_errors,
+    netns_exists,
+    netns_iproute,
+)
+from services.netagent.plan.routes import (
+    MAIN_TABLE,
+    Route,
+    Rule,
+    desired_host_routes,
+    desired_host_rules,
+    desired_netns_routes,
+    plan,
+)
 
 __all__ = [
-    "MAIN_TABLE",
-    "Route",
-    "Rule",
-    "desired_host_routes",
-    "desired_host_rules",
-    "desired_netns_routes",
-    "plan",
     "remove_host_routing",
     "sync_host_routing",
     "sync_netns_routes",
+    "update_routing",
 ]
 
-MAIN_TABLE = 254
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
 FR_ACT_TO_TBL = 1
-
-
-@dataclass(frozen=True)
-class Route:
-    """An IPv4 unicast route: `dst [via gateway] dev dev [onlink] table table`."""
-
-    table: int
-    dst: IPv4Network
-    dev: str
-    gateway: IPv4Address | None = None
-    onlink: bool = False
-
-    @property
-    def scope(self) -> int:
-        # What `ip route add` picks: link scope without a gateway, universe with one.
-        return RT_SCOPE_LINK if self.gateway is None else RT_SCOPE_UNIVERSE
-
-    def __str__(self) -> str:
-        via = f" via {self.gateway}" if self.gateway else ""
-        return f"{self.dst}{via} dev {self.dev}{' onlink' if self.onlink else ''} table {self.table}"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """An IPv4 policy rule `[from src] [to dst] lookup table priority priority`.
-
-    iif/oif/fwmark are read so that an owned rule carrying extra selectors is seen as different
-    (and deleted exactly); desired rules never set them."""
-
-    priority: int
-    table: int
-    src: IPv4Network | None = None
-    dst: IPv4Network | None = None
-    iif: str | None = None
-    oif: str | None = None
-    fwmark: int | None = None
-
-    def __str__(self) -> str:
-        parts = [f"from {self.src or 'all'}"]
-        if self.dst:
-            parts.append(f"to {self.dst}")
-        parts += [f"iif {self.iif}"] * bool(self.iif) + [f"oif {self.oif}"] * bool(self.oif)
-        if self.fwmark is not None:
-            parts.append(f"fwmark {self.fwmark:#x}")
-        return f"{self.priority}: {' '.join(parts)} lookup {self.table}"
-
-
-# ---- desired state (pure) ---------------------------------------------------------------------------
-
-
-def _remote_cidrs(specs: Iterable[TunnelSpec]) -> list[IPv4Network]:
-    """R* and X* of every tunnel, deduplicated, in a stable order."""
-    seen: dict[IPv4Network, None] = {}
-    for spec in specs:
-        for net in spec.allowed_ips:
-            seen.setdefault(net, None)
-    return sorted(seen)
-
-
-def desired_netns_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Route]:
-    """In the gateway netns: every remote CIDR into the tunnel."""
-    return {Route(MAIN_TABLE, net, cfg.wg_device) for net in _remote_cidrs(specs)}
-
-
-def desired_host_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Route]:
-    """In the host's table: every remote CIDR via the gateway end of the veth."""
-    return {
-        Route(cfg.table_id, net, cfg.host_veth, gateway=cfg.gateway_veth_ip, onlink=True)
-        for net in _remote_cidrs(specs)
-    }
-
-
-def desired_host_rules(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> set[Rule]:
-    """In the host: traffic from the remote cluster (replies, and what the gateway forwards) and to it
-    (this is the gateway node) looks up the Liqo table."""
-    rules: set[Rule] = set()
-    for net in _remote_cidrs(specs):
-        rules.add(Rule(cfg.rule_priority, cfg.table_id, src=net))
-        rules.add(Rule(cfg.rule_priority, cfg.table_id, dst=net))
-    return rules
-
-
-T = TypeVar("T")
-
-
-def plan(current: Iterable[T], desired: Iterable[T]) -> tuple[list[T], list[T]]:
-    """(to_add, to_remove), both sorted so that the writes are deterministic."""
-    cur, want = set(current), set(desired)
-    return sorted(want - cur, key=str), sorted(cur - want, key=str)
 
 
 # ---- reading the kernel ------------------------------------------------------------------------------

@@ -2,17 +2,18 @@
 
 `open_device(cfg)` picks the backend: an existing device is adopted in the implementation it has
 (a restart must not swap a working dataplane); otherwise "auto" takes the kernel module when it is
-available and wireguard-go when not. Forcing "userspace" never creates a kernel link (Liqo bug
-12.1.4); forcing "kernel" without the module is an error.
+available and wireguard-go when not. Forcing "userspace" never creates a kernel link, even where the
+module is loaded (Liqo still used the kernel module when userspace was requested); forcing "kernel"
+without the module is an error.
 """
 
 from __future__ import annotations
 
 from services.netagent.config import AgentConfig
-from services.netagent.wireguard import link as wglink
-from services.netagent.wireguard.kernel import KernelDevice, kernel_module_available
-from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState, WireGuardDevice
-from services.netagent.wireguard.userspace import UserspaceDevice
+from services.netagent.kernel.wireguard import link as wglink
+from services.netagent.kernel.wireguard.kernel import KernelDevice, kernel_module_available
+from services.netagent.kernel.wireguard.model import DeviceError, PeerConfig, PeerState, WireGuardDevice
+from services.netagent.kernel.wireguard.userspace import UserspaceDevice
 
 __all__ = [
     "IMPLEMENTATIONS",

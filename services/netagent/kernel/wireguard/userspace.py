@@ -16,10 +16,10 @@ from typing import Any
 
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
-from services.netagent.netns import host_iproute, netns_iproute
-from services.netagent.wireguard import link as wglink
-from services.netagent.wireguard.model import DeviceError, PeerConfig, PeerState
-from services.netagent.wireguard.uapi import (
+from services.netagent.kernel.netns import host_iproute, netns_iproute
+from services.netagent.kernel.wireguard import link as wglink
+from services.netagent.kernel.wireguard.model import DeviceError, PeerConfig, PeerState
+from services.netagent.kernel.wireguard.uapi import (
     UapiClient,
     encode_device_set,
     encode_peer_remove,

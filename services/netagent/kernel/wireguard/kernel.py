@@ -13,9 +13,9 @@ from pyroute2 import WireGuard
 
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
-from services.netagent.netns import host_iproute, kernel_errors, netns_iproute
-from services.netagent.wireguard import link as wglink
-from services.netagent.wireguard.model import PeerConfig, PeerState
+from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute
+from services.netagent.kernel.wireguard import link as wglink
+from services.netagent.kernel.wireguard.model import PeerConfig, PeerState
 
 __all__ = ["KernelDevice", "kernel_module_available"]
 

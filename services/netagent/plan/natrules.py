@@ -1,10 +1,15 @@
 """The whole Liqo-owned iptables state of liqo-netns, computed from the desired tunnels (pure).
 
-Chains and rules follow Liqo (reference section 5): the sender translates sources, the receiver
-translates destinations. Rules are values: a tuple of arguments in the exact canonical form
-`iptables-legacy-save` prints them, so the applier compares tuples and never substrings (Liqo bug
-#2659). Differences from Liqo, all deliberate:
-- the per-cluster chain suffix is a hash of the whole cluster ID (Liqo bug 12.1.5);
+Chains and rules follow Liqo's gateway: global chains LIQO-PREROUTING, LIQO-POSTROUTING (nat) and
+LIQO-FORWARD (filter), jumped to from the built-ins, and per cluster LIQO-PSTRT-CLS-x (SNAT/NETMAP of
+what we send), LIQO-PRRT-CLS-x (NETMAP back to our pods), LIQO-PRRT-MAP-CLS-x (DNAT of the NatMapping
+entries) and LIQO-FRWD-EXT-CLS-x (drops the peer's traffic to our remapped external CIDR that no
+entry translated). The sender translates sources, the receiver translates destinations. Rules are
+values: a tuple of arguments in the exact canonical form `iptables-legacy-save` prints them, so the
+applier compares tuples and never substrings (Liqo bug #2659). Differences from Liqo, all deliberate:
+- the per-cluster chain suffix is a hash of the whole cluster ID: Liqo used the ID's first
+  dash-separated token, which collides for IDs sharing a prefix and overflows iptables' 28-character
+  chain name limit for long IDs;
 - every cluster's map chain starts with the probe DNAT (our probe address -> the tunnel IP), so the
   UDP probe works before any NatMapping exists;
 - TCP MSS is clamped on the tunnel device in both directions (chain LIQO-MSS in mangle).
