@@ -1,12 +1,12 @@
 """A small typed client for the netagent's gRPC API over its Unix socket.
 
-Unary calls retry UNAVAILABLE (the agent restarting, a transient kernel failure) with capped
+Unary calls retry UNAVAILABLE (the netagent restarting, a transient kernel failure) with capped
 exponential backoff within a deadline; every other code is raised at once as `NetAgentError`, whose
 `code` says what to do (INVALID_ARGUMENT: fix the input; FAILED_PRECONDITION: the netagent's state
 does not allow it yet: standby, device not configured, no tunnel for the cluster, or a stale epoch).
-`RoleWatcher` follows the WatchRole stream in the background and reconnects when the agent goes
+`RoleWatcher` follows the WatchRole stream in the background and reconnects when the netagent goes
 away; while disconnected the role is reported as not active, which is the safe answer: a controller
-that cannot reach its agent cannot mutate anything anyway.
+that cannot reach its netagent cannot mutate anything anyway.
 
 The private key passed to `configure_device` is never logged nor put in an error message.
 """
@@ -204,7 +204,7 @@ def _cancel_when(stop: threading.Event, call: grpc.CallIterator[Resp]) -> None:
 
 
 class RoleWatcher:
-    """Tracks the agent's role from WatchRole. `on_change(active)` is called on every transition
+    """Tracks the netagent's role from WatchRole. `on_change(active)` is called on every transition
     (and with False whenever the stream is lost)."""
 
     def __init__(self, client: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:

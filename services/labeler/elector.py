@@ -295,7 +295,7 @@ class Elector:
             except NetAgentError as e:
                 self.metrics.role_errors.inc()
                 if e.stale_epoch:
-                    # Demoting is always safe: repeat it at the epoch the agent holds.
+                    # Demoting is always safe: repeat it at the epoch the netagent holds.
                     try:
                         epoch = max(epoch, int(self.netagent.get_info(retry_deadline=0.0).epoch))
                         continue

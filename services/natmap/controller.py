@@ -82,8 +82,8 @@ class NatMappingController:
                 self.events.warning(obj, "Refused", f"the netagent refused the mappings: {e.details}")
                 return None
             if e.precondition:
-                # Mutations reach the netagent only while it is ACTIVE (the controller is paused
-                # otherwise), so what is missing is the cluster's tunnel.
+                # The controller runs only while the netagent is ACTIVE (a lost role pauses it at
+                # once), so what the netagent is missing here is, in practice, the cluster's tunnel.
                 self.events.warning(obj, "TunnelNotReady",
                                     f"tunnel for cluster {plan.cluster_id} is not ready: {e.details}")
             raise RetryableError(str(e)) from None
