@@ -14,10 +14,11 @@ Two ways to stop renewing, two rules:
   a read demotes us at once.
 - *Nobody can reach the API server* (connection errors, timeouts, 429, 5xx): nobody can take the lease
   either, so the leader keeps renewing its netagent role, up to `outage_grace` after its last successful
-  write, and steps down then. Liqo's gateway (like Submariner's) steps down on any failure to renew,
-  so every control-plane upgrade or API server outage took cross-cluster traffic down; here a
-  control-plane upgrade is not a dataplane outage. Outage mode holds only while *every* failed attempt since the last write was
-  of that kind; one conflict or rejection falls back to the strict rule.
+  write, and steps down then. Liqo's gateway (like Submariner's) steps down on any failed
+  renewal, so every control-plane upgrade or API server outage took cross-cluster traffic down;
+  here a control-plane upgrade is not a dataplane outage. Outage mode holds only while *every*
+  failed attempt since the last write was of that kind; one conflict or rejection falls back to the
+  strict rule.
 
 Fencing bound (why two dataplanes are never live at once outside the outage grace):
 the netagent role granted after a write sent at `t_send` ends at `t_send + lease_duration - margin`
