@@ -207,8 +207,8 @@ class RoleWatcher:
     """Tracks the netagent's role from WatchRole. `on_change(active)` is called on every transition
     (and with False whenever the stream is lost)."""
 
-    def __init__(self, client: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:
-        self.client = client
+    def __init__(self, netagent: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:
+        self.netagent = netagent
         self.on_change = on_change
         self._active = False
         self.epoch = 0
@@ -240,5 +240,5 @@ class RoleWatcher:
             self._set(m.role == pb.ROLE_ACTIVE, m.epoch)
 
         follow_stream(
-            "WatchRole", self.client.watch_role, on_msg, stop, on_disconnect=lambda: self._set(False)
+            "WatchRole", self.netagent.watch_role, on_msg, stop, on_disconnect=lambda: self._set(False)
         )
