@@ -14,9 +14,11 @@ Two ways to stop renewing, two rules:
   a read demotes us at once.
 - *Nobody can reach the API server* (connection errors, timeouts, 429, 5xx): nobody can take the lease
   either, so the leader keeps renewing its netagent role, up to `outage_grace` after its last successful
-  write, and steps down then. This is Liqo #1988 / Submariner #2747 fixed: a control-plane upgrade is
-  not a dataplane outage. Outage mode holds only while *every* failed attempt since the last write was
-  of that kind; one conflict or rejection falls back to the strict rule.
+  write, and steps down then. Liqo's gateway (like Submariner's) steps down on any failed
+  renewal, so every control-plane upgrade or API server outage took cross-cluster traffic down;
+  here a control-plane upgrade is not a dataplane outage. Outage mode holds only while *every*
+  failed attempt since the last write was of that kind; one conflict or rejection falls back to the
+  strict rule.
 
 Fencing bound (why two dataplanes are never live at once outside the outage grace):
 the netagent role granted after a write sent at `t_send` ends at `t_send + lease_duration - margin`
@@ -26,7 +28,7 @@ t_send`, and acquires only when it has seen no newer write for `lease_duration` 
 leaseDurationSeconds, timed on its own clock from `t_obs`); a stale read cannot win because the write
 carries the resourceVersion it read. Its own SetRole(ACTIVE) therefore comes after
 `t_obs + lease_duration > t_send + lease_duration - margin`: the old role has lapsed by then. A graceful
-release sets the old agent STANDBY *before* emptying holderIdentity, so the hand-over needs no wait.
+release sets the old netagent STANDBY *before* emptying holderIdentity, so the hand-over needs no wait.
 Only the outage grace breaks this: a leader cut off from the API server while the others still reach it
 keeps its role until `last write + outage_grace`, while another replica may go ACTIVE from
 `last write + lease_duration` on; the split-brain window a partitioned node can cause is therefore at
@@ -299,7 +301,7 @@ def settle(state: ElectionState, outcome: Outcome, now: float, timings: Timings)
 
 def note_agent_epoch(state: ElectionState, agent_epoch: int) -> ElectionState:
     """The netagent refused our epoch as stale (the Lease was recreated, resetting leaseTransitions):
-    the next write raises leaseTransitions above what the agent has seen."""
+    the next write raises leaseTransitions above what the netagent has seen."""
     return replace(state, min_epoch=max(state.min_epoch, agent_epoch + 1))
 
 

@@ -1,11 +1,12 @@
 """A small typed client for the netagent's gRPC API over its Unix socket.
 
-Unary calls retry UNAVAILABLE (the agent restarting, a transient kernel failure) with capped
+Unary calls retry UNAVAILABLE (the netagent restarting, a transient kernel failure) with capped
 exponential backoff within a deadline; every other code is raised at once as `NetAgentError`, whose
-`code` says what to do (INVALID_ARGUMENT: fix the input; FAILED_PRECONDITION: not active / not ready).
-`RoleWatcher` follows the WatchRole stream in the background and reconnects when the agent goes
+`code` says what to do (INVALID_ARGUMENT: fix the input; FAILED_PRECONDITION: the netagent's state
+does not allow it yet: standby, device not configured, no tunnel for the cluster, or a stale epoch).
+`RoleWatcher` follows the WatchRole stream in the background and reconnects when the netagent goes
 away; while disconnected the role is reported as not active, which is the safe answer: a controller
-that cannot reach its agent cannot mutate anything anyway.
+that cannot reach its netagent cannot mutate anything anyway.
 
 The private key passed to `configure_device` is never logged nor put in an error message.
 """
@@ -19,11 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.kube.backoff import Backoff
+from services.common.tunnel_pb import duration
+
+__all__ = ["NetAgentClient", "NetAgentError", "RoleWatcher", "duration", "follow_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,15 @@ class NetAgentError(Exception):
         self.details = details
 
     @property
-    def not_active(self) -> bool:
+    def precondition(self) -> bool:
+        """FAILED_PRECONDITION, whatever the reason: standby, device not configured, no tunnel for
+        the cluster yet, or a stale epoch (the details say which)."""
         return self.code == grpc.StatusCode.FAILED_PRECONDITION
+
+    @property
+    def stale_epoch(self) -> bool:
+        """A SetRole refused because a higher epoch was already seen (the caller is a stale leader)."""
+        return self.precondition and "epoch" in self.details.lower()
 
     @property
     def invalid(self) -> bool:
@@ -49,12 +59,6 @@ class NetAgentError(Exception):
     @property
     def unavailable(self) -> bool:
         return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 class NetAgentClient:
@@ -200,11 +204,11 @@ def _cancel_when(stop: threading.Event, call: grpc.CallIterator[Resp]) -> None:
 
 
 class RoleWatcher:
-    """Tracks the agent's role from WatchRole. `on_change(active)` is called on every transition
+    """Tracks the netagent's role from WatchRole. `on_change(active)` is called on every transition
     (and with False whenever the stream is lost)."""
 
-    def __init__(self, client: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:
-        self.client = client
+    def __init__(self, netagent: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:
+        self.netagent = netagent
         self.on_change = on_change
         self._active = False
         self.epoch = 0
@@ -236,5 +240,5 @@ class RoleWatcher:
             self._set(m.role == pb.ROLE_ACTIVE, m.epoch)
 
         follow_stream(
-            "WatchRole", self.client.watch_role, on_msg, stop, on_disconnect=lambda: self._set(False)
+            "WatchRole", self.netagent.watch_role, on_msg, stop, on_disconnect=lambda: self._set(False)
         )

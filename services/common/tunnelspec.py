@@ -79,7 +79,7 @@ def check_endpoint(value: str) -> str:
 
 def chain_suffix(cluster_id: str) -> str:
     """Per-cluster chain suffix. Liqo used the ID's first dash-separated token, which collides for
-    IDs sharing a prefix and overflows the 28-character chain limit for long IDs (its bug 12.1.5);
+    IDs sharing a prefix and overflows the 28-character chain limit for long IDs;
     a hash of the whole ID is fixed-length and collision-free in practice."""
     return hashlib.sha256(cluster_id.encode()).hexdigest()[:8]
 

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-import grpc
-
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.leaderelection import (
     Change,
@@ -48,7 +46,7 @@ from services.labeler.metrics import LabelerMetrics
 log = logging.getLogger(__name__)
 
 
-class RoleAgent(Protocol):
+class RoleClient(Protocol):
     """The part of NetAgentClient the elector uses (one attempt per call, short deadline)."""
 
     def set_role(self, role: pb.Role.ValueType, epoch: int, ttl: float, reason: str = "") -> Any: ...
@@ -63,15 +61,11 @@ _EXPIRY_MARGIN = 0.05
 _STEP_DOWN_HOLD_OFF = 3
 
 
-def _stale_epoch(e: NetAgentError) -> bool:
-    return e.code == grpc.StatusCode.FAILED_PRECONDITION and "epoch" in e.details.lower()
-
-
 class Elector:
     def __init__(
         self,
         lock: LeaseLock,
-        agent: RoleAgent,
+        netagent: RoleClient,
         identity: str,
         timings: Timings,
         metrics: LabelerMetrics,
@@ -82,7 +76,7 @@ class Elector:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.lock = lock
-        self.agent = agent
+        self.netagent = netagent
         self.identity = identity
         self.timings = timings
         self.metrics = metrics
@@ -257,11 +251,11 @@ class Elector:
             return
         reason = "lease outage grace" if self.state.outage else f"lease held by {self.identity}"
         try:
-            self.agent.set_role(pb.ROLE_ACTIVE, want.epoch, ttl, reason)
+            self.netagent.set_role(pb.ROLE_ACTIVE, want.epoch, ttl, reason)
         except NetAgentError as e:
             self.metrics.role_errors.inc()
             log.warning("netagent refused the ACTIVE role", extra={"error": str(e), "epoch": want.epoch})
-            if _stale_epoch(e):
+            if e.stale_epoch:
                 self._learn_agent_epoch()
                 return
             now = self.clock()
@@ -297,13 +291,13 @@ class Elector:
     def _grant_standby(self, epoch: int, reason: str) -> bool:
         for _ in range(2):
             try:
-                self.agent.set_role(pb.ROLE_STANDBY, epoch, 0.0, reason)
+                self.netagent.set_role(pb.ROLE_STANDBY, epoch, 0.0, reason)
             except NetAgentError as e:
                 self.metrics.role_errors.inc()
-                if _stale_epoch(e):
-                    # Demoting is always safe: repeat it at the epoch the agent holds.
+                if e.stale_epoch:
+                    # Demoting is always safe: repeat it at the epoch the netagent holds.
                     try:
-                        epoch = max(epoch, int(self.agent.get_info(retry_deadline=0.0).epoch))
+                        epoch = max(epoch, int(self.netagent.get_info(retry_deadline=0.0).epoch))
                         continue
                     except NetAgentError:
                         pass
@@ -315,7 +309,7 @@ class Elector:
 
     def _learn_agent_epoch(self) -> None:
         try:
-            info = self.agent.get_info(retry_deadline=0.0)
+            info = self.netagent.get_info(retry_deadline=0.0)
         except NetAgentError as e:
             log.warning("netagent GetInfo failed", extra={"error": str(e)})
             return

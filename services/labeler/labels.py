@@ -1,9 +1,9 @@
 """What the leader writes on pods and on the gateway Service, as pure functions over API objects.
 
-Liqo's semantics (reference 7.2): our own pod `net.liqo.io/gateway=active`, every other gateway pod
+As Liqo's gateway does it: our own pod `net.liqo.io/gateway=active`, every other gateway pod
 `standby` (the Service selects `active`, so only the leader receives tunnel traffic); exactly one
-gateway Service, annotated `net.liqo.io/gatewayNodeIP=<our POD_IP>`. Pods are matched by name, not
-by IP as Liqo did: gateway pods may share a node IP (hostNetwork), names are unique.
+gateway Service, annotated `net.liqo.io/gatewayNodeIP=<our POD_IP>`. Liqo finds its own pod by IP;
+we match by name, because gateway pods may share a node IP (hostNetwork) while names are unique.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-GATEWAY_LABEL = "net.liqo.io/gateway"
-ACTIVE = "active"
-STANDBY = "standby"
-NODE_IP_ANNOTATION = "net.liqo.io/gatewayNodeIP"
-DEFAULT_SELECTOR = "app.kubernetes.io/name=gateway,app.kubernetes.io/component=networking"
+from services.common.vocabulary import ACTIVE, GATEWAY_LABEL, NODE_IP_ANNOTATION, STANDBY
 
 JSON = dict[str, Any]
 

@@ -8,32 +8,21 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import replace
 
-from services.common.kube import (
-    LEASES,
-    PODS,
-    SERVICES,
-    Backoff,
-    Controller,
-    KubeClient,
-    Manager,
-    RuntimeConfig,
-    add_runtime_flags,
-    setup_logging,
-)
+from services.common.component import Component, Runtime, run_component
+from services.common.kube import LEASES, PODS, SERVICES, Controller, RuntimeConfig, add_runtime_flags
 from services.common.leaderelection import FENCING_MARGIN, Timings, record_from_lease
-from services.common.netagent_client import NetAgentClient
+from services.common.vocabulary import ACTIVE, GATEWAY_LABEL, GATEWAY_SELECTOR_STRING, LEASE_NAME, STANDBY
 from services.labeler.elector import Elector
 from services.labeler.labeling import SERVICE_KEY, Labeling
-from services.labeler.labels import DEFAULT_SELECTOR
 from services.labeler.lease_lock import LeaseLock
 from services.labeler.metrics import LabelerMetrics
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "liqo-labeler"
-DEFAULT_LEASE = "1d5hml1.gateway.net.liqo.io"  # Liqo's lock name, so mixed fleets never both lead
-DEFAULT_HTTP = "0.0.0.0:8083"
+DEFAULT_HTTP = ":8083"
 
 OUTAGE_GRACE_HELP = """\
 how long a leader that cannot reach the API server at all (connection errors, timeouts, 429, 5xx;
@@ -42,7 +31,7 @@ take the Lease during a real outage, so this keeps cross-cluster traffic up thro
 upgrades. It is also the split-brain bound: if only this node is cut off, another replica acquires
 the Lease once it has not seen a renewal for --lease-duration, so both dataplanes can be live for up
 to OUTAGE_GRACE - LEASE_DURATION seconds (53 s with the defaults); set it to --lease-duration or less
-to never overlap, at the price of dropping traffic in any API outage longer than that (default 60)"""
+to never overlap, at the price of dropping traffic in any API outage longer than that (default: 60)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("leader election")
     g.add_argument(
         "--lease-name",
-        default=DEFAULT_LEASE,
-        help=f"coordination.k8s.io/v1 Lease used as the lock (default {DEFAULT_LEASE})",
+        default=LEASE_NAME,
+        help="coordination.k8s.io/v1 Lease used as the lock; Liqo's own name, so that Liqo's gateways and "
+        f"ours never both lead one cluster (default: {LEASE_NAME})",
     )
     g.add_argument(
         "--namespace",
@@ -76,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=7,
         metavar="SECONDS",
         help="whole seconds a candidate waits, after it last saw the Lease change, before taking it "
-        "over; also the netagent role's TTL after each renewal (default 7)",
+        "over; also the netagent role's TTL after each renewal (default: 7)",
     )
     g.add_argument(
         "--renew-deadline",
@@ -84,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="a leader whose renewals fail because the API server answers but refuses or reports a "
-        "conflict steps down (netagent STANDBY) this long after its last renewal (default 5)",
+        "conflict steps down (netagent STANDBY) this long after its last renewal (default: 5)",
     )
     g.add_argument(
         "--retry-period",
         type=float,
         default=2.0,
         metavar="SECONDS",
-        help="interval between two attempts to acquire or renew the Lease (default 2)",
+        help="interval between two attempts to acquire or renew the Lease (default: 2)",
     )
     g.add_argument("--outage-grace", type=float, default=60.0, metavar="SECONDS", help=OUTAGE_GRACE_HELP)
     g.add_argument(
@@ -100,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="client-side timeout of each Lease read or write, so that one attempt fits in a retry "
-        "period; a timeout counts as an unreachable API server (default 1)",
+        "period; a timeout counts as an unreachable API server (default: 1)",
     )
     lg = p.add_argument_group("labels")
     lg.add_argument(
         "--gateway-selector",
-        default=DEFAULT_SELECTOR,
-        help=f"label selector of the gateway pods (labelled net.liqo.io/gateway=active or standby) and, "
-        f"unless --service-name is given, of the gateway Service (default {DEFAULT_SELECTOR})",
+        default=GATEWAY_SELECTOR_STRING,
+        help=f"label selector of the gateway pods (labelled {GATEWAY_LABEL}={ACTIVE} or {STANDBY}) and, "
+        f"unless --service-name is given, of the gateway Service (default: {GATEWAY_SELECTOR_STRING})",
     )
     lg.add_argument(
         "--service-name",
@@ -123,41 +113,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = RuntimeConfig.from_args(args)
-        timings = Timings(
-            lease_duration=args.lease_duration,
-            renew_deadline=args.renew_deadline,
-            retry_period=args.retry_period,
-            outage_grace=args.outage_grace,
-        )
-        timings.check()
-        if args.election_request_timeout <= 0:
-            raise ValueError("--election-request-timeout must be positive")
-    except ValueError as e:
-        parser.error(str(e))
-    identity = args.identity or cfg.pod_name
-    namespace = args.namespace or cfg.pod_namespace
-    pod_ip = args.pod_ip if args.pod_ip is not None else cfg.pod_ip
-    if not identity or not namespace:
-        parser.error("an identity and a namespace are needed: set POD_NAME and POD_NAMESPACE or the flags")
-    setup_logging(COMPONENT, cfg.log_level)
-
-    client = KubeClient.from_kubeconfig(cfg.kubeconfig, timeout=cfg.request_timeout)
-    mgr = Manager(
-        COMPONENT,
-        client,
-        http_bind_address=cfg.http_bind_address,
-        pod_name=identity,
-        watch_timeout=cfg.watch_timeout,
+def _timings(args: argparse.Namespace) -> Timings:
+    return Timings(
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        outage_grace=args.outage_grace,
     )
+
+
+def check(args: argparse.Namespace, cfg: RuntimeConfig) -> RuntimeConfig:
+    """Validates the election flags; --identity, --namespace and --pod-ip override the Downward API."""
+    _timings(args).check()
+    if args.election_request_timeout <= 0:
+        raise ValueError("--election-request-timeout must be positive")
+    cfg = replace(
+        cfg,
+        pod_name=args.identity or cfg.pod_name,
+        pod_namespace=args.namespace or cfg.pod_namespace,
+        pod_ip=args.pod_ip if args.pod_ip is not None else cfg.pod_ip,
+    )
+    if not cfg.pod_name or not cfg.pod_namespace:
+        raise ValueError("an identity and a namespace are needed: set POD_NAME and POD_NAMESPACE "
+                         "or the flags")
+    return cfg
+
+
+def build(rt: Runtime) -> None:
+    args, cfg, mgr = rt.args, rt.cfg, rt.mgr
+    identity, namespace, pod_ip = cfg.pod_name, cfg.pod_namespace, cfg.pod_ip
+    timings = _timings(args)
+    client = mgr.client
     metrics = LabelerMetrics(mgr.metrics.registry)
-    # One attempt per SetRole with a deadline of the fencing margin: a late ACTIVE grant must not land
-    # after the TTL it was computed for has started to matter (see services/common/leaderelection.py).
-    agent = NetAgentClient(cfg.netagent_socket, timeout=FENCING_MARGIN, retry_deadline=0.0)
 
     pods = mgr.informer(PODS, namespace=namespace, label_selector=args.gateway_selector)
     if args.service_name:
@@ -189,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics=mgr.metrics,
         workers=cfg.workers,
         resync_period=cfg.resync_period,
-        backoff=Backoff(base=cfg.retry_base_delay, cap=cfg.retry_max_delay),
+        backoff=rt.backoff,
     )
     ctl.watch(pods)
     ctl.watch(services, lambda _obj: [SERVICE_KEY], primary=False)
@@ -214,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     elector = Elector(
         LeaseLock(client, args.lease_name, namespace, timeout=args.election_request_timeout),
-        agent,
+        rt.netagent,
         identity,
         timings,
         metrics,
@@ -232,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     mgr.add_runnable("elector", elector.run)
     mgr.add_health_check(elector.healthy)
     log.info(
-        "starting",
+        "leader election configured",
         extra={
             "identity": identity,
             "namespace": namespace,
@@ -244,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             "pid": os.getpid(),
         },
     )
-    try:
-        return mgr.run()
-    finally:
-        agent.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The elector makes one attempt per SetRole, with a deadline of the fencing margin: a late ACTIVE
+    # grant must not land after the TTL it was computed for has started to matter (see
+    # services/common/leaderelection.py).
+    component = Component(COMPONENT, build_parser(), check=check, netagent_timeout=FENCING_MARGIN,
+                          netagent_retry_deadline=0.0)
+    return run_component(component, build, argv)
 
 
 if __name__ == "__main__":

@@ -13,36 +13,25 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.common.kube import (
-    JSON,
-    Backoff,
-    Controller,
-    KubeClient,
-    KubeError,
-    Manager,
-    ResourceRef,
-    RetryableError,
-)
-from services.common.kube.client import MERGE_PATCH, object_key
-from services.common.netagent_client import NetAgentClient, NetAgentError, RoleWatcher
+from services.common.kube import JSON, Backoff, Controller, KubeClient, Manager, RetryableError, object_key
+from services.common.kube.finalizers import prologue
+from services.common.netagent_client import NetAgentClient, NetAgentError
+from services.common.rolegate import RoleGate
 from services.common.tunnelspec import SpecError
-from services.natmap.mapping import cluster_id_of, plan_from_natmapping
-from services.tunnel.controller import FINALIZER, TUNNEL_ENDPOINTS
-from services.tunnel.mapping import cluster_id_of as tep_cluster_id
+from services.common.vocabulary import FINALIZER, NAT_MAPPINGS, TUNNEL_ENDPOINTS, cluster_id_of
+from services.natmap.mapping import plan_from_natmapping
 
 log = logging.getLogger(__name__)
 
-NATMAPPINGS = ResourceRef("net.liqo.io", "v1alpha1", "natmappings", "NatMapping", namespaced=False)
-
 
 class NatMappingController:
-    def __init__(self, mgr: Manager, agent: NetAgentClient, *, workers: int = 2,
+    def __init__(self, mgr: Manager, netagent: NetAgentClient, *, workers: int = 2,
                  resync_period: float = 300.0, backoff: Backoff | None = None) -> None:
         self.mgr = mgr
         self.kube: KubeClient = mgr.client
-        self.agent = agent
+        self.netagent = netagent
         self.events = mgr.events
-        self.informer = mgr.informer(NATMAPPINGS)
+        self.informer = mgr.informer(NAT_MAPPINGS)
         self.teps = mgr.informer(TUNNEL_ENDPOINTS)
         self.controller = mgr.add_controller(
             Controller("natmapping", self.reconcile, metrics=mgr.metrics, workers=workers,
@@ -50,36 +39,25 @@ class NatMappingController:
         )
         self.controller.watch(self.informer)
         self.controller.watch(self.teps, self._natmappings_of_tep, primary=False)
-        self.controller.pause()
-        self.role = RoleWatcher(agent, self._on_role)
         self._programmed: dict[str, str] = {}  # key -> clusterID applied for it
         self._lock = threading.Lock()
-        mgr.add_runnable("role-watch", self.role.run)
-
-    def _on_role(self, active: bool) -> None:
-        if active:
-            self.controller.resume()
-        else:
-            self.controller.pause()
+        self.role = RoleGate(mgr, self.controller, netagent)
 
     def _natmappings_of_tep(self, tep: JSON) -> list[str]:
-        cid = tep_cluster_id(tep)
+        cid = cluster_id_of(tep)
         return [object_key(o) for o in self.informer.items() if cluster_id_of(o) == cid]
 
     def _tunnel_declared(self, cid: str) -> bool:
-        return any(tep_cluster_id(t) == cid and not t["metadata"].get("deletionTimestamp")
+        return any(cluster_id_of(t) == cid and not t["metadata"].get("deletionTimestamp")
                    for t in self.teps.items())
 
     def reconcile(self, key: str) -> float | None:
-        obj = self.informer.get(key)
+        cached = self.informer.get(key)
+        if cached is None:
+            return None
+        obj = prologue(self.kube, NAT_MAPPINGS, cached, FINALIZER, lambda o: self._finalize(key, o))
         if obj is None:
             return None
-        md = obj["metadata"]
-        if md.get("deletionTimestamp"):
-            self._finalize(key, obj)
-            return None
-        if FINALIZER not in (md.get("finalizers") or []):
-            obj = self._patch_finalizers(obj, [*(md.get("finalizers") or []), FINALIZER])
         try:
             plan = plan_from_natmapping(obj)
         except SpecError as e:
@@ -98,12 +76,14 @@ class NatMappingController:
                                 f"no TunnelEndpoint for cluster {plan.cluster_id} yet; retrying")
             raise RetryableError(f"tunnel for cluster {plan.cluster_id} is not ready")
         try:
-            resp = self.agent.set_nat_mappings(plan.cluster_id, plan.mappings)
+            resp = self.netagent.set_nat_mappings(plan.cluster_id, plan.mappings)
         except NetAgentError as e:
             if e.invalid:
                 self.events.warning(obj, "Refused", f"the netagent refused the mappings: {e.details}")
                 return None
-            if e.not_active:
+            if e.precondition:
+                # The controller runs only while the netagent is ACTIVE (a lost role pauses it at
+                # once), so what the netagent is missing here is, in practice, the cluster's tunnel.
                 self.events.warning(obj, "TunnelNotReady",
                                     f"tunnel for cluster {plan.cluster_id} is not ready: {e.details}")
             raise RetryableError(str(e)) from None
@@ -116,15 +96,13 @@ class NatMappingController:
 
     def _delete(self, obj: JSON, cid: str) -> None:
         try:
-            self.agent.delete_nat_mappings(cid)
+            self.netagent.delete_nat_mappings(cid)
         except NetAgentError as e:
             if not e.invalid:
                 raise RetryableError(str(e)) from None
 
     def _finalize(self, key: str, obj: JSON) -> None:
-        md = obj["metadata"]
-        if FINALIZER not in (md.get("finalizers") or []):
-            return
+        """Removes the NAT mappings of a NatMapping being deleted (before its finalizer goes)."""
         cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
         others = [o for o in self.informer.items()
                   if object_key(o) != key and not o["metadata"].get("deletionTimestamp")]
@@ -136,17 +114,6 @@ class NatMappingController:
                     self.controller.enqueue(k)
                 continue
             self._delete(obj, cid)
-        self._patch_finalizers(obj, [f for f in md.get("finalizers") or [] if f != FINALIZER])
         with self._lock:
             self._programmed.pop(key, None)
         log.info("NAT mappings removed", extra={"key": key, "clusters": sorted(cids)})
-
-    def _patch_finalizers(self, obj: JSON, finalizers: list[str]) -> JSON:
-        md = obj["metadata"]
-        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": md["resourceVersion"]}}
-        try:
-            return self.kube.patch(NATMAPPINGS, md["name"], patch, None, content_type=MERGE_PATCH)
-        except KubeError as e:
-            if e.not_found:
-                return obj
-            raise RetryableError(f"updating finalizers: {e}") from None

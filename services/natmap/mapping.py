@@ -68,8 +68,3 @@ def plan_from_natmapping(obj: dict[str, Any]) -> NatPlan:
         used[new_ip] = str(old_ip)
         valid[str(old_ip)] = str(new_ip)
     return NatPlan(cid, net, valid, invalid)
-
-
-def cluster_id_of(obj: dict[str, Any]) -> str:
-    cid = (obj.get("spec") or {}).get("clusterID")
-    return cid if isinstance(cid, str) else ""

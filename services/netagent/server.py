@@ -19,7 +19,8 @@ from grpc_reflection.v1alpha import reflection
 
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
-from services.common.tunnelspec import NONE_CIDR, SpecError, TunnelSpec, check_cluster_id
+from services.common.tunnel_pb import spec_from_pb, spec_to_pb
+from services.common.tunnelspec import SpecError, check_cluster_id
 from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
 from services.netagent.plan.role import Grant, Role, StaleEpoch
@@ -63,50 +64,6 @@ def _duration(seconds: float) -> Duration:
 def _timestamp(wall: float) -> Timestamp:
     t = Timestamp()
     t.FromNanoseconds(int(wall * 1e9))
-    return t
-
-
-def _cidr(value: object) -> str:
-    return NONE_CIDR if value is None else str(value)
-
-
-def spec_from_pb(t: pb.Tunnel) -> TunnelSpec:
-    return TunnelSpec.parse(
-        cluster_id=t.cluster_id,
-        cluster_name=t.cluster_name,
-        local_pod_cidr=t.local_pod_cidr,
-        local_nat_pod_cidr=t.local_nat_pod_cidr,
-        local_external_cidr=t.local_external_cidr,
-        local_nat_external_cidr=t.local_nat_external_cidr,
-        remote_pod_cidr=t.remote_pod_cidr,
-        remote_nat_pod_cidr=t.remote_nat_pod_cidr,
-        remote_external_cidr=t.remote_external_cidr,
-        remote_nat_external_cidr=t.remote_nat_external_cidr,
-        endpoint=t.endpoint,
-        endpoint_port=t.endpoint_port,
-        public_key=t.public_key,
-        persistent_keepalive=t.persistent_keepalive.seconds if t.HasField("persistent_keepalive") else 0,
-    )
-
-
-def spec_to_pb(s: TunnelSpec) -> pb.Tunnel:
-    t = pb.Tunnel(
-        cluster_id=s.cluster_id,
-        cluster_name=s.cluster_name,
-        local_pod_cidr=str(s.local_pod_cidr),
-        local_nat_pod_cidr=_cidr(s.local_nat_pod_cidr),
-        local_external_cidr=str(s.local_external_cidr),
-        local_nat_external_cidr=_cidr(s.local_nat_external_cidr),
-        remote_pod_cidr=str(s.remote_pod_cidr),
-        remote_nat_pod_cidr=_cidr(s.remote_nat_pod_cidr),
-        remote_external_cidr=str(s.remote_external_cidr),
-        remote_nat_external_cidr=_cidr(s.remote_nat_external_cidr),
-        endpoint=s.endpoint,
-        endpoint_port=s.endpoint_port,
-        public_key=s.public_key,
-    )
-    if s.persistent_keepalive:
-        t.persistent_keepalive.CopyFrom(_duration(s.persistent_keepalive))
     return t
 
 

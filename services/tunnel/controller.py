@@ -30,28 +30,27 @@ from services.common.kube import (
     KubeClient,
     KubeError,
     Manager,
-    ResourceRef,
     RetryableError,
+    object_key,
     patch_status,
 )
-from services.common.kube.client import MERGE_PATCH, object_key
-from services.common.netagent_client import NetAgentClient, NetAgentError, RoleWatcher, follow_stream
+from services.common.kube.finalizers import prologue
+from services.common.netagent_client import NetAgentClient, NetAgentError, follow_stream
+from services.common.rolegate import RoleGate
 from services.common.tunnelspec import SpecError
+from services.common.vocabulary import FINALIZER, KEY_SECRET, TUNNEL_ENDPOINTS, cluster_id_of
 from services.tunnel import status as st
 from services.tunnel.keysecret import ensure_key_secret
-from services.tunnel.mapping import cluster_id_of, is_dns_endpoint, tunnel_from_endpoint
+from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
 
 log = logging.getLogger(__name__)
-
-TUNNEL_ENDPOINTS = ResourceRef("net.liqo.io", "v1alpha1", "tunnelendpoints", "TunnelEndpoint")
-FINALIZER = "liqo-gateway.net.liqo.io"
 
 
 @dataclass(frozen=True)
 class TunnelOptions:
     pod_namespace: str
     pod_ip: str
-    secret_name: str = "wireguard-pubkey"
+    secret_name: str = KEY_SECRET
     listen_port: int = 0
     mtu: int = 0
     dns_refresh: float = 60.0
@@ -62,11 +61,11 @@ class TunnelOptions:
 
 
 class TunnelController:
-    def __init__(self, mgr: Manager, agent: NetAgentClient, opts: TunnelOptions, *, workers: int = 4,
+    def __init__(self, mgr: Manager, netagent: NetAgentClient, opts: TunnelOptions, *, workers: int = 4,
                  resync_period: float = 300.0, backoff: Backoff | None = None) -> None:
         self.mgr = mgr
         self.kube: KubeClient = mgr.client
-        self.agent = agent
+        self.netagent = netagent
         self.opts = opts
         self.events = mgr.events
         self.informer = mgr.informer(TUNNEL_ENDPOINTS)
@@ -75,8 +74,6 @@ class TunnelController:
                        resync_period=resync_period, backoff=backoff)
         )
         self.controller.watch(self.informer)
-        self.controller.pause()  # until the netagent says ACTIVE
-        self.role = RoleWatcher(agent, self._on_role)
         self.keys: KeyPair | None = None
         self.device_ready = threading.Event()
         self._programmed: dict[str, str] = {}  # key -> clusterID we ensured for it
@@ -87,19 +84,12 @@ class TunnelController:
         self._lock = threading.Lock()
         self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> latest from the stream
         self._gc_wanted = threading.Event()
-        mgr.add_runnable("role-watch", self.role.run)
+        # Runs while ACTIVE and the device holds the shared key; a resume also collects orphans.
+        self.role = RoleGate(mgr, self.controller, netagent, ready=self.device_ready.is_set,
+                             on_resume=self._gc_wanted.set)
         mgr.add_runnable("device-keeper", self._device_keeper)
         mgr.add_runnable("tunnel-status", self._status_stream)
         mgr.add_runnable("orphan-gc", self._orphan_gc_loop)
-
-    # --- role ------------------------------------------------------------------------------------
-
-    def _on_role(self, active: bool) -> None:
-        if active and self.device_ready.is_set():
-            self.controller.resume()
-            self._gc_wanted.set()
-        elif not active:
-            self.controller.pause()
 
     # --- device keys -----------------------------------------------------------------------------
 
@@ -112,17 +102,16 @@ class TunnelController:
         while not stop.is_set():
             try:
                 self.keys = ensure_key_secret(self.kube, self.opts.pod_namespace, self.opts.secret_name)
-                info = self.agent.get_info(retry_deadline=0)
+                info = self.netagent.get_info(retry_deadline=0)
                 if not info.device_configured or info.public_key != self.keys.public_key:
-                    resp = self.agent.configure_device(
+                    resp = self.netagent.configure_device(
                         self.keys.private_key, listen_port=self.opts.listen_port, mtu=self.opts.mtu
                     )
                     log.info("netagent device configured", extra={"public_key": resp.public_key,
                                                                  "listen_port": resp.listen_port})
                 if not self.device_ready.is_set():
                     self.device_ready.set()
-                    if self.role.active:
-                        self._on_role(True)
+                    self.role.refresh()
                 failures = 0
                 stop.wait(self.opts.device_check_interval)
             except (KubeError, NetAgentError, KeySecretError) as e:
@@ -135,17 +124,14 @@ class TunnelController:
     # --- reconcile -------------------------------------------------------------------------------
 
     def reconcile(self, key: str) -> float | None:
-        obj = self.informer.get(key)
-        if obj is None:
+        cached = self.informer.get(key)
+        if cached is None:
             # Deleted without our finalizer (e.g. forced): the orphan GC removes its tunnel.
             self._gc_wanted.set()
             return None
-        md = obj["metadata"]
-        if md.get("deletionTimestamp"):
-            self._finalize(key, obj)
+        obj = prologue(self.kube, TUNNEL_ENDPOINTS, cached, FINALIZER, lambda o: self._finalize(key, o))
+        if obj is None:
             return None
-        if FINALIZER not in (md.get("finalizers") or []):
-            obj = self._patch_finalizers(obj, [*(md.get("finalizers") or []), FINALIZER])
         try:
             tunnel = tunnel_from_endpoint(obj, persistent_keepalive=self.opts.persistent_keepalive)
         except SpecError as e:
@@ -158,9 +144,9 @@ class TunnelController:
             return None
         old_cid = self._programmed.get(key)
         if old_cid and old_cid != tunnel.cluster_id:
-            self._call(obj, lambda: self.agent.delete_tunnel(old_cid))
+            self._call(obj, lambda: self.netagent.delete_tunnel(old_cid))
         try:
-            resp = self.agent.ensure_tunnel(tunnel)
+            resp = self.netagent.ensure_tunnel(tunnel)
         except NetAgentError as e:
             if e.invalid:
                 self._fail(obj, "Refused", f"the netagent refused the tunnel: {e.details}")
@@ -182,15 +168,13 @@ class TunnelController:
         return self.opts.dns_refresh if is_dns_endpoint(tunnel.endpoint) else None
 
     def _finalize(self, key: str, obj: JSON) -> None:
+        """Deletes the tunnel(s) of a TunnelEndpoint being deleted (before its finalizer goes)."""
         md = obj["metadata"]
-        if FINALIZER not in (md.get("finalizers") or []):
-            return
         cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
         for cid in cids:
             if self._duplicate_of(key, cid):
                 continue  # another TunnelEndpoint owns this cluster's tunnel
-            self._call(obj, lambda c=cid: self.agent.delete_tunnel(c))
-        self._patch_finalizers(obj, [f for f in md.get("finalizers") or [] if f != FINALIZER])
+            self._call(obj, lambda c=cid: self.netagent.delete_tunnel(c))
         with self._lock:
             self._programmed.pop(key, None)
             self._refused.discard(key)
@@ -211,18 +195,6 @@ class TunnelController:
                 raise RetryableError(str(e)) from None
             self.events.warning(obj, "Processing", str(e))
             return None
-
-    def _patch_finalizers(self, obj: JSON, finalizers: list[str]) -> JSON:
-        md = obj["metadata"]
-        # resourceVersion makes it optimistic: a concurrent change answers 409 and we retry.
-        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": md["resourceVersion"]}}
-        try:
-            return self.kube.patch(TUNNEL_ENDPOINTS, md["name"], patch, md.get("namespace"),
-                                   content_type=MERGE_PATCH)
-        except KubeError as e:
-            if e.not_found:
-                return obj
-            raise RetryableError(f"updating finalizers: {e}") from None
 
     def _duplicate_of(self, key: str, cid: str) -> str | None:
         """The key of an older live TunnelEndpoint with the same clusterID, if any."""
@@ -307,7 +279,7 @@ class TunnelController:
     def _status_stream(self, stop: threading.Event) -> None:
         follow_stream(
             "WatchTunnelStatus",
-            lambda: self.agent.watch_tunnel_status(min_interval=self.opts.status_min_interval),
+            lambda: self.netagent.watch_tunnel_status(min_interval=self.opts.status_min_interval),
             self.on_tunnel_status,
             stop,
         )
@@ -337,12 +309,12 @@ class TunnelController:
     def collect_orphans(self) -> list[str]:
         """Deletes the netagent's tunnels whose cluster no TunnelEndpoint in the cache names."""
         removed = []
-        for entry in self.agent.list_tunnels():
+        for entry in self.netagent.list_tunnels():
             cid = entry.tunnel.cluster_id
             claimed = {cluster_id_of(o) for o in self.informer.items()}  # fresh for each decision
             with self._lock:
                 claimed |= set(self._programmed.values())
             if cid not in claimed:
-                self.agent.delete_tunnel(cid)
+                self.netagent.delete_tunnel(cid)
                 removed.append(cid)
         return removed

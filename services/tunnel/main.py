@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from services.common.kube import Backoff, KubeClient, Manager, RuntimeConfig, add_runtime_flags, setup_logging
-from services.common.netagent_client import NetAgentClient
+from services.common.component import Component, Runtime, run_component
+from services.common.kube import add_runtime_flags
 from services.common.vocabulary import KEY_SECRET
 from services.tunnel.controller import TunnelController, TunnelOptions
 
@@ -26,48 +25,35 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("tunnels")
     g.add_argument("--wireguard-secret-name", default=KEY_SECRET,
                    help="Secret in POD_NAMESPACE holding the WireGuard key pair shared by all replicas "
-                   "(created if absent)"
-                   " (default %(default)s)")
+                   "(created if absent) (default: %(default)s)")
     g.add_argument("--listen-port", type=int, default=0,
                    help="WireGuard UDP port to configure on the netagent; 0 keeps the netagent's (5871)"
-                   " (default %(default)s)")
+                   " (default: %(default)s)")
     g.add_argument("--mtu", type=int, default=0,
                    help="MTU of the WireGuard device; 0 keeps the netagent's (1340)"
-                   " (default %(default)s)")
+                   " (default: %(default)s)")
     g.add_argument("--dns-refresh-interval", type=float, default=60.0, metavar="SECONDS",
                    help="how often tunnels whose endpointIP is a DNS name are re-ensured, which "
                    "re-resolves the name (the current address is kept while still in the answer)"
-                   " (default %(default)s)")
+                   " (default: %(default)s)")
     g.add_argument("--latency-update-interval", type=float, default=30.0, metavar="SECONDS",
                    help="minimum time between two status writes that only refresh the latency "
-                   "(a connection state change is written at once)"
-                   " (default %(default)s)")
+                   "(a connection state change is written at once) (default: %(default)s)")
     g.add_argument("--status-min-interval", type=float, default=5.0, metavar="SECONDS",
                    help="minimum interval the netagent's status stream reports an unchanged tunnel"
-                   " (default %(default)s)")
+                   " (default: %(default)s)")
     g.add_argument("--persistent-keepalive", type=int, default=0, metavar="SECONDS",
                    help="WireGuard persistent keepalive for every peer, 0 disables it (the 2 s "
                    "connectivity probe already keeps NAT mappings open)"
-                   " (default %(default)s)")
+                   " (default: %(default)s)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = RuntimeConfig.from_args(args)
-        cfg.require_env("POD_NAMESPACE", "POD_IP")
-    except ValueError as e:
-        print(f"{COMPONENT}: {e}", file=sys.stderr)
-        return 2
-    setup_logging(COMPONENT, cfg.log_level)
-    client = KubeClient.from_kubeconfig(cfg.kubeconfig, timeout=cfg.request_timeout)
-    mgr = Manager(COMPONENT, client, http_bind_address=cfg.http_bind_address,
-                  pod_name=cfg.pod_name or cfg.pod_ip, watch_timeout=cfg.watch_timeout)
-    agent = NetAgentClient(cfg.netagent_socket, timeout=cfg.request_timeout)
+def build(rt: Runtime) -> None:
+    args, cfg = rt.args, rt.cfg
     TunnelController(
-        mgr,
-        agent,
+        rt.mgr,
+        rt.netagent,
         TunnelOptions(
             pod_namespace=cfg.pod_namespace,
             pod_ip=cfg.pod_ip,
@@ -81,14 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
         workers=cfg.workers,
         resync_period=cfg.resync_period,
-        backoff=Backoff(base=cfg.retry_base_delay, cap=cfg.retry_max_delay),
+        backoff=rt.backoff,
     )
-    logging.getLogger(__name__).info("starting", extra={"netagent_socket": cfg.netagent_socket})
-    try:
-        return mgr.run()
-    finally:
-        agent.close()
-        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    component = Component(COMPONENT, build_parser(), require_env=("POD_NAMESPACE", "POD_IP"))
+    return run_component(component, build, argv)
 
 
 if __name__ == "__main__":

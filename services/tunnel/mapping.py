@@ -6,8 +6,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from services.api.netagent.v1 import netagent_pb2 as pb
-from services.common.netagent_client import duration
-from services.common.tunnelspec import NONE_CIDR, SpecError, TunnelSpec, check_endpoint
+from services.common.tunnel_pb import spec_to_pb
+from services.common.tunnelspec import SpecError, TunnelSpec, check_endpoint
 
 BACKEND_WIREGUARD = "wireguard"
 
@@ -91,32 +91,9 @@ def _crd_field_names(msg: str) -> str:
     return msg
 
 
-def _nat(net: object) -> str:
-    return str(net) if net is not None else NONE_CIDR
-
-
-def tunnel_from_spec(spec: TunnelSpec) -> pb.Tunnel:
-    return pb.Tunnel(
-        cluster_id=spec.cluster_id,
-        cluster_name=spec.cluster_name,
-        local_pod_cidr=str(spec.local_pod_cidr),
-        local_nat_pod_cidr=_nat(spec.local_nat_pod_cidr),
-        local_external_cidr=str(spec.local_external_cidr),
-        local_nat_external_cidr=_nat(spec.local_nat_external_cidr),
-        remote_pod_cidr=str(spec.remote_pod_cidr),
-        remote_nat_pod_cidr=_nat(spec.remote_nat_pod_cidr),
-        remote_external_cidr=str(spec.remote_external_cidr),
-        remote_nat_external_cidr=_nat(spec.remote_nat_external_cidr),
-        endpoint=spec.endpoint,
-        endpoint_port=spec.endpoint_port,
-        public_key=spec.public_key,
-        persistent_keepalive=duration(spec.persistent_keepalive) if spec.persistent_keepalive else None,
-    )
-
-
 def tunnel_from_endpoint(tep: dict[str, Any], *, persistent_keepalive: int = 0) -> pb.Tunnel:
     """The EnsureTunnel request for a TunnelEndpoint; SpecError when the spec is invalid."""
-    return tunnel_from_spec(spec_from_endpoint(tep, persistent_keepalive=persistent_keepalive))
+    return spec_to_pb(spec_from_endpoint(tep, persistent_keepalive=persistent_keepalive))
 
 
 def is_dns_endpoint(endpoint: str) -> bool:
@@ -127,10 +104,3 @@ def is_dns_endpoint(endpoint: str) -> bool:
         return False
     except ValueError:
         return True
-
-
-def cluster_id_of(tep: dict[str, Any]) -> str:
-    """The clusterID a TunnelEndpoint names, "" when absent (even if the rest of it is invalid)."""
-    ident = (tep.get("spec") or {}).get("clusterIdentity") or {}
-    cid = ident.get("clusterID") if isinstance(ident, dict) else None
-    return cid if isinstance(cid, str) else ""

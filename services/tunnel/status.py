@@ -91,7 +91,7 @@ def desired_status(
 
 
 def error_status(message: str, gateway_ip: str) -> dict[str, Any]:
-    """Status for a TunnelEndpoint the gateway cannot program (invalid spec, refused by the agent).
+    """Status for a TunnelEndpoint the gateway cannot program (invalid spec, refused by the netagent).
 
     The peer configuration and latency of an earlier, valid spec are removed: they no longer
     describe what this object asks for (Liqo's Error carries neither)."""

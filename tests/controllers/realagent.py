@@ -30,8 +30,9 @@ from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import KeyPair, generate, secret_body
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, KubeError, Manager
 from services.common.netagent_client import NetAgentClient
-from services.natmap.controller import NATMAPPINGS, NatMappingController
-from services.tunnel.controller import TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
+from services.common.vocabulary import NAT_MAPPINGS, TUNNEL_ENDPOINTS
+from services.natmap.controller import NatMappingController
+from services.tunnel.controller import TunnelController, TunnelOptions
 from tests.integration.netagent_harness import AgentProcess, kernel_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,7 +251,7 @@ class Cluster:
 
     def natmapping(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.kube.get(NATMAPPINGS, name)
+            return self.kube.get(NAT_MAPPINGS, name)
         except KubeError as e:
             if e.not_found:
                 return None

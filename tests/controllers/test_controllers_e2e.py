@@ -26,7 +26,8 @@ from sandbox.kubeapi import KubeAPIServer
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import Backoff, KubeClient, Manager
 from services.common.netagent_client import NetAgentClient
-from services.tunnel.controller import TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
+from services.common.vocabulary import TUNNEL_ENDPOINTS
+from services.tunnel.controller import TunnelController, TunnelOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 TEP = yaml.safe_load((ROOT / "examples/tunnelendpoint.yaml").read_text())

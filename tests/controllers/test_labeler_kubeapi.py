@@ -24,8 +24,7 @@ import pytest
 
 from sandbox.kubeapi import KubeAPIServer
 from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
-from services.labeler.labels import GATEWAY_LABEL, NODE_IP_ANNOTATION
-from services.labeler.main import DEFAULT_LEASE
+from services.common.vocabulary import GATEWAY_LABEL, LEASE_NAME, NODE_IP_ANNOTATION
 from tests.controllers.test_labeler_fakes import RecordingNetAgent, overlap, serve
 
 NS = "liqo"
@@ -121,7 +120,7 @@ class Env:
         return (svc["metadata"].get("annotations") or {}).get(NODE_IP_ANNOTATION)
 
     def holder(self) -> str:
-        return str(self.client.get(LEASES, DEFAULT_LEASE, NS)["spec"].get("holderIdentity") or "")
+        return str(self.client.get(LEASES, LEASE_NAME, NS)["spec"].get("holderIdentity") or "")
 
     def close(self) -> None:
         self._stop_sampling.set()

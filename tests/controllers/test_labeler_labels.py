@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.labeler.labels import GATEWAY_LABEL, NODE_IP_ANNOTATION, pod_label_patch, service_plan
+from services.common.vocabulary import GATEWAY_LABEL, NODE_IP_ANNOTATION
+from services.labeler.labels import pod_label_patch, service_plan
 
 
 def pod(name: str, label: str | None = None) -> dict[str, Any]:

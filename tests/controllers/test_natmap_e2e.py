@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.testkit.hosts import link_nodes
-from services.natmap.controller import NATMAPPINGS
+from services.common.vocabulary import FINALIZER, NAT_MAPPINGS
 from services.tunnel import status as st
-from services.tunnel.controller import FINALIZER
 from tests.controllers.realagent import (
     ID_A,
     NS_B,
@@ -86,7 +85,7 @@ def warnings(c: Cluster, reason: str) -> list[dict[str, object]]:
 
 def test_natmapping_waits_for_its_tunnel_then_applies(pair: Pair) -> None:
     a, b = pair.a, pair.b
-    b.kube.create(NATMAPPINGS, natmapping_body(NM, ID_A, "10.80.0.0/16", "10.70.0.0/16",
+    b.kube.create(NAT_MAPPINGS, natmapping_body(NM, ID_A, "10.80.0.0/16", "10.70.0.0/16",
                                                {POD_B: "10.70.0.7"}))
     ev = wait_until("a TunnelNotReady Event", lambda: warnings(b, "TunnelNotReady"))
     assert ID_A in str(ev[0]["message"])
@@ -102,7 +101,7 @@ def test_natmapping_waits_for_its_tunnel_then_applies(pair: Pair) -> None:
 
 def test_changed_mapping_moves_the_address(pair: Pair) -> None:
     b = pair.b
-    b.kube.patch(NATMAPPINGS, NM, {"spec": {"clusterMappings": {POD_B: "10.70.0.8"}}})
+    b.kube.patch(NAT_MAPPINGS, NM, {"spec": {"clusterMappings": {POD_B: "10.70.0.8"}}})
     wait_until("A pod -> 10.70.0.8", lambda: pair.reaches("10.70.0.8"))
     assert pair.dnat() == {"10.70.0.8": POD_B}, pair.dnat_rules()
     assert not pair.reaches("10.70.0.7"), "the old address must stop working"
@@ -112,7 +111,7 @@ def test_changed_mapping_moves_the_address(pair: Pair) -> None:
 
 def test_invalid_entries_are_reported_and_valid_ones_applied(pair: Pair) -> None:
     b = pair.b
-    b.kube.patch(NATMAPPINGS, NM, {"spec": {"clusterMappings": {
+    b.kube.patch(NAT_MAPPINGS, NM, {"spec": {"clusterMappings": {
         "10.0.2.10": "10.70.0.10",  # valid (no such pod: the rule is what counts)
         "not-an-ip": "10.70.0.20",  # key is not an address
         "10.0.2.8": "10.99.0.1",  # outside the external CIDR
@@ -132,7 +131,7 @@ def test_invalid_entries_are_reported_and_valid_ones_applied(pair: Pair) -> None
 
 def test_deleting_the_natmapping_removes_its_rules_and_finalizer(pair: Pair) -> None:
     b = pair.b
-    b.kube.delete(NATMAPPINGS, NM)
+    b.kube.delete(NAT_MAPPINGS, NM)
     wait_until("the NatMapping (and its finalizer) to go", lambda: b.natmapping(NM) is None)
     assert pair.dnat() == {}
     save = b.netns("iptables-legacy-save", "-t", "nat")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from services.common.tunnelspec import chain_suffix
+from services.common.vocabulary import TUNNEL_ENDPOINTS
 from services.tunnel import status as st
-from services.tunnel.controller import TUNNEL_ENDPOINTS
 from tests.controllers.realagent import (
     HUB_TENANT_NS,
     Fanout,

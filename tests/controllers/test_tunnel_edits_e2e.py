@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.testkit.hosts import link_nodes
+from services.common.vocabulary import TUNNEL_ENDPOINTS
 from services.tunnel import status as st
-from services.tunnel.controller import TUNNEL_ENDPOINTS
 from tests.controllers.realagent import (
     NS_A,
     NS_B,

@@ -30,8 +30,9 @@ from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import parse_secret
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, Manager
 from services.common.netagent_client import NetAgentClient, duration
-from services.natmap.controller import NATMAPPINGS, NatMappingController
-from services.tunnel.controller import FINALIZER, TUNNEL_ENDPOINTS, TunnelController, TunnelOptions
+from services.common.vocabulary import FINALIZER, NAT_MAPPINGS, TUNNEL_ENDPOINTS
+from services.natmap.controller import NatMappingController
+from services.tunnel.controller import TunnelController, TunnelOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "liqo-tenant-cluster-b"
@@ -313,7 +314,7 @@ def test_natmap_controller(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, s
     try:
         nm = copy.deepcopy(NM)
         nm["spec"]["clusterMappings"]["10.200.3.9"] = "10.99.0.1"  # outside externalCIDR: reported
-        kube.create(NATMAPPINGS, nm)
+        kube.create(NAT_MAPPINGS, nm)
         # No tunnel yet: retried with backoff, reported.
         wait_for(lambda: "TunnelNotReady" in reasons(kube, "default"), what="TunnelNotReady event")
         assert CID not in fake.nat
@@ -326,17 +327,17 @@ def test_natmap_controller(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, s
                                  "192.168.1.20": "10.220.0.3"}
         assert "InvalidMappings" in reasons(kube, "default")
         # Change.
-        kube.patch(NATMAPPINGS, nm["metadata"]["name"], {"spec": {"clusterMappings": {"10.200.3.7": None}}})
+        kube.patch(NAT_MAPPINGS, nm["metadata"]["name"], {"spec": {"clusterMappings": {"10.200.3.7": None}}})
         wait_for(lambda: "10.200.3.7" not in fake.nat.get(CID, {"10.200.3.7": ""}), what="mapping removed")
         # API outage: nothing crashes; changes made meanwhile are caught up afterwards.
         api.hooks.pause(3)
         time.sleep(3.5)
-        kube.patch(NATMAPPINGS, nm["metadata"]["name"],
+        kube.patch(NAT_MAPPINGS, nm["metadata"]["name"],
                    {"spec": {"clusterMappings": {"10.200.4.4": "10.220.0.4"}}})
         wait_for(lambda: fake.nat.get(CID, {}).get("10.200.4.4") == "10.220.0.4", timeout=15,
                  what="caught up after the outage")
         # Deletion.
-        kube.delete(NATMAPPINGS, nm["metadata"]["name"])
+        kube.delete(NAT_MAPPINGS, nm["metadata"]["name"])
         wait_for(lambda: CID not in fake.nat, what="DeleteNatMappings")
         assert ctl.controller.alive()
     finally:

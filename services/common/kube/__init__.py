@@ -5,7 +5,7 @@ TunnelEndpoints or the netagent:
 
 - `client`     KubeClient: JSON verbs over the official client's ApiClient, every request with a
                timeout, one error type (KubeError with .status, .reason, .not_found, .conflict,
-               .gone, .unreachable). ResourceRef says where a kind lives (PODS, SECRETS, ...).
+               .gone, .unreachable). The kinds (ResourceRef, PODS, ...) are in services.common.vocabulary.
 - `backoff`    Backoff: capped exponential delay with jitter.
 - `workqueue`  WorkQueue: de-duplicating keys, one key at a time, per-key rate-limited retries.
 - `informer`   Informer: list, then watch from the list's resourceVersion with bookmarks; re-list
@@ -14,23 +14,26 @@ TunnelEndpoints or the netagent:
 - `events`     EventRecorder: core v1 Events (Normal/Warning), de-duplicated in a time window.
 - `metrics`    ControllerMetrics (private registry) and HealthServer (/healthz, /readyz, /metrics).
 - `config`     add_runtime_flags / RuntimeConfig: the common flags and POD_NAME/NAMESPACE/IP.
-- `logs`       setup_logging: JSON lines with the `extra` fields.
+- (services.common.logging) setup_logging: JSON lines with the `extra` fields.
 - `controller` Controller (informers -> queue -> workers -> reconcile(key), resync, pause/resume)
                and Manager (owns the client, metrics, health endpoint, background loops, SIGTERM).
+- `finalizers` add_finalizer / remove_finalizer and `prologue`, the start of every reconcile of a
+               finalized resource (finalize a deleted object, else make sure the finalizer is on).
 
-Typical use::
+A controller process does not assemble these itself: `services.common.component.run_component`
+parses the flags, sets up logging, opens the client, the Manager and the netagent client, lets the
+component wire its controllers, runs until SIGTERM/SIGINT and closes everything.
+`services.common.rolegate.RoleGate` runs a controller only while the netagent is ACTIVE. Typical
+wiring (the resource kinds come from `services.common.vocabulary`)::
 
-    cfg = RuntimeConfig.from_args(args)
-    setup_logging("liqo-natmap-controller", cfg.log_level)
-    mgr = Manager("liqo-natmap-controller", KubeClient.from_kubeconfig(cfg.kubeconfig,
-                  timeout=cfg.request_timeout), http_bind_address=cfg.http_bind_address,
-                  pod_name=cfg.pod_name, watch_timeout=cfg.watch_timeout)
-    inf = mgr.informer(NATMAPPINGS)
-    ctl = mgr.add_controller(Controller("natmap", reconcile, metrics=mgr.metrics,
-                                        workers=cfg.workers, resync_period=cfg.resync_period))
-    ctl.watch(inf)
-    mgr.add_runnable("role-watch", watch_role)      # any loop taking the stop Event
-    sys.exit(mgr.run())                             # blocks until SIGTERM/SIGINT
+    def build(rt: Runtime) -> None:
+        inf = rt.mgr.informer(NAT_MAPPINGS)
+        ctl = rt.mgr.add_controller(Controller("natmap", reconcile, metrics=rt.mgr.metrics,
+                                               workers=rt.cfg.workers, backoff=rt.backoff))
+        ctl.watch(inf)
+        RoleGate(rt.mgr, ctl, rt.netagent)          # paused unless the netagent is ACTIVE
+
+    sys.exit(run_component(Component("liqo-natmap-controller", parser), build))
 
 `reconcile(key)` reads the object with `inf.get(key)` (None = deleted), returns None when done or a
 delay to be called again, and raises to be retried with backoff (RetryableError: no traceback).

@@ -1,7 +1,7 @@
 """Flags and environment common to every controller.
 
 Environment (set by the Downward API in the chart): POD_NAME, POD_NAMESPACE, POD_IP. Every flag has
-a help text; `--help` is the reference.
+a help text ending in "(default: X)"; `--help` lists them all.
 """
 
 from __future__ import annotations
@@ -21,34 +21,34 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str) -> 
         default=os.environ.get("KUBECONFIG") or None,
         metavar="PATH",
         help="kubeconfig file to reach the API server; when absent, the in-cluster service account "
-        "is used (env KUBECONFIG is the default)",
+        "is used (default: env KUBECONFIG)",
     )
     g.add_argument(
         "--netagent-socket",
         default=DEFAULT_NETAGENT_SOCKET,
         metavar="PATH",
-        help=f"Unix socket of the netagent's gRPC API (default {DEFAULT_NETAGENT_SOCKET})",
+        help=f"Unix socket of the netagent's gRPC API (default: {DEFAULT_NETAGENT_SOCKET})",
     )
     g.add_argument(
         "--http-bind-address",
         default=default_http,
         metavar="HOST:PORT",
         help=f"where /healthz, /readyz and Prometheus /metrics are served; port 0 picks a free port, "
-        f"an empty value disables the endpoint (default {default_http})",
+        f"an empty value disables the endpoint (default: {default_http})",
     )
     g.add_argument(
         "--resync-period",
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="every object is reconciled again this often even without changes (default 300)",
+        help="every object is reconciled again this often even without changes (default: 300)",
     )
     g.add_argument(
         "--workers",
         type=int,
         default=4,
         metavar="N",
-        help="reconciliations run in parallel (never two for the same object) (default 4)",
+        help="reconciliations run in parallel (never two for the same object) (default: 4)",
     )
     g.add_argument(
         "--request-timeout",
@@ -56,7 +56,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str) -> 
         default=10.0,
         metavar="SECONDS",
         help="client-side timeout of every API request; bounds a hang on a half-open connection "
-        "(default 10)",
+        "(default: 10)",
     )
     g.add_argument(
         "--watch-timeout",
@@ -64,27 +64,27 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str) -> 
         default=300,
         metavar="SECONDS",
         help="server-side timeout of each watch request, after which the watch is re-opened from "
-        "the last resourceVersion (default 300)",
+        "the last resourceVersion (default: 300)",
     )
     g.add_argument(
         "--retry-base-delay",
         type=float,
         default=0.2,
         metavar="SECONDS",
-        help="first delay of the per-object exponential retry backoff (default 0.2)",
+        help="first delay of the per-object exponential retry backoff (default: 0.2)",
     )
     g.add_argument(
         "--retry-max-delay",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="cap of the per-object exponential retry backoff (default 60)",
+        help="cap of the per-object exponential retry backoff (default: 60)",
     )
     g.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default info)",
+        help="log verbosity (default: info)",
     )
 
 
@@ -134,7 +134,7 @@ class RuntimeConfig:
             raise ValueError("need 0 < --retry-base-delay <= --retry-max-delay")
 
     def require_env(self, *names: str) -> None:
-        """Exits with a clear message when a Downward-API variable the controller needs is unset."""
+        """ValueError naming the Downward-API variables the controller needs that are unset."""
         missing = [n for n in names if not getattr(self, n.lower())]
         if missing:
-            raise SystemExit(f"environment variable(s) {', '.join(missing)} must be set")
+            raise ValueError(f"environment variable(s) {', '.join(missing)} must be set")
