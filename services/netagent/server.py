@@ -12,14 +12,13 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
-from services.common.tunnel_pb import spec_from_pb, spec_to_pb
+from services.common.tunnel_pb import duration, spec_from_pb, spec_to_pb
 from services.common.tunnelspec import SpecError, check_cluster_id
 from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
@@ -55,12 +54,6 @@ _ERROR_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
 def _timestamp(wall: float) -> Timestamp:
     t = Timestamp()
     t.FromNanoseconds(int(wall * 1e9))
@@ -80,9 +73,9 @@ def status_to_pb(v: TunnelView) -> pb.TunnelStatus:
     )
     st.state_since.CopyFrom(_timestamp(v.state_since))
     if v.latency is not None:
-        st.latency.CopyFrom(_duration(v.latency))
+        st.latency.CopyFrom(duration(v.latency))
     if v.handshake_age is not None:
-        st.handshake_age.CopyFrom(_duration(v.handshake_age))
+        st.handshake_age.CopyFrom(duration(v.handshake_age))
     return st
 
 
@@ -126,7 +119,7 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
                 wireguard_implementation=_IMPL_TO_PB[a.device.implementation],
                 role=role,  # type: ignore[arg-type]
                 epoch=epoch,
-                uptime=_duration(time.monotonic() - a.started_at),
+                uptime=duration(time.monotonic() - a.started_at),
                 public_key=key or "",
                 listen_port=a.listen_port,
                 mtu=a.mtu,
