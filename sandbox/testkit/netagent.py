@@ -93,7 +93,11 @@ class NetAgent:
         with self.log.open("a") as logf:
             self.proc = self.node.popen(self.argv(), stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
                                         env=self.env)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.close()  # a half-started agent is not left behind
+            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -8,12 +8,15 @@ happened in between. When the code under test needs a *named* netns, the node ow
 
 from __future__ import annotations
 
+import functools
+import inspect
 import secrets
+from collections.abc import Callable
 from types import TracebackType
 
 from sandbox.testkit.hosts import Node, NodeError
 
-__all__ = ["PREFIX", "NodeFactory", "add_netns"]
+__all__ = ["PREFIX", "NodeFactory", "add_netns", "in_node_netns"]
 
 PREFIX = "lgt-"
 
@@ -66,3 +69,23 @@ class NodeFactory:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def in_node_netns(name: str, timeout: float = 120.0
+                  ) -> Callable[[Callable[[str], None]], Callable[..., None]]:
+    """Decorates a test `def test_x(netns: str)` whose code under test opens /run/netns/NAME: the
+    test then takes the `node_factory` fixture, makes a node holding the named netns `lgt-<name>`,
+    and runs the body in that node (`Node.call`: a forked child in the node's namespaces), so the
+    name resolves in the node's /run/netns. Failures and their tracebacks come back to the test."""
+
+    def decorate(test: Callable[[str], None]) -> Callable[..., None]:
+        @functools.wraps(test)
+        def run(node_factory: Callable[[str], Node]) -> None:
+            node = node_factory(name)
+            node.call(test, add_netns(node, f"{PREFIX}{name}"), timeout=timeout)
+
+        run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("node_factory", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+        return run
+
+    return decorate

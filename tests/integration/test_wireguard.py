@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from sandbox.testkit.hosts import Node, link_nodes
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.common.keys import generate, public_key_of
 from services.common.tunnelspec import TunnelSpec
 from services.netagent import netns, routes, veth
@@ -24,7 +25,6 @@ from services.netagent.wireguard import (
     UserspaceDevice,
     open_device,
 )
-from tests.unit.test_tunnelspec import BASE
 
 pytestmark = pytest.mark.root
 
@@ -45,7 +45,7 @@ class Side:
 
 
 def spec_towards(peer: Side, pod: str, ext: str) -> TunnelSpec:
-    return TunnelSpec.parse(**{**BASE, "remote_pod_cidr": pod, "remote_nat_pod_cidr": "",
+    return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "remote_pod_cidr": pod, "remote_nat_pod_cidr": "",
                                "remote_external_cidr": ext, "remote_nat_external_cidr": "",
                                "endpoint": peer.underlay_ip, "public_key": peer.pub,
                                "persistent_keepalive": 0})
