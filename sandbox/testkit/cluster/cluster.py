@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
-import select
 import shutil
 import socket
 import subprocess
@@ -150,12 +149,17 @@ class EmulatedCluster:
         with open(self.workdir / "kubeapi.log", "ab") as logf:
             self._api_proc = self.cp.popen(dies_with_us(argv), stdin=subprocess.DEVNULL,
                                            stdout=subprocess.PIPE, stderr=logf, cwd=ROOT)
-        assert self._api_proc.stdout is not None
-        lines: list[bytes] = []
-        while not lines or lines[-1] not in (b"", b"ready"):  # the URL, then "ready" (EOF: it died)
-            ready, _, _ = select.select([self._api_proc.stdout], [], [], 60)
-            lines.append(self._api_proc.stdout.readline().strip() if ready else b"")
-        if lines[-1] != b"ready":
+        out = self._api_proc.stdout
+        assert out is not None
+        line = b"-"
+        watchdog = threading.Timer(60, self._api_proc.kill)  # a server that hangs: EOF below
+        watchdog.start()
+        try:
+            while line not in (b"", b"ready"):  # the URL, then "ready"; EOF when it died
+                line = out.readline().strip()
+        finally:
+            watchdog.cancel()
+        if line != b"ready":
             raise NodeError(f"{self.name}: API server did not start: "
                             f"{(self.workdir / 'kubeapi.log').read_text(errors='replace')[-2000:]}")
         self._forwarder = Forwarder(self.cp, (self.api_ip, API_PORT))
