@@ -16,7 +16,7 @@ from sandbox.kubeapi import KubeAPIServer
 from sandbox.kubeapi.resources import BUILTINS
 from sandbox.kubeapi.selectors import FieldSelector, LabelSelector
 from sandbox.kubeapi.store import Store
-from tests.kubeapi.conftest import gadget
+from sandbox.testkit.kubectl import gadget
 
 G, V, P = "test.liqo.io", "v1alpha1", "gadgets"
 
