@@ -319,7 +319,7 @@ def measure(n: int, args: argparse.Namespace, through: list[str]) -> dict[str, A
     for way in list(through):
         try:
             r = runners[way](m, args.repeats)
-        except Exception as e:  # the netagent is being built in parallel: say so, measure the rest
+        except Exception as e:  # the gRPC path failed: say so, measure the rest through the applier
             if way != "grpc" or args.through == "grpc":
                 raise
             log(f"N={n}: the gRPC netagent failed ({e!r}); continuing through the applier only")

@@ -144,7 +144,7 @@ def test_tunnel_carries_traffic_and_handshakes(pair: Pair) -> None:
     assert peers[0].rx_bytes > 0 and peers[0].tx_bytes > 0
     assert a.node.call(lambda: open_device(a.cfg).public_key()) == a.pub
 
-    # The design's split: cleartext device in the netns, its UDP socket on the node.
+    # The split: the cleartext device lives in the gateway netns, its UDP socket on the node.
     assert "liqo.tunnel" not in a.node.run("ip", "link").stdout
     gw_links = a.node.exec_in_netns(NS, ["ip", "link"]).stdout
     assert re.search(r"liqo\.tunnel: <[^>]*UP[^>]*> mtu 1340", gw_links)
