@@ -287,7 +287,7 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
         old.start()
         time.sleep(LEASE_DURATION)  # the rebooted labeler campaigns for a while
     assert old.role().role == pb.ROLE_STANDBY and new.is_active() and old.wg_peers() == []
-    assert all(old.alive(n) for n in old.procs) and a.labels()[old.name] == "standby"
+    assert all(old.alive(n) for n in old.processes()) and a.labels()[old.name] == "standby"
     assert not after.overlaps() and ping_ok(env.pod_a, POD_B_FROM_A)
 
 
