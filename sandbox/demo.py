@@ -394,14 +394,6 @@ def vip_backend(c: EmulatedCluster) -> str | None:
     return c.vip.backend if c.vip else None
 
 
-def first_active_after(r: GatewayReplica, t: float) -> float | None:
-    """When `r`'s netagent turned ACTIVE after `t`, from its own log."""
-    for ev in r.log_events("netagent", "role changed"):
-        if ev.get("role") == "active" and ev.get("t", 0) > t:
-            return float(ev["t"])
-    return None
-
-
 def tunnel_endpoints_table(client: KubeClient) -> str:
     """`kubectl get tunnelendpoints -A -o wide` from the API: the CRD's printer columns."""
     crd = client.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
@@ -609,7 +601,7 @@ class Demo:
             old.stop()
             t_stopped = time.time()
             with r.proving(f"{new.name} takes over"):
-                t_active = wait_for(f"{new.name} ACTIVE", lambda: first_active_after(new, t_term), 15, 0.1)
+                t_active = wait_for(f"{new.name} ACTIVE", lambda: new.turned_active_after(t_term), 15, 0.1)
                 assert t_active is not None  # wait_for returns only a truthy value
                 r.proof(t_active - t_term < 10,
                         f"new leader {new.name}: ACTIVE {t_active - t_term:.2f}s after the SIGTERM "

@@ -34,6 +34,7 @@ from sandbox.testkit.cluster import (
     peer,
 )
 from sandbox.testkit.hosts import Pod
+from sandbox.testkit.traffic import ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeError
@@ -70,11 +71,6 @@ class Env:
         return "\n".join(out)
 
 
-def ping_ok(pod: Pod, target: str, count: int = 2) -> bool:
-    cp = pod.run("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", target, check=False, timeout=15)
-    return cp.returncode == 0
-
-
 def leader(c: EmulatedCluster) -> GatewayReplica:
     """The one replica whose netagent is ACTIVE (asserts there is exactly one)."""
     active = [r for r in c.replicas if r.node is not None and r.is_active()]
@@ -102,7 +98,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
             for c, ref in ((a, peering.in_a), (b, peering.in_b)):
                 c.wait_connected(ref, 60)
                 e.connected_after[c.name] = time.monotonic() - t0
-            wait_for("A pod -> B pod", lambda: ping_ok(pod_a, POD_B_FROM_A), 30, 0.1)
+            wait_for("A pod -> B pod", lambda: ping_ok(pod_a, POD_B_FROM_A, count=2), 30, 0.1)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{e.logs()}") from None
         yield e
@@ -207,14 +203,6 @@ class Pinger:
                                  [int(q) for _, q in found])
 
 
-def first_active_after(r: GatewayReplica, t: float) -> float | None:
-    """When `r`'s netagent last turned ACTIVE after `t` (its own log: SetRole ACTIVE applied)."""
-    for ev in r.log_events("netagent", "role changed"):
-        if ev.get("role") == "active" and ev.get("t", 0) > t:
-            return float(ev["t"])
-    return None
-
-
 # ---- the tests --------------------------------------------------------------------------------------
 
 
@@ -237,7 +225,7 @@ def test_one_leader_labels_annotation_connected_traffic_and_natmapping(env: Env)
         assert conn["status"] == "Connected" and conn["latency"]["value"] not in ("", "N/A"), conn
         assert status["gatewayIP"] == leader(c).ip
         assert conn["peerConfiguration"]["endpointIP"] == (b.vip_ip if c is a else a.vip_ip)
-    assert ping_ok(env.pod_a, POD_B_FROM_A) and ping_ok(env.pod_b, POD_A_FROM_B)
+    assert ping_ok(env.pod_a, POD_B_FROM_A, count=2) and ping_ok(env.pod_b, POD_A_FROM_B, count=2)
     # B's NatMapping exports its pod in the external CIDR A uses for B.
     assert not ping_ok(env.pod_a, EXPORTED_B, count=1)
     t0 = time.monotonic()
@@ -260,7 +248,7 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
         time.sleep(2)
         t_kill = time.time()
         old.crash()  # every process SIGKILLed at once, then the node's namespaces vanish
-        t_active = wait_for("standby turns active", lambda: first_active_after(new, t_kill), 30, 0.1)
+        t_active = wait_for("standby turns active", lambda: new.turned_active_after(t_kill), 30, 0.1)
         wait_for("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30, 0.1)
         time.sleep(2)
     res = pinger.result
@@ -288,7 +276,7 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
         time.sleep(LEASE_DURATION)  # the rebooted labeler campaigns for a while
     assert old.role().role == pb.ROLE_STANDBY and new.is_active() and old.wg_peers() == []
     assert all(old.alive(n) for n in old.processes()) and a.labels()[old.name] == "standby"
-    assert not after.overlaps() and ping_ok(env.pod_a, POD_B_FROM_A)
+    assert not after.overlaps() and ping_ok(env.pod_a, POD_B_FROM_A, count=2)
 
 
 @pytest.mark.timeout(240)
@@ -302,7 +290,7 @@ def test_sigkilled_labeler_fences_its_agent_before_the_standby_activates(env: En
         assert sampler.samples[-1][1][i_old] > 0
         t_kill = time.time()
         old.kill("labeler")  # the agent, tunnel and natmap controllers of that replica live on
-        t_active = wait_for("standby turns active", lambda: first_active_after(new, t_kill), 30, 0.1)
+        t_active = wait_for("standby turns active", lambda: new.turned_active_after(t_kill), 30, 0.1)
         wait_for("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30, 0.1)
         # The killed labeler comes back, campaigns, and stays standby behind the new holder.
         old.start_process("labeler")
@@ -337,7 +325,7 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -
         old.stop("labeler")  # SIGTERM: releases the Lease after setting its agent STANDBY
         t_labeler_gone = time.time()
         old.stop()  # then the rest
-        t_active = wait_for("standby turns active", lambda: first_active_after(new, t_term), 10, 0.1)
+        t_active = wait_for("standby turns active", lambda: new.turned_active_after(t_term), 10, 0.1)
         wait_for("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 20, 0.1)
         time.sleep(1)
     res = pinger.result

@@ -48,6 +48,7 @@ Public API (stable; other tests build on it)::
         r.kill("labeler"); r.stop("netagent"); r.start_process("labeler"); r.restart("tunnel")
         r.crash(); r.boot(); r.start()             # node crash, then a rebooted node
         r.wg_peers(); r.uapi_peers(); r.role(); r.log("labeler"); r.log_events("netagent", "role changed")
+        r.turned_active_after(t)                   # when its netagent turned ACTIVE after POSIX time t
         r.processes(); r.exit_codes(); r.runtime   # what was started; the ReplicaRuntime behind them
         a.pause_api(30)                             # API outage, state kept, same port
         a.client                                    # services.common.kube.KubeClient (test side)

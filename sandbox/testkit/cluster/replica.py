@@ -172,6 +172,14 @@ class GatewayReplica:
             out.append(ev)
         return out
 
+    def turned_active_after(self, t: float) -> float | None:
+        """When the netagent first turned ACTIVE after `t` (a POSIX time), from its own log (its
+        "role changed" line); None while it has not."""
+        for ev in self.log_events("netagent", "role changed"):
+            if ev.get("role") == "active" and ev.get("t", 0) > t:
+                return float(ev["t"])
+        return None
+
     def role(self, timeout: float = 2) -> pb.GetInfoResponse:
         """The netagent's GetInfo (role, epoch...), over its socket."""
         with grpc.insecure_channel(f"unix:{self.socket}") as ch:
