@@ -3,7 +3,7 @@
 
   (a) through the netagent: SetNatMappings over gRPC to a real liqo-netagent on an emulated node
       (after ConfigureDevice, SetRole, EnsureTunnel), and through the applier alone
-      (`Iptables.apply(desired_state(...))`, validation included) in a throwaway netns;
+      (`Iptables.apply(desired_state(...))`, validation included) in a throwaway netns of a kit node;
   (b) the original's method: one `iptables-legacy -t nat -C` plus one `-A` process per rule, as
       go-iptables' AppendUnique does, run inside the netns (capped by --per-rule-max; the rest is
       extrapolated from the measured per-rule cost, which grows with the table size);
@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sandbox.testkit.hosts import Node  # noqa: E402
+from sandbox.testkit.netagent import NetAgent, activate  # noqa: E402
+from sandbox.testkit.nodes import NodeFactory  # noqa: E402
 from services.common.keys import generate  # noqa: E402
 from services.common.tunnelspec import TunnelSpec  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
@@ -53,6 +55,7 @@ TUNNEL = dict(
 )
 CHAIN = "LIQO-BENCH"  # for (b) and (c), in their own netns
 LOCK_WAIT = "10"
+IN_NODE_TIMEOUT = 3600.0  # a measurement run inside a node (Node.call) may take this long
 
 
 def log(msg: str) -> None:
@@ -85,23 +88,16 @@ def dnat_args(new: str, old: str) -> list[str]:
 
 def spec() -> TunnelSpec:
     return TunnelSpec.parse(
-        **TUNNEL, public_key=wg_keypair()[1]  # type: ignore[arg-type]
+        **TUNNEL, public_key=generate().public_key  # type: ignore[arg-type]
     )
 
 
-def wg_keypair() -> tuple[str, str]:
-    pair = generate()
-    return pair.private_key, pair.public_key
-
-
 @contextlib.contextmanager
-def throwaway_netns() -> Iterator[str]:
-    name = f"lgt-bench-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+def throwaway_netns() -> Iterator[tuple[Node, str]]:
+    """A kit node owning one named netns: (node, netns name). What opens /run/netns/NAME (nsenter,
+    the applier) runs inside the node (`Node.call`), where that name resolves."""
+    with NodeFactory() as nodes:
+        yield nodes.netns("bench")
 
 
 def in_netns(ns: str, *argv: str, stdin: str | None = None) -> str:
@@ -190,39 +186,44 @@ def per_rule(ns: str, m: dict[str, str], cap: int) -> dict[str, Any]:
 
 
 def through_applier(m: dict[str, str], repeats: int) -> dict[str, float]:
+    with throwaway_netns() as (node, ns):
+        result: dict[str, float] = node.call(applier_in_netns, ns, m, repeats, timeout=IN_NODE_TIMEOUT)
+        return result
+
+
+def applier_in_netns(ns: str, m: dict[str, str], repeats: int) -> dict[str, float]:
     cfg = AgentConfig()
     s = spec()
     map_chain = cluster_chains(s.chain_suffix).map
-    with throwaway_netns() as ns:
-        ipt = Iptables(ns)
-        ipt.apply(desired_state([s], {}, cfg))  # the tunnel exists, its map is empty
+    ipt = Iptables(ns)
+    ipt.apply(desired_state([s], {}, cfg))  # the tunnel exists, its map is empty
 
-        def apply(raw: dict[str, str]) -> tuple[float, float]:
-            """(validation seconds, desired_state + apply seconds)."""
-            t = time.perf_counter()
-            parsed = parse_nat_map(s, raw)  # validation: part of the agent's cost, reported apart
-            t1 = time.perf_counter()
-            ipt.apply(desired_state([s], {s.cluster_id: parsed}, cfg))
-            return t1 - t, time.perf_counter() - t1
+    def apply(raw: dict[str, str]) -> tuple[float, float]:
+        """(validation seconds, desired_state + apply seconds)."""
+        t = time.perf_counter()
+        parsed = parse_nat_map(s, raw)  # validation: part of the agent's cost, reported apart
+        t1 = time.perf_counter()
+        ipt.apply(desired_state([s], {s.cluster_id: parsed}, cfg))
+        return t1 - t, time.perf_counter() - t1
 
-        full, change = [], []
-        for r in range(repeats):
-            ipt.apply(desired_state([s], {}, cfg))
-            full.append(apply(entries(len(m), variant=r + 1)))  # a map no cache has seen
-            assert count_rules(in_netns(ns, "iptables-legacy-save", "-t", "nat"), map_chain) == len(m) + 1
-        apply(m)
-        for k in range(max(repeats, 5)):
-            changed, new_addr, target = one_changed(m, k)
-            change.append(apply(changed))
-            assert f"-A {map_chain} -d {new_addr}/32 -j DNAT --to-destination {target}" in in_netns(
-                ns, "iptables-legacy-save", "-t", "nat"
-            )
-        return {
-            "apply_seconds": median([v + a for v, a in full]),
-            "apply_without_validation_seconds": median([a for _, a in full]),
-            "validation_seconds": median([v for v, _ in full]),
-            "change_one_seconds": median([v + a for v, a in change]),
-        }
+    full, change = [], []
+    for r in range(repeats):
+        ipt.apply(desired_state([s], {}, cfg))
+        full.append(apply(entries(len(m), variant=r + 1)))  # a map no cache has seen
+        assert count_rules(in_netns(ns, "iptables-legacy-save", "-t", "nat"), map_chain) == len(m) + 1
+    apply(m)
+    for k in range(max(repeats, 5)):
+        changed, new_addr, target = one_changed(m, k)
+        change.append(apply(changed))
+        assert f"-A {map_chain} -d {new_addr}/32 -j DNAT --to-destination {target}" in in_netns(
+            ns, "iptables-legacy-save", "-t", "nat"
+        )
+    return {
+        "apply_seconds": median([v + a for v, a in full]),
+        "apply_without_validation_seconds": median([a for _, a in full]),
+        "validation_seconds": median([v for v, _ in full]),
+        "change_one_seconds": median([v + a for v, a in change]),
+    }
 
 
 # ---- (a)/(d) through the netagent over gRPC -------------------------------------------------------
@@ -230,74 +231,50 @@ def through_applier(m: dict[str, str], repeats: int) -> dict[str, float]:
 
 def through_grpc(m: dict[str, str], repeats: int) -> dict[str, float]:
     import grpc
-    from google.protobuf.duration_pb2 import Duration
 
-    from sandbox.testkit.hosts import Node
     from services.api.netagent.v1 import netagent_pb2 as pb
     from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 
     work = Path(tempfile.mkdtemp(prefix="lgt-bench-"))
     try:
-        with Node(f"lgt-bench-{secrets.token_hex(3)}") as node:
-            sock = work / "netagent.sock"
-            logf = (work / "netagent.log").open("w")
-            proc = node.popen(
-                [sys.executable, "-m", "services.netagent.main", "--socket", str(sock),
-                 "--state-path", str(work / "state.json"), "--log-level", "warning"],
-                stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
-            )
-            logf.close()
-            options = [("grpc.max_send_message_length", 64 << 20)]
-            channel = grpc.insecure_channel(f"unix:{sock}", options=options)
-            try:
-                api = pb_grpc.NetAgentServiceStub(channel)
-                deadline = time.monotonic() + 30
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"netagent exited: {(work / 'netagent.log').read_text()[-2000:]}")
-                    try:
-                        api.GetInfo(pb.GetInfoRequest(), timeout=1)
-                        break
-                    except grpc.RpcError:
-                        if time.monotonic() > deadline:
-                            raise RuntimeError("netagent did not start") from None
-                        time.sleep(0.1)
-                api.ConfigureDevice(pb.ConfigureDeviceRequest(private_key=wg_keypair()[0]))
-                ttl = Duration(seconds=3600)
-                api.SetRole(pb.SetRoleRequest(role=pb.ROLE_ACTIVE, epoch=1, ttl=ttl, reason="bench"))
-                s = spec()
-                tunnel = pb.Tunnel(**TUNNEL, public_key=s.public_key)  # type: ignore[arg-type]
-                api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel))
-                map_chain = cluster_chains(s.chain_suffix).map
+        with NodeFactory() as nodes:
+            node = nodes.make("bench")
+            with NetAgent(node, work, args=("--log-level", "warning"), probe_interval=None) as agent:
+                activate(agent, generate().private_key, ttl=3600)
+                options = [("grpc.max_send_message_length", 64 << 20)]
+                channel = grpc.insecure_channel(f"unix:{agent.socket}", options=options)
+                try:
+                    api = pb_grpc.NetAgentServiceStub(channel)
+                    s = spec()
+                    tunnel = pb.Tunnel(**TUNNEL, public_key=s.public_key)  # type: ignore[arg-type]
+                    api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel))
+                    map_chain = cluster_chains(s.chain_suffix).map
 
-                def kernel() -> str:
-                    return node.exec_in_netns("liqo-netns", ["iptables-legacy-save", "-t", "nat"]).stdout
+                    def kernel() -> str:
+                        return node.exec_in_netns("liqo-netns", ["iptables-legacy-save", "-t", "nat"]).stdout
 
-                def set_map(raw: dict[str, str]) -> float:
-                    req = pb.SetNatMappingsRequest(cluster_id=CLUSTER_ID, mappings=raw)
-                    t = time.perf_counter()
-                    resp = api.SetNatMappings(req, timeout=120)
-                    elapsed = time.perf_counter() - t
-                    assert resp.changed and resp.count == len(raw), resp
-                    return elapsed
+                    def set_map(raw: dict[str, str]) -> float:
+                        req = pb.SetNatMappingsRequest(cluster_id=CLUSTER_ID, mappings=raw)
+                        t = time.perf_counter()
+                        resp = api.SetNatMappings(req, timeout=120)
+                        elapsed = time.perf_counter() - t
+                        assert resp.changed and resp.count == len(raw), resp
+                        return elapsed
 
-                full, change = [], []
-                for r in range(repeats):
-                    api.DeleteNatMappings(pb.DeleteNatMappingsRequest(cluster_id=CLUSTER_ID))
-                    full.append(set_map(entries(len(m), variant=r + 1)))
-                    assert count_rules(kernel(), map_chain) == len(m) + 1
-                set_map(m)
-                for k in range(max(repeats, 5)):
-                    changed, new_addr, target = one_changed(m, k)
-                    change.append(set_map(changed))
-                    assert f"-A {map_chain} -d {new_addr}/32 -j DNAT --to-destination {target}" in kernel()
-                return {"apply_seconds": median(full), "change_one_seconds": median(change)}
-            finally:
-                channel.close()
-                if proc.poll() is None:
-                    proc.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=10)
+                    full, change = [], []
+                    for r in range(repeats):
+                        api.DeleteNatMappings(pb.DeleteNatMappingsRequest(cluster_id=CLUSTER_ID))
+                        full.append(set_map(entries(len(m), variant=r + 1)))
+                        assert count_rules(kernel(), map_chain) == len(m) + 1
+                    set_map(m)
+                    for k in range(max(repeats, 5)):
+                        changed, new_addr, target = one_changed(m, k)
+                        change.append(set_map(changed))
+                        rule = f"-A {map_chain} -d {new_addr}/32 -j DNAT --to-destination {target}"
+                        assert rule in kernel()
+                    return {"apply_seconds": median(full), "change_one_seconds": median(change)}
+                finally:
+                    channel.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -326,11 +303,11 @@ def ratio(a: float, b: float) -> float:
 def measure(n: int, args: argparse.Namespace, through: list[str]) -> dict[str, Any]:
     m = entries(n)
     row: dict[str, Any] = {"n": n}
-    with throwaway_netns() as ns:
-        row["restore_floor_seconds"] = restore_floor(ns, m, args.repeats)
+    with throwaway_netns() as (node, ns):
+        row["restore_floor_seconds"] = node.call(restore_floor, ns, m, args.repeats, timeout=IN_NODE_TIMEOUT)
     log(f"N={n}: (c) one iptables-legacy-restore: {row['restore_floor_seconds'] * 1e3:.1f} ms")
-    with throwaway_netns() as ns:
-        row["per_rule"] = per_rule(ns, m, args.per_rule_max)
+    with throwaway_netns() as (node, ns):
+        row["per_rule"] = node.call(per_rule, ns, m, args.per_rule_max, timeout=IN_NODE_TIMEOUT)
     pr = row["per_rule"]
     how = ""
     if pr["extrapolated"]:
@@ -342,7 +319,7 @@ def measure(n: int, args: argparse.Namespace, through: list[str]) -> dict[str, A
     for way in list(through):
         try:
             r = runners[way](m, args.repeats)
-        except Exception as e:  # the netagent is being built in parallel: say so, measure the rest
+        except Exception as e:  # the gRPC path failed: say so, measure the rest through the applier
             if way != "grpc" or args.through == "grpc":
                 raise
             log(f"N={n}: the gRPC netagent failed ({e!r}); continuing through the applier only")

@@ -33,7 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.controllers.realagent import Fanout, FanoutRun, Lab, percentile, why_unavailable  # noqa: E402
+from sandbox.testkit.fanout import Fanout, FanoutRun, percentile  # noqa: E402
+from sandbox.testkit.lab import Lab, why_unavailable  # noqa: E402
 
 
 def summary(values: list[float]) -> dict[str, float | int]:

@@ -1,6 +1,6 @@
 """`make demo`: two emulated clusters with overlapping pod CIDRs, peered through real WireGuard.
 
-Built on the e2e harness (`sandbox.gateway`): cluster A (two gateway replicas) and cluster B (one),
+Built on the e2e harness (`sandbox.testkit.cluster`): cluster A (two gateway replicas) and cluster B (one),
 both with pods in 10.0.0.0/16, each with its API server, gateway nodes running the four real
 processes, a worker with a pod, and a load-balancer node holding the gateway Service's VIP. A sees
 B's pods as 10.60.0.0/16 and B's external CIDR as 10.70.0.0/16; B sees A's as 10.80.0.0/16 and
@@ -18,6 +18,7 @@ namespaces it created. Exit code: 0 when every proof passed, 1 when one failed, 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import functools
 import ipaddress
@@ -36,22 +37,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from sandbox.gateway import (
+from sandbox.testkit.cluster import (
     GATEWAY_NETNS,
-    NAT_MAPPINGS,
-    TUNNEL_ENDPOINTS,
+    WG_DEVICE,
     EmulatedCluster,
     GatewayReplica,
     Peering,
     Remap,
     Wan,
-    nat_mapping,
+    cluster_nat_mapping,
     peer,
-    wait_until,
 )
 from sandbox.testkit.hosts import Node, NodeError, Pod
+from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeClient
+from services.common.vocabulary import GATEWAY_LABEL, NAT_MAPPINGS, TUNNEL_ENDPOINTS, WIREGUARD_PORT
 
 POD_CIDR = "10.0.0.0/16"
 POD_A, POD_B = "10.0.1.5", "10.0.2.7"
@@ -59,7 +60,6 @@ A_SEES_B = Remap(pod="10.60.0.0/16", external="10.70.0.0/16")
 B_SEES_A = Remap(pod="10.80.0.0/16", external="10.90.0.0/16")
 EXPORTED_B = "10.70.0.7"  # B's NatMapping exports its pod as this address of the CIDR A uses for B
 TCP_PORT = 7000
-WG_DEVICE = "liqo.tunnel"
 
 
 # ---- pure helpers: addresses, ping output, tables ------------------------------------------------------
@@ -261,6 +261,13 @@ def answers(pod: Pod, target: str) -> bool:
     return ping(pod, target, 1).received == 1
 
 
+def wait_answers(pod: Pod, target: str, timeout: float) -> None:
+    """Waits until `target` answers a ping from `pod` (a ping that fails without a summary, for
+    instance on an unreachable network, counts as "not yet")."""
+    wait_for(f"{target} answers", functools.partial(answers, pod, target), timeout, 0.1,
+             retry_on=(ValueError,))
+
+
 class Pinger:
     """`ping -D -i 0.05` from a pod for the duration of a with-block; `.result` afterwards."""
 
@@ -361,7 +368,7 @@ def logs_of(clusters: Sequence[EmulatedCluster], tail: int = 1500) -> str:
     out = []
     for c in clusters:
         for r in c.replicas:
-            for n in r.procs:
+            for n in r.processes():
                 out.append(f"--- {c.name}/{r.name}/{n}.log (tail)\n{r.log(n)[-tail:]}")
     return "\n".join(out)
 
@@ -369,17 +376,12 @@ def logs_of(clusters: Sequence[EmulatedCluster], tail: int = 1500) -> str:
 def stop_gateways(clusters: Sequence[EmulatedCluster], timeout: float = 8) -> None:
     """SIGTERM every gateway process of every replica at once (one by one, the tunnel controllers'
     shutdown would add up), SIGKILL what is left after `timeout`."""
-    procs = [p for c in clusters for r in c.replicas for p in r.procs.values() if p.poll() is None]
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+    running = [(r, n) for c in clusters for r in c.replicas for n in r.processes() if r.alive(n)]
+    if not running:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(running)) as pool:
+        for r, n in running:
+            pool.submit(r.runtime.stop, n, signal.SIGTERM, timeout)
 
 
 def active_agent(c: EmulatedCluster) -> GatewayReplica | None:
@@ -390,14 +392,6 @@ def active_agent(c: EmulatedCluster) -> GatewayReplica | None:
 
 def vip_backend(c: EmulatedCluster) -> str | None:
     return c.vip.backend if c.vip else None
-
-
-def first_active_after(r: GatewayReplica, t: float) -> float | None:
-    """When `r`'s netagent turned ACTIVE after `t`, from its own log."""
-    for ev in r.log_events("netagent", "role changed"):
-        if ev.get("role") == "active" and ev.get("t", 0) > t:
-            return float(ev["t"])
-    return None
 
 
 def tunnel_endpoints_table(client: KubeClient) -> str:
@@ -450,8 +444,8 @@ class Demo:
         r.info(f"pods: {pod_a.name} {POD_A} in cluster a, {pod_b.name} {POD_B} in cluster b; the same "
                f"CIDR, so each cluster reaches the other's pods through a remapped one")
         for c in (a, b):
-            wait_until(f"{c.name}: a leader", functools.partial(active_agent, c), 30)
-            wait_until(f"{c.name}: VIP follows the active pod", functools.partial(vip_backend, c), 15)
+            wait_for(f"{c.name}: a leader", functools.partial(active_agent, c), 30, 0.1)
+            wait_for(f"{c.name}: VIP follows the active pod", functools.partial(vip_backend, c), 15, 0.1)
             c.public_key()
         for c in (a, b):
             lead = active_agent(c)
@@ -482,7 +476,7 @@ class Demo:
         for src, dst, peer_pod in ((t.pod_a, b_from_a, t.pod_b), (t.pod_b, a_from_b, t.pod_a)):
             with r.proving(f"ping {src.name} -> {dst}"):
                 with contextlib.suppress(AssertionError):  # the first packets may meet a cold path
-                    wait_until(f"{dst} answers", functools.partial(answers, src, dst), 15)
+                    wait_answers(src, dst, 15)
                 res = ping(src, dst)
                 r.proof(res.received == res.sent,
                         f"ping {src.name} ({src.ip}) -> {dst} ({peer_pod.name}): {res.received}/{res.sent} "
@@ -507,12 +501,13 @@ class Demo:
         before = ping(t.pod_a, EXPORTED_B, 1)
         r.info(f"before: ping {EXPORTED_B} from {t.pod_a.name}: {before.received}/{before.sent} replies "
                f"(no mapping yet)")
-        nm = nat_mapping(b, a, {POD_B: EXPORTED_B}, pod_cidr=B_SEES_A.pod, external_cidr=A_SEES_B.external)
+        nm = cluster_nat_mapping(b, a, {POD_B: EXPORTED_B}, pod_cidr=B_SEES_A.pod,
+                                 external_cidr=A_SEES_B.external)
         t0 = time.monotonic()
         b.client.create(NAT_MAPPINGS, nm)
         r.info(f"created NatMapping {nm['metadata']['name']} in B: clusterMappings {{{POD_B}: {EXPORTED_B}}}")
         with r.proving(f"NatMapping address {EXPORTED_B} reachable"):
-            wait_until(f"{EXPORTED_B} answers", functools.partial(answers, t.pod_a, EXPORTED_B), 20)
+            wait_answers(t.pod_a, EXPORTED_B, 20)
             took = time.monotonic() - t0
             res = ping(t.pod_a, EXPORTED_B)
             r.proof(res.received == res.sent and before.received == 0,
@@ -534,8 +529,8 @@ class Demo:
             if kubectl:
                 r.info(f"$ kubectl get tunnelendpoints -A -o wide    # cluster {c.name}\n"
                        + run_kubectl(c, "get", "tunnelendpoints", "-A", "-o", "wide"))
-                r.info(f"$ kubectl get pods -n liqo -L net.liqo.io/gateway    # cluster {c.name}\n"
-                       + run_kubectl(c, "get", "pods", "-n", "liqo", "-L", "net.liqo.io/gateway"))
+                r.info(f"$ kubectl get pods -n {c.namespace} -L {GATEWAY_LABEL}    # cluster {c.name}\n"
+                       + run_kubectl(c, "get", "pods", "-n", c.namespace, "-L", GATEWAY_LABEL))
             else:
                 r.info(f"TunnelEndpoints in cluster {c.name} (no kubectl: the same columns from the API)\n"
                        + tunnel_endpoints_table(c.client))
@@ -574,8 +569,9 @@ class Demo:
             handshakes = lead.node.exec_in_netns(
                 GATEWAY_NETNS, ["wg", "show", WG_DEVICE, "latest-handshakes"]).stdout.split()
             b_key = b.public_key()
-            r.proof(peers == {b_key: f"{b.vip_ip}:5871"} and len(handshakes) == 2 and int(handshakes[1]) > 0,
-                    f"{lead.name}'s one peer is cluster b's key {b_key[:12]}... at b's VIP {b.vip_ip}:5871, "
+            b_endpoint = f"{b.vip_ip}:{WIREGUARD_PORT}"
+            r.proof(peers == {b_key: b_endpoint} and len(handshakes) == 2 and int(handshakes[1]) > 0,
+                    f"{lead.name}'s one peer is cluster b's key {b_key[:12]}... at b's VIP {b_endpoint}, "
                     f"with a handshake", f"peers {peers}, handshakes {handshakes}")
             r.proof(impl in ("WIREGUARD_IMPLEMENTATION_USERSPACE", "WIREGUARD_IMPLEMENTATION_KERNEL"),
                     f"WireGuard implementation reported: {impl}")
@@ -605,12 +601,13 @@ class Demo:
             old.stop()
             t_stopped = time.time()
             with r.proving(f"{new.name} takes over"):
-                t_active = wait_until(f"{new.name} ACTIVE", lambda: first_active_after(new, t_term), 15)
+                t_active = wait_for(f"{new.name} ACTIVE", lambda: new.turned_active_after(t_term), 15, 0.1)
+                assert t_active is not None  # wait_for returns only a truthy value
                 r.proof(t_active - t_term < 10,
                         f"new leader {new.name}: ACTIVE {t_active - t_term:.2f}s after the SIGTERM "
                         f"({old.name} had exited after {t_stopped - t_term:.2f}s)")
             with r.proving("traffic resumes"):
-                wait_until("traffic again", functools.partial(answers, t.pod_a, target), 20)
+                wait_answers(t.pod_a, target, 20)  # traffic again
             time.sleep(1)
         res = pinger.result
         assert res is not None
@@ -640,7 +637,7 @@ class Demo:
             r.proof(shown == [b.public_key()], f"{new.name} now holds cluster b's WireGuard peer", str(shown))
         if self.args.keep:
             old.start()  # back as a standby, for poking around
-            wait_until(f"{old.name} serving", lambda: old.alive("labeler"), 10)
+            wait_for(f"{old.name} serving", lambda: old.alive("labeler"), 10, 0.1)
 
     # -- poking around --
 

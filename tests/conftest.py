@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,10 +20,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sandbox.testkit.hosts import Node
+from sandbox.testkit.nodes import PREFIX, NodeFactory
 
 IS_ROOT = os.geteuid() == 0
 ROOT_TOOLS = ("ip", "unshare", "nsenter", "setpriv", "wireguard-go", "wg", "iptables-legacy-save")
-IGNORED_PREFIX = "lgt-"
+IGNORED_PREFIX = PREFIX
 
 
 def _missing_tools() -> list[str]:
@@ -121,22 +121,6 @@ def host_state_guard() -> Iterator[None]:
 @pytest.fixture
 def node_factory() -> Iterator[Callable[[str], Node]]:
     """`make(name)` returns a started Node named `lgt-<name>-<random>`; all are stopped at teardown,
-    whatever the test did."""
-    nodes: list[Node] = []
-
-    def make(name: str = "node") -> Node:
-        node = Node(f"{IGNORED_PREFIX}{name}-{secrets.token_hex(3)}")
-        nodes.append(node)
-        node.start()
-        return node
-
-    try:
-        yield make
-    finally:
-        errors = []
-        for node in reversed(nodes):
-            try:
-                node.stop()
-            except Exception as e:  # stop the others anyway
-                errors.append(f"{node.name}: {e}")
-        assert not errors, f"nodes did not stop cleanly: {errors}"
+    whatever the test did (sandbox.testkit.nodes.NodeFactory)."""
+    with NodeFactory() as nodes:
+        yield nodes.make

@@ -1,10 +1,19 @@
-"""``liqo-kubeapi``: run the in-memory Kubernetes API server standalone (a test double)."""
+"""``liqo-kubeapi``: run the in-memory Kubernetes API server standalone (a test double).
+
+Prints the server's URL, then ``ready`` once everything (the control socket too) is set up. With
+``--control SOCKET`` it also listens on a Unix socket taking one ``pause SECONDS`` line per
+connection (answered ``ok`` or ``error: ...``): an API server outage staged on the server's own
+address, for a server running where the caller cannot reach its hooks (another network namespace).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
+import socketserver
 import sys
 import threading
 from types import FrameType
@@ -41,8 +50,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="events kept for watch resumption; older resourceVersions get 410 Gone",
     )
+    p.add_argument(
+        "--control",
+        metavar="SOCKET",
+        help="listen on this Unix socket for 'pause SECONDS' lines (an outage: connections cut and "
+        "refused for SECONDS, then the same server listens again)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return p.parse_args(argv)
+
+
+def _control_server(path: str, api: KubeAPIServer) -> socketserver.ThreadingUnixStreamServer:
+    class Control(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            words = self.rfile.readline().decode().split()
+            try:
+                if len(words) == 2 and words[0] == "pause":
+                    api.hooks.pause(float(words[1]))
+                    logging.info("paused for %s s", words[1])
+                    self.wfile.write(b"ok\n")
+                else:
+                    self.wfile.write(b"error: expected 'pause SECONDS'\n")
+            except Exception as e:  # the answer is the caller's error report
+                self.wfile.write(f"error: {e}\n".encode())
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socketserver.ThreadingUnixStreamServer(path, Control)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="kubeapi-control", daemon=True).start()
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"liqo-kubeapi: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
+    control = None
+    if args.control:
+        try:
+            control = _control_server(args.control, api)
+        except OSError as exc:
+            print(f"liqo-kubeapi: cannot listen on {args.control}: {exc}", file=sys.stderr)
+            api.stop()
+            return 2
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -77,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         api.write_kubeconfig(args.kubeconfig)
     print(api.url, flush=True)
+    print("ready", flush=True)
     done.wait()
+    if control is not None:
+        control.shutdown()
+        control.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.control)
     api.stop()
     return 0
 

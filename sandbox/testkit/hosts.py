@@ -27,6 +27,7 @@ import secrets
 import select
 import signal
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -155,6 +156,9 @@ class _Host:
                     data = pickle.dumps(("err", NodeError(repr(out[1])), out[2]))
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
+                for stream in (sys.stdout, sys.stderr):  # what `fn` printed reaches the caller's capture
+                    with contextlib.suppress(Exception):
+                        stream.flush()
                 os._exit(0)
         finally:
             for fd in fds:

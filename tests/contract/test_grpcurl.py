@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.testkit.hosts import Node
-from tests.integration.netagent_harness import AgentProcess, keypair
+from sandbox.testkit.netagent import NetAgent
+from sandbox.testkit.nodes import NodeFactory
+from services.common.keys import generate
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:
@@ -85,9 +86,10 @@ def tunnel(peer_pub: str, **override: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    with Node("lgt-contract") as node:
-        a = AgentProcess(node, tmp_path_factory.mktemp("contract"), "--metrics-address", METRICS)
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetAgent]:
+    with NodeFactory() as nodes:
+        a = NetAgent(nodes.make("contract"), tmp_path_factory.mktemp("contract"),
+                     args=("--metrics-address", METRICS))
         try:
             a.start()
             yield a
@@ -96,11 +98,11 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 
 
 @pytest.fixture(scope="module")
-def g(agent: AgentProcess) -> Grpcurl:
+def g(agent: NetAgent) -> Grpcurl:
     return Grpcurl(agent.socket)
 
 
-def test_socket_is_0660(agent: AgentProcess) -> None:
+def test_socket_is_0660(agent: NetAgent) -> None:
     mode = stat.S_IMODE(os.stat(agent.socket).st_mode)
     assert mode == 0o660, oct(mode)
 
@@ -131,8 +133,8 @@ def test_health_serving(g: Grpcurl) -> None:
 
 def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     """One story, in the order a controller lives it; the order matters (standby first)."""
-    priv, _ = keypair()
-    _, peer_pub = keypair()
+    priv = generate().private_key
+    peer_pub = generate().public_key
 
     info = g.call("GetInfo")
     assert (
@@ -229,7 +231,7 @@ def agent_log_text(g: Grpcurl) -> str:
     return (Path(g.socket).parent / "netagent.log").read_text()
 
 
-def test_metrics_endpoint_after_the_story(agent: AgentProcess) -> None:
+def test_metrics_endpoint_after_the_story(agent: NetAgent) -> None:
     """Prometheus metrics served where --metrics-address says, with the RPCs just made counted."""
     fetch = f"import urllib.request; print(urllib.request.urlopen('http://{METRICS}/metrics').read().decode())"
     text = agent.node.run(sys.executable, "-c", fetch).stdout

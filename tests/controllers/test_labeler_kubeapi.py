@@ -1,6 +1,6 @@
 """liqo-labeler end to end against the in-memory API server: two real labeler processes (the console
 script's module, default 7 s / 5 s / 2 s timings unless a test says otherwise), each talking to its own
-FAKE netagent (test_labeler_fakes.RecordingNetAgent: the real fencing grant, recorded calls) hosted in
+FAKE netagent (sandbox.testkit.election.RecordingNetAgent: the real fencing grant, recorded calls) hosted in
 this process so that both agents' roles are read on one clock. Both roles are sampled every 50 ms.
 """
 
@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit.election import RecordingNetAgent, overlap, serve
+from sandbox.testkit.wait import wait_for
 from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
 from services.common.vocabulary import GATEWAY_LABEL, LEASE_NAME, NODE_IP_ANNOTATION
-from tests.controllers.test_labeler_fakes import RecordingNetAgent, overlap, serve
 
 NS = "liqo"
 SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "networking"}
@@ -37,7 +38,7 @@ IPS = {"gw-a": "10.0.0.11", "gw-b": "10.0.0.12"}
 @dataclass
 class Labeler:
     name: str
-    agent: RecordingNetAgent
+    netagent: RecordingNetAgent
     socket: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
@@ -72,10 +73,10 @@ class Env:
             {"port": 80, "protocol": "TCP"}]}}, NS)
 
     def add(self, name: str, *extra: str) -> Labeler:
-        agent = RecordingNetAgent(name)
+        netagent = RecordingNetAgent(name)
         sock = f"{self.tmp}/{name}.sock"
-        self.servers.append(serve(agent, sock))
-        lb = Labeler(name, agent, sock, Path(self.tmp) / f"{name}.log", extra=list(extra))
+        self.servers.append(serve(netagent, sock))
+        lb = Labeler(name, netagent, sock, Path(self.tmp) / f"{name}.log", extra=list(extra))
         self.labelers[name] = lb
         return lb
 
@@ -101,14 +102,14 @@ class Env:
     def sample(self) -> None:
         while not self._stop_sampling.wait(0.05):
             self.samples += 1
-            if sum(1 for lb in self.labelers.values() if lb.agent.active()) > 1:
+            if sum(1 for lb in self.labelers.values() if lb.netagent.active()) > 1:
                 self.double_active += 1
 
     def start_sampling(self) -> None:
         threading.Thread(target=self.sample, daemon=True).start()
 
     def active_overlap(self) -> float:
-        a, b = (lb.agent.active_intervals() for lb in self.labelers.values())
+        a, b = (lb.netagent.active_intervals() for lb in self.labelers.values())
         return overlap(a, b)
 
     def labels(self) -> dict[str, str | None]:
@@ -155,16 +156,16 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return True
-        except Exception:  # the API server may be paused on purpose
-            pass
-        time.sleep(0.05)
-    return cond()
+def wait_or_dump(what: str, cond: Callable[[], object], timeout: float,
+                 diagnose: Callable[[], object] | None = None) -> None:
+    """wait_for, any exception counting as "not yet" (the API server may be paused on purpose);
+    on timeout the AssertionError carries `diagnose()` (the labelers' logs) as a note."""
+    try:
+        wait_for(what, cond, timeout, retry_on=(Exception,))
+    except AssertionError as e:
+        if diagnose is not None:
+            e.add_note(str(diagnose()))
+        raise
 
 
 @pytest.fixture
@@ -183,15 +184,15 @@ def start_pair(env: Env, *extra: str) -> tuple[Labeler, Labeler]:
     env.start_sampling()
     env.start(a)
     env.start(b)
-    assert wait_for(lambda: a.agent.active() or b.agent.active(), 15), env.dump_logs()
-    leader, follower = (a, b) if a.agent.active() else (b, a)
+    wait_or_dump("a or b active", lambda: a.netagent.active() or b.netagent.active(), 15, env.dump_logs)
+    leader, follower = (a, b) if a.netagent.active() else (b, a)
     return leader, follower
 
 
 def expect_labels(env: Env, leader: str, timeout: float = 5.0) -> None:
     want = {n: ("active" if n == leader else "standby") for n in ("gw-a", "gw-b", "gw-c")}
-    assert wait_for(lambda: env.labels() == want, timeout), (env.labels(), env.dump_logs())
-    assert wait_for(lambda: env.annotation() == IPS[leader], timeout), env.dump_logs()
+    wait_or_dump("the labels", lambda: env.labels() == want, timeout, lambda: (env.labels(), env.dump_logs()))
+    wait_or_dump("the leader's node IP", lambda: env.annotation() == IPS[leader], timeout, env.dump_logs)
 
 
 def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
@@ -199,8 +200,8 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     assert env.holder() == leader.name
     expect_labels(env, leader.name)
     time.sleep(4.0)  # two renewals: nothing moves
-    assert env.holder() == leader.name and not follower.agent.active()
-    assert [c.active for c in follower.agent.calls] == [False]
+    assert env.holder() == leader.name and not follower.netagent.active()
+    assert [c.active for c in follower.netagent.calls] == [False]
 
     port = leader.http_port()
     assert port is not None
@@ -214,8 +215,8 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     killed = time.monotonic()
     leader.proc.send_signal(signal.SIGKILL)
     leader.proc.wait(5)
-    assert wait_for(follower.agent.active, 7 + 2 + 3), env.dump_logs()
-    became = follower.agent.became_active_at(killed)
+    wait_or_dump("the follower active", follower.netagent.active, 7 + 2 + 3, env.dump_logs)
+    became = follower.netagent.became_active_at(killed)
     assert became is not None
     print(f"\nSIGKILL handover: {became - killed:.2f}s (bound: lease 7 s + retry 2 s)")
     assert became - killed <= 7 + 2
@@ -236,13 +237,13 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
     assert leader.proc is not None
     stopped = time.monotonic()
     leader.proc.send_signal(signal.SIGTERM)
-    assert wait_for(follower.agent.active, 5), env.dump_logs()
-    became = follower.agent.became_active_at(stopped)
+    wait_or_dump("the follower active", follower.netagent.active, 5, env.dump_logs)
+    became = follower.netagent.became_active_at(stopped)
     assert became is not None
     print(f"\nSIGTERM handover: {became - stopped:.3f}s")
     assert became - stopped < 2.0
     assert leader.proc.wait(10) == 0
-    assert leader.agent.calls[-1].active is False  # fenced on the way out
+    assert leader.netagent.calls[-1].active is False  # fenced on the way out
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0 and env.double_active == 0
 
@@ -250,20 +251,20 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
 def test_api_outage_shorter_than_grace_keeps_the_dataplane(env: Env) -> None:
     leader, follower = start_pair(env, "--outage-grace", "20")
     expect_labels(env, leader.name)
-    epoch = leader.agent.calls[-1].epoch
+    epoch = leader.netagent.calls[-1].epoch
     env.api.hooks.pause(10)
     end = time.monotonic() + 10
     dropped = 0
     while time.monotonic() < end:
-        dropped += 0 if leader.agent.active() else 1
-        assert not follower.agent.active()
+        dropped += 0 if leader.netagent.active() else 1
+        assert not follower.netagent.active()
         time.sleep(0.05)
     assert dropped == 0, "the leader's role lapsed during a 10 s outage with a 20 s grace"
     assert env.api.wait_listening(5)
     # Catches up: renews the same tenure, no new epoch, both processes alive, labels intact.
-    assert wait_for(lambda: env.holder() == leader.name, 5)
+    wait_or_dump("the leader holding the Lease", lambda: env.holder() == leader.name, 5)
     time.sleep(3)
-    assert env.holder() == leader.name and leader.agent.calls[-1].epoch == epoch
+    assert env.holder() == leader.name and leader.netagent.calls[-1].epoch == epoch
     assert leader.alive() and follower.alive()
     expect_labels(env, leader.name)
     assert env.double_active == 0 and env.active_overlap() == 0.0
@@ -274,17 +275,18 @@ def test_api_outage_longer_than_grace_lets_the_role_expire(env: Env) -> None:
     expect_labels(env, leader.name)
     paused = time.monotonic()
     env.api.hooks.pause(14)
-    assert wait_for(lambda: not leader.agent.active(), 8 + 1), env.dump_logs()
+    wait_or_dump("the leader standby", lambda: not leader.netagent.active(), 8 + 1, env.dump_logs)
     lapsed = time.monotonic() - paused
     print(f"\nrole lapsed {lapsed:.2f}s into the outage (grace 8 s)")
     assert 8 - 2 - 0.5 <= lapsed <= 8 + 0.5  # last renewal was at most one retry period before the pause
-    assert not follower.agent.active()
+    assert not follower.netagent.active()
     assert env.api.wait_listening(10)
-    assert wait_for(lambda: leader.agent.active() or follower.agent.active(), 7 + 2 + 3), env.dump_logs()
-    new_leader = leader if leader.agent.active() else follower
+    wait_or_dump("one active again", lambda: leader.netagent.active() or follower.netagent.active(),
+                 7 + 2 + 3, env.dump_logs)
+    new_leader = leader if leader.netagent.active() else follower
     expect_labels(env, new_leader.name)
     time.sleep(2)
-    assert sum(1 for lb in (leader, follower) if lb.agent.active()) == 1
+    assert sum(1 for lb in (leader, follower) if lb.netagent.active()) == 1
     assert leader.alive() and follower.alive()
     assert env.double_active == 0 and env.active_overlap() == 0.0
 
@@ -293,15 +295,15 @@ def test_ambiguous_service_is_reported_and_retried(env: Env) -> None:
     env.client.create(SERVICES, service("liqo-gateway-old"), NS)
     a = env.add("gw-a")
     env.start(a)
-    assert wait_for(a.agent.active, 15), env.dump_logs()
-    assert wait_for(lambda: env.labels()["gw-a"] == "active", 5)
+    wait_or_dump("gw-a active", a.netagent.active, 15, env.dump_logs)
+    wait_or_dump("gw-a labelled active", lambda: env.labels()["gw-a"] == "active", 5)
 
     def warned() -> bool:
         events = env.client.list(EVENTS, NS)["items"]
         return any(e.get("reason") == "GatewayServiceNotUnique" and e.get("type") == "Warning"
                    and e["involvedObject"]["name"] == "gw-a" for e in events)
 
-    assert wait_for(warned, 10), env.client.list(EVENTS, NS)["items"]
+    wait_or_dump("a Warning Event", warned, 10, lambda: env.client.list(EVENTS, NS)["items"])
     assert env.annotation() is None
     env.client.delete(SERVICES, "liqo-gateway-old", NS)
-    assert wait_for(lambda: env.annotation() == IPS["gw-a"], 15), env.dump_logs()
+    wait_or_dump("gw-a's node IP", lambda: env.annotation() == IPS["gw-a"], 15, env.dump_logs)

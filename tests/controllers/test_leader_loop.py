@@ -1,6 +1,6 @@
 """The election loop (services/labeler/elector.py) with two replicas in threads: real NetAgentClient over
 gRPC to fake netagents that enforce the real fencing grant, and a fake Lease store with resourceVersion
-semantics and injectable outages/partitions (see test_labeler_fakes.py). Short timings (lease 2 s,
+semantics and injectable outages/partitions (sandbox/testkit/election.py). Short timings (lease 2 s,
 renew deadline 1.5 s, retry 0.5 s) keep it quick; the subprocess tests against the in-memory API
 server use the same code with real HTTP.
 """
@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.leaderelection import LeaseRecord, Timings, micro_time
-from services.common.netagent_client import NetAgentClient
-from services.labeler.elector import Elector
-from services.labeler.metrics import LabelerMetrics
-from tests.controllers.test_labeler_fakes import (
+from sandbox.testkit.election import (
     MemoryLeaseStore,
     MemoryLock,
     RecordingNetAgent,
     overlap,
     serve,
 )
+from sandbox.testkit.wait import wait_for
+from services.common.leaderelection import LeaseRecord, Timings, micro_time
+from services.common.netagent_client import NetAgentClient
+from services.labeler.elector import Elector
+from services.labeler.metrics import LabelerMetrics
 
 FAST = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=4.0)
 
@@ -34,7 +35,7 @@ FAST = Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_gr
 @dataclass
 class Replica:
     name: str
-    agent: RecordingNetAgent
+    netagent: RecordingNetAgent
     lock: MemoryLock
     elector: Elector
     metrics: LabelerMetrics
@@ -67,23 +68,23 @@ class Cluster:
         self._sampling = threading.Event()
 
     def add(self, name: str) -> Replica:
-        agent = RecordingNetAgent(name)
+        netagent = RecordingNetAgent(name)
         sock = f"{self.tmp}/{name}.sock"
-        self.servers.append(serve(agent, sock))
+        self.servers.append(serve(netagent, sock))
         client = NetAgentClient(sock, timeout=0.5, retry_deadline=0.0)
         self.clients.append(client)
         lock = self.store.lock_for(timeout=0.2)
         metrics = LabelerMetrics(CollectorRegistry())
         elector = Elector(lock, client, name, self.timings, metrics)  # type: ignore[arg-type]
         self.store.watchers.append(elector.lease_changed)
-        r = Replica(name, agent, lock, elector, metrics)
+        r = Replica(name, netagent, lock, elector, metrics)
         self.replicas.append(r)
         return r
 
     def sample(self) -> None:
         """Every 50 ms: how many agents hold an unexpired ACTIVE role right now."""
         while not self._sampling.wait(0.05):
-            n = sum(1 for r in self.replicas if r.agent.active())
+            n = sum(1 for r in self.replicas if r.netagent.active())
             self.samples += 1
             if n > 1:
                 self.double_active_samples += 1
@@ -106,17 +107,8 @@ class Cluster:
         return [r for r in self.replicas if r.elector.state.leading]
 
     def active_overlap(self) -> float:
-        a, b = (r.agent.active_intervals() for r in self.replicas[:2])
+        a, b = (r.netagent.active_intervals() for r in self.replicas[:2])
         return overlap(a, b)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture
@@ -143,8 +135,8 @@ def two_replicas(make: Make, timings: Timings = FAST) -> tuple[Cluster, Replica,
     c.start_sampling()
     a.start()
     b.start()
-    assert wait_for(lambda: any(r.agent.active() for r in (a, b)), 5), "nobody became active"
-    leader, follower = (a, b) if a.agent.active() else (b, a)
+    wait_for("nobody became active", lambda: any(r.netagent.active() for r in (a, b)), 5, 0.02)
+    leader, follower = (a, b) if a.netagent.active() else (b, a)
     return c, leader, follower
 
 
@@ -152,14 +144,15 @@ def test_exactly_one_leader_and_crash_handover(cluster_factory: Callable[[Timing
     c, leader, follower = two_replicas(cluster_factory)
     time.sleep(2.0)  # several renewals
     assert c.leaders() == [leader]
-    assert leader.agent.active() and not follower.agent.active()
-    assert [x.active for x in follower.agent.calls] == [False]  # told STANDBY once, nothing else
+    assert leader.netagent.active() and not follower.netagent.active()
+    assert [x.active for x in follower.netagent.calls] == [False]  # told STANDBY once, nothing else
     epoch = leader.elector.state.epoch
 
     killed_at = time.monotonic()
     leader.halt(graceful=False)
-    assert wait_for(follower.agent.active, FAST.lease_duration + FAST.retry_period + 1.0)
-    handover = follower.agent.became_active_at(killed_at)
+    wait_for("the follower active", follower.netagent.active, FAST.lease_duration + FAST.retry_period + 1.0,
+             0.02)
+    handover = follower.netagent.became_active_at(killed_at)
     assert handover is not None
     took = handover - killed_at
     print(f"crash handover: {took:.2f}s (lease {FAST.lease_duration}s)")
@@ -177,9 +170,9 @@ def test_graceful_stop_hands_over_at_once(cluster_factory: Callable[[Timings], C
     time.sleep(1.0)
     stopped_at = time.monotonic()
     leader.halt(graceful=True)
-    assert not leader.agent.active()  # fenced before the Lease was released
-    assert wait_for(follower.agent.active, 2.0)
-    became = follower.agent.became_active_at(stopped_at)
+    assert not leader.netagent.active()  # fenced before the Lease was released
+    wait_for("the follower active", follower.netagent.active, 2.0, 0.02)
+    became = follower.netagent.became_active_at(stopped_at)
     assert became is not None
     print(f"graceful handover: {became - stopped_at:.3f}s")
     assert became - stopped_at < 1.0
@@ -196,13 +189,13 @@ def test_api_outage_within_grace_keeps_the_leader_active(cluster_factory: Make) 
     end = time.monotonic() + outage
     inactive = 0
     while time.monotonic() < end:
-        inactive += 0 if leader.agent.active() else 1
-        assert not follower.agent.active()
+        inactive += 0 if leader.netagent.active() else 1
+        assert not follower.netagent.active()
         time.sleep(0.05)
     assert leader.elector.state.outage
     c.store.down = False
     assert inactive == 0, "the leader's dataplane stopped during an outage shorter than the grace"
-    assert wait_for(lambda: not leader.elector.state.outage, 2.0)
+    wait_for("the outage to end", lambda: not leader.elector.state.outage, 2.0, 0.02)
     assert leader.elector.state.leading and leader.elector.state.epoch == epoch
     assert not follower.elector.state.leading
     assert c.store.record is not None and c.store.record.holder == leader.name
@@ -217,16 +210,17 @@ def test_api_outage_longer_than_grace_lets_the_role_expire(
     time.sleep(1.0)
     c.store.down = True
     down_at = time.monotonic()
-    assert wait_for(lambda: not leader.agent.active(), t.outage_grace + 1.0)
+    wait_for("the leader standby", lambda: not leader.netagent.active(), t.outage_grace + 1.0, 0.02)
     lapsed = time.monotonic() - down_at
     print(f"role lapsed {lapsed:.2f}s into the outage (grace {t.outage_grace}s)")
     assert lapsed <= t.outage_grace + 0.3  # measured from the outage start, so at most the grace
     # The role ends exactly at last write + grace; the loop notices at its next attempt.
-    assert wait_for(lambda: not leader.elector.state.leading, t.retry_period + 0.5)
-    assert not follower.agent.active()
+    wait_for("the leader to step down", lambda: not leader.elector.state.leading, t.retry_period + 0.5, 0.02)
+    assert not follower.netagent.active()
     time.sleep(1.0)
     c.store.down = False
-    assert wait_for(lambda: len(c.leaders()) == 1 and any(r.agent.active() for r in c.replicas), 5.0)
+    wait_for("one leader, active",
+             lambda: len(c.leaders()) == 1 and any(r.netagent.active() for r in c.replicas), 5.0, 0.02)
     time.sleep(1.0)
     assert len(c.leaders()) == 1
     assert c.double_active_samples == 0 and c.active_overlap() == 0.0
@@ -243,8 +237,9 @@ def test_partitioned_leader_split_brain_bounded_by_grace(
     c, leader, follower = two_replicas(cluster_factory, t)
     time.sleep(1.0)
     leader.lock.cut = True
-    assert wait_for(follower.agent.active, t.lease_duration + 2 * t.retry_period + 1.0)
-    assert wait_for(lambda: not leader.agent.active(), grace + 1.0)
+    wait_for("the follower active", follower.netagent.active, t.lease_duration + 2 * t.retry_period + 1.0,
+             0.02)
+    wait_for("the leader standby", lambda: not leader.netagent.active(), grace + 1.0, 0.02)
     both = c.active_overlap()
     print(f"partition, grace {grace}s: both active for {both:.2f}s")
     assert both <= max(0.0, grace - t.lease_duration) + 0.1
@@ -260,12 +255,13 @@ def test_lease_taken_by_another_writer_demotes_at_once(cluster_factory: Callable
     stamp = micro_time(time.time())
     c.store.force(LeaseRecord("intruder", 2, epoch + 1, stamp, stamp))
     forced_at = time.monotonic()
-    assert wait_for(lambda: not leader.agent.active(), FAST.retry_period + 1.0)
+    wait_for("the leader standby", lambda: not leader.netagent.active(), FAST.retry_period + 1.0, 0.02)
     print(f"demoted {time.monotonic() - forced_at:.2f}s after another holder took the lease")
     assert leader.thread is not None and leader.thread.is_alive()  # no crash
-    assert leader.agent.calls[-1].active is False and leader.agent.calls[-1].epoch == epoch + 1
+    assert leader.netagent.calls[-1].active is False and leader.netagent.calls[-1].epoch == epoch + 1
     # Both keep campaigning: once the intruder's lease runs out, one of them leads again.
-    assert wait_for(lambda: any(r.agent.active() for r in c.replicas), 2 + 2 * FAST.retry_period + 1.0)
+    wait_for("a replica active", lambda: any(r.netagent.active() for r in c.replicas),
+             2 + 2 * FAST.retry_period + 1.0, 0.02)
     assert len(c.leaders()) == 1
     assert c.store.record is not None and c.store.record.transitions == epoch + 2
     assert c.double_active_samples == 0
@@ -276,14 +272,16 @@ def test_leader_whose_agent_refuses_active_steps_down(cluster_factory: Callable[
     duration of refusals it steps down, stays out of the election, and the healthy replica leads."""
     cluster = cluster_factory(FAST)
     a = cluster.add("gw-a")
-    a.agent.refuse_active = True
+    a.netagent.refuse_active = True
     a.start()
-    assert wait_for(lambda: cluster.store.record is not None and cluster.store.record.holder == "gw-a", 3)
+    wait_for("gw-a holding the Lease",
+             lambda: cluster.store.record is not None and cluster.store.record.holder == "gw-a", 3, 0.02)
     b = cluster.add("gw-b")
     b.start()
     t = FAST.lease_duration
-    assert wait_for(lambda: b.elector.state.leading and b.agent.active(), t + 4 * FAST.retry_period + 2)
-    assert not a.elector.state.leading and not a.agent.active()
+    wait_for("gw-b leading and active", lambda: b.elector.state.leading and b.netagent.active(),
+             t + 4 * FAST.retry_period + 2, 0.02)
+    assert not a.elector.state.leading and not a.netagent.active()
     time.sleep(2 * t)  # within the hold-off: the refusing replica does not take the Lease back
     assert cluster.store.record is not None and cluster.store.record.holder == "gw-b"
-    assert b.agent.active()
+    assert b.netagent.active()

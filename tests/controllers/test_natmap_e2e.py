@@ -17,20 +17,12 @@ from pathlib import Path
 import pytest
 
 from sandbox.testkit.hosts import link_nodes
+from sandbox.testkit.lab import ID_A, NS_B, Cluster, Lab, tep_for_a, tep_for_b, why_unavailable
+from sandbox.testkit.resources import nat_mapping
+from sandbox.testkit.traffic import ping_ok
+from sandbox.testkit.wait import wait_for
 from services.common.vocabulary import FINALIZER, NAT_MAPPINGS
 from services.tunnel import status as st
-from tests.controllers.realagent import (
-    ID_A,
-    NS_B,
-    Cluster,
-    Lab,
-    natmapping_body,
-    ping_ok,
-    tep_for_a,
-    tep_for_b,
-    wait_until,
-    why_unavailable,
-)
 
 pytestmark = pytest.mark.root
 
@@ -85,16 +77,16 @@ def warnings(c: Cluster, reason: str) -> list[dict[str, object]]:
 
 def test_natmapping_waits_for_its_tunnel_then_applies(pair: Pair) -> None:
     a, b = pair.a, pair.b
-    b.kube.create(NAT_MAPPINGS, natmapping_body(NM, ID_A, "10.80.0.0/16", "10.70.0.0/16",
-                                               {POD_B: "10.70.0.7"}))
-    ev = wait_until("a TunnelNotReady Event", lambda: warnings(b, "TunnelNotReady"))
+    b.kube.create(NAT_MAPPINGS, nat_mapping(name=NM, cluster_id=ID_A, pod_cidr="10.80.0.0/16",
+                                            external_cidr="10.70.0.0/16", mappings={POD_B: "10.70.0.7"}))
+    ev = wait_for("a TunnelNotReady Event", lambda: warnings(b, "TunnelNotReady"))
     assert ID_A in str(ev[0]["message"])
     assert pair.dnat() == {}, "nothing is applied before the tunnel exists"
-    assert [t.tunnel.cluster_id for t in b.agent.list_tunnels()] == []
+    assert [t.tunnel.cluster_id for t in b.netagent.list_tunnels()] == []
     b.create_tep(tep_for_a(A_UL, a.public_key))
-    wait_until("the DNAT rule once the tunnel exists", lambda: pair.dnat() == {"10.70.0.7": POD_B})
+    wait_for("the DNAT rule once the tunnel exists", lambda: pair.dnat() == {"10.70.0.7": POD_B})
     a.wait_status("cluster-b", NS_B, st.CONNECTED)
-    wait_until("A pod -> 10.70.0.7 (B's pod)", lambda: pair.reaches("10.70.0.7"))
+    wait_for("A pod -> 10.70.0.7 (B's pod)", lambda: pair.reaches("10.70.0.7"))
     assert FINALIZER in (b.natmapping(NM) or {}).get("metadata", {}).get("finalizers", [])
     assert [e for e in b.events_for(NM, "default", "Normal") if e["reason"] == "MappingsApplied"]
 
@@ -102,7 +94,7 @@ def test_natmapping_waits_for_its_tunnel_then_applies(pair: Pair) -> None:
 def test_changed_mapping_moves_the_address(pair: Pair) -> None:
     b = pair.b
     b.kube.patch(NAT_MAPPINGS, NM, {"spec": {"clusterMappings": {POD_B: "10.70.0.8"}}})
-    wait_until("A pod -> 10.70.0.8", lambda: pair.reaches("10.70.0.8"))
+    wait_for("A pod -> 10.70.0.8", lambda: pair.reaches("10.70.0.8"))
     assert pair.dnat() == {"10.70.0.8": POD_B}, pair.dnat_rules()
     assert not pair.reaches("10.70.0.7"), "the old address must stop working"
     save = b.netns("iptables-legacy-save", "-t", "nat")
@@ -117,12 +109,12 @@ def test_invalid_entries_are_reported_and_valid_ones_applied(pair: Pair) -> None
         "10.0.2.8": "10.99.0.1",  # outside the external CIDR
         "10.0.2.9": "10.70.0.8",  # already used by 10.0.2.7
     }}})
-    ev = wait_until("an InvalidMappings Event", lambda: warnings(b, "InvalidMappings"))
+    ev = wait_for("an InvalidMappings Event", lambda: warnings(b, "InvalidMappings"))
     msg = str(ev[0]["message"])
     assert msg.startswith("3 entries skipped, 2 applied"), msg
     for bad in ("not-an-ip", "10.0.2.8: 10.99.0.1 is outside", "10.0.2.9: 10.70.0.8 is already mapped"):
         assert bad in msg, msg
-    wait_until("the valid entries applied",
+    wait_for("the valid entries applied",
                lambda: pair.dnat() == {"10.70.0.8": POD_B, "10.70.0.10": "10.0.2.10"})
     save = b.netns("iptables-legacy-save", "-t", "nat")
     assert "10.99.0.1" not in save and "10.70.0.20" not in save and "10.0.2.9" not in save
@@ -132,7 +124,7 @@ def test_invalid_entries_are_reported_and_valid_ones_applied(pair: Pair) -> None
 def test_deleting_the_natmapping_removes_its_rules_and_finalizer(pair: Pair) -> None:
     b = pair.b
     b.kube.delete(NAT_MAPPINGS, NM)
-    wait_until("the NatMapping (and its finalizer) to go", lambda: b.natmapping(NM) is None)
+    wait_for("the NatMapping (and its finalizer) to go", lambda: b.natmapping(NM) is None)
     assert pair.dnat() == {}
     save = b.netns("iptables-legacy-save", "-t", "nat")
     assert "10.70.0.8/32" not in save and "10.70.0.10/32" not in save

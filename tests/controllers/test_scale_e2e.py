@@ -17,18 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.testkit.fanout import HUB_TENANT_NS, Fanout, percentile
+from sandbox.testkit.lab import Lab, liqo_chains, why_unavailable
+from sandbox.testkit.wait import wait_for
 from services.common.tunnelspec import chain_suffix
 from services.common.vocabulary import TUNNEL_ENDPOINTS
 from services.tunnel import status as st
-from tests.controllers.realagent import (
-    HUB_TENANT_NS,
-    Fanout,
-    Lab,
-    liqo_chains,
-    percentile,
-    wait_until,
-    why_unavailable,
-)
 
 pytestmark = pytest.mark.root
 
@@ -92,7 +86,7 @@ def test_100_tunnelendpoints_are_programmed_and_the_live_ones_connect(fanout: Fa
         s = statuses()
         return all(s[n].get("status") == st.ERROR for n in dead)
 
-    wait_until("the unreachable ones to be reported in Error", all_dead_in_error, timeout=30)
+    wait_for("the unreachable ones to be reported in Error", all_dead_in_error, timeout=30)
     final = statuses()
     assert all(final[n]["statusMessage"] == st.MSG_DISCONNECTED for n in dead)
     assert all(final[n]["status"] == st.CONNECTED for n in run.live), {n: final[n] for n in run.live}

@@ -21,23 +21,23 @@ from pathlib import Path
 import pytest
 
 from sandbox.testkit.hosts import link_nodes
-from services.common.vocabulary import TUNNEL_ENDPOINTS
-from services.tunnel import status as st
-from tests.controllers.realagent import (
+from sandbox.testkit.lab import (
     NS_A,
     NS_B,
     WG_PORT,
     Cluster,
     Lab,
     liqo_chains,
-    ping_ok,
-    snapshot_diff,
-    tep_body,
     tep_for_a,
     tep_for_b,
-    wait_until,
     why_unavailable,
 )
+from sandbox.testkit.netagent import snapshot_diff
+from sandbox.testkit.resources import tunnel_endpoint
+from sandbox.testkit.traffic import ping_ok
+from sandbox.testkit.wait import wait_for
+from services.common.vocabulary import TUNNEL_ENDPOINTS
+from services.tunnel import status as st
 
 pytestmark = pytest.mark.root
 
@@ -80,7 +80,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         b.create_tep(tep_for_a(A_UL, a.public_key))
         p = Pair(a, b, b_dev, a_empty)
         a.wait_status("cluster-b", NS_B, st.CONNECTED)
-        wait_until("A pod -> B pod", p.a_pings_b)
+        wait_for("A pod -> B pod", p.a_pings_b)
         yield p
 
 
@@ -107,12 +107,12 @@ def test_endpoint_change_converges(pair: Pair) -> None:
     TunnelEndpoint names the new address, and only then flows again."""
     a, b = pair.a, pair.b
     b.node.run("ip", "addr", "del", f"{B_UL}/24", "dev", pair.b_underlay_dev)
-    wait_until("traffic to stop on the lost address", lambda: not pair.a_pings_b())
+    wait_for("traffic to stop on the lost address", lambda: not pair.a_pings_b())
     a.patch_tep_spec("cluster-b", NS_B, {"endpointIP": B_UL2})
-    wait_until("A pod -> B pod over the new endpoint", pair.a_pings_b, timeout=30)
+    wait_for("A pod -> B pod over the new endpoint", pair.a_pings_b, timeout=30)
     # B now reaches A over the second underlay too.
     b.patch_tep_spec("cluster-a", NS_A, {"endpointIP": A_UL2})
-    wait_until("B's peer endpoint", lambda: b.wg_peers()[a.public_key]["endpoint"] == f"{A_UL2}:{WG_PORT}")
+    wait_for("B's peer endpoint", lambda: b.wg_peers()[a.public_key]["endpoint"] == f"{A_UL2}:{WG_PORT}")
     assert a.wg_peers()[b.public_key]["endpoint"] == f"{B_UL2}:{WG_PORT}"
     assert pair.b_pings_a()
     conn = a.wait_status("cluster-b", NS_B, st.CONNECTED,
@@ -129,12 +129,12 @@ def test_public_key_rotation_converges(pair: Pair) -> None:
     a, b = pair.a, pair.b
     old = b.public_key
     new = b.rotate_key()
-    wait_until("B's device to hold the new key", lambda: b.agent.get_info().public_key == new.public_key)
+    wait_for("B's device to hold the new key", lambda: b.netagent.get_info().public_key == new.public_key)
     assert b.public_key == new.public_key
-    wait_until("traffic to stop with the old key", lambda: not pair.a_pings_b())
+    wait_for("traffic to stop with the old key", lambda: not pair.a_pings_b())
     a.patch_tep_spec("cluster-b", NS_B, {"backend_config": {"publicKey": new.public_key,
                                                              "port": str(WG_PORT)}})
-    wait_until("A pod -> B pod with the new key", pair.a_pings_b, timeout=30)
+    wait_for("A pod -> B pod with the new key", pair.a_pings_b, timeout=30)
     assert set(a.wg_peers()) == {new.public_key}
     snap = a.snapshot()
     assert not no_trace(snap, old), "A still holds B's old key"
@@ -150,7 +150,7 @@ def test_remapping_change_converges(pair: Pair) -> None:
     a, b = pair.a, pair.b
     a.patch_tep_spec("cluster-b", NS_B, {"remoteNATPodCIDR": "10.61.0.0/16"})
     b.patch_tep_spec("cluster-a", NS_A, {"localNATPodCIDR": "10.61.0.0/16"})
-    wait_until("A pod -> B pod via 10.61.2.7", lambda: pair.a_pings_b("10.61"), timeout=30)
+    wait_for("A pod -> B pod via 10.61.2.7", lambda: pair.a_pings_b("10.61"), timeout=30)
     assert not pair.a_pings_b("10.60"), "the old remapping must not reach B any more"
     assert pair.b_pings_a(), "B pod -> A pod via 10.80.1.5"
     snap_a, snap_b = a.snapshot(), b.snapshot()
@@ -168,13 +168,14 @@ def test_remapping_change_converges(pair: Pair) -> None:
 def test_invalid_tunnelendpoint_gets_error_and_changes_nothing(pair: Pair) -> None:
     a = pair.a
     before = a.snapshot()
-    bad = tep_body("cluster-c", NS_C, ID_C, local_pod="10.0.0.0/16", local_ext="10.201.0.0/16",
-                   remote_pod="10.0.0.0/16", remote_nat_pod="10.62.0.1/16",  # host bits: not a CIDR
-                   remote_ext="10.202.0.0/16", endpoint="192.0.2.99", public_key=pair.b.public_key)
+    bad = tunnel_endpoint(name="cluster-c", namespace=NS_C, cluster_id=ID_C, local_pod="10.0.0.0/16",
+                          local_ext="10.201.0.0/16", remote_pod="10.0.0.0/16",
+                          remote_nat_pod="10.62.0.1/16",  # host bits: not a CIDR
+                          remote_ext="10.202.0.0/16", endpoint="192.0.2.99", public_key=pair.b.public_key)
     a.create_tep(bad)
     conn = a.wait_status("cluster-c", NS_C, st.ERROR)
     assert "spec.remoteNATPodCIDR" in conn["statusMessage"], conn
-    warnings = wait_until("a Warning Event", lambda: a.events_for("cluster-c", NS_C, "Warning"))
+    warnings = wait_for("a Warning Event", lambda: a.events_for("cluster-c", NS_C, "Warning"))
     assert any(e["reason"] == "InvalidSpec" and "spec.remoteNATPodCIDR" in e["message"] for e in warnings)
     # An invalid edit of the live tunnel: Error and an Event, and the tunnel keeps its last valid
     # settings (traffic flows on).
@@ -187,14 +188,14 @@ def test_invalid_tunnelendpoint_gets_error_and_changes_nothing(pair: Pair) -> No
     time.sleep(3.0)
     obj = a.tep("cluster-b", NS_B) or {}
     assert obj["metadata"]["resourceVersion"] == rv, f"status flapping: {obj['status']}"
-    wait_until("a Warning Event for the edit", lambda: [
+    wait_for("a Warning Event for the edit", lambda: [
         e for e in a.events_for("cluster-b", NS_B, "Warning") if e["reason"] == "InvalidSpec"])
     assert pair.a_pings_b("10.61"), "an invalid edit must not disturb the running tunnel"
     after = a.snapshot()
     assert after == before, snapshot_diff(before, after)
     # Deleting the invalid TunnelEndpoint finalizes it without touching the kernel either.
     a.kube.delete(TUNNEL_ENDPOINTS, "cluster-c", NS_C)
-    wait_until("the invalid TunnelEndpoint to go", lambda: a.tep("cluster-c", NS_C) is None)
+    wait_for("the invalid TunnelEndpoint to go", lambda: a.tep("cluster-c", NS_C) is None)
     a.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.0/16"})
     a.wait_status("cluster-b", NS_B, st.CONNECTED)
     assert a.snapshot() == before
@@ -204,7 +205,7 @@ def test_delete_removes_every_trace_and_the_finalizer(pair: Pair) -> None:
     """Runs last. A's kernel returns exactly to the state it had before the tunnel."""
     a = pair.a
     a.kube.delete(TUNNEL_ENDPOINTS, "cluster-b", NS_B)
-    wait_until("the TunnelEndpoint (and its finalizer) to go", lambda: a.tep("cluster-b", NS_B) is None)
+    wait_for("the TunnelEndpoint (and its finalizer) to go", lambda: a.tep("cluster-b", NS_B) is None)
     snap = a.snapshot()
     assert a.wg_peers() == {}
     assert a.netns("ip", "-4", "route", "show", "table", "main", "dev", "liqo.tunnel").strip() == ""
@@ -212,4 +213,4 @@ def test_delete_removes_every_trace_and_the_finalizer(pair: Pair) -> None:
     assert not liqo_chains(snap["iptables"])
     assert snap == pair.a_empty, snapshot_diff(pair.a_empty, snap)
     assert not pair.a_pings_b("10.61")
-    assert a.agent.list_tunnels() == []
+    assert a.netagent.list_tunnels() == []

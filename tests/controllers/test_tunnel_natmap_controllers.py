@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,14 @@ import pytest
 import yaml
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit.resources import namespace
+from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import parse_secret
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, Manager
 from services.common.netagent_client import NetAgentClient, duration
-from services.common.vocabulary import FINALIZER, NAT_MAPPINGS, TUNNEL_ENDPOINTS
+from services.common.vocabulary import FINALIZER, NAMESPACES, NAT_MAPPINGS, TUNNEL_ENDPOINTS
 from services.natmap.controller import NatMappingController
 from services.tunnel.controller import TunnelController, TunnelOptions
 
@@ -159,37 +161,25 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
             return pb.DeleteNatMappingsResponse(deleted=self.nat.pop(req.cluster_id, None) is not None)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def env() -> Iterator[tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]]:
-    tmp = tempfile.mkdtemp(prefix="liqo-ctl-")
-    sock = os.path.join(tmp, "agent.sock")
     fake = FakeNetAgent()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    pb_grpc.add_NetAgentServiceServicer_to_server(fake, server)
-    server.add_insecure_port(f"unix://{sock}")
-    server.start()
-    with KubeAPIServer(crd_dirs=[str(ROOT / "charts/liqo-gateway/crds")]) as api:
-        kube = KubeClient(api.api_client(), timeout=3)
-        for ns in (NS, GW_NS):
-            kube.request("POST", "/api/v1/namespaces",
-                         body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    # The socket's directory goes as a whole once the server has stopped (a stopping gRPC server
+    # removes its socket itself: checking, then unlinking, would race with it).
+    with tempfile.TemporaryDirectory(prefix="liqo-ctl-") as tmp:
+        sock = os.path.join(tmp, "agent.sock")
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        pb_grpc.add_NetAgentServiceServicer_to_server(fake, server)
+        server.add_insecure_port(f"unix://{sock}")
+        server.start()
         try:
-            yield api, kube, fake, sock
+            with KubeAPIServer(crd_dirs=[str(ROOT / "charts/liqo-gateway/crds")]) as api:
+                kube = KubeClient(api.api_client(), timeout=3)
+                for ns in (NS, GW_NS):
+                    kube.create(NAMESPACES, namespace(ns))
+                yield api, kube, fake, sock
         finally:
-            server.stop(0)
-            if os.path.exists(sock):
-                os.unlink(sock)
-            os.rmdir(tmp)
+            server.stop(0).wait()
 
 
 def start_tunnel(api: KubeAPIServer, sock: str) -> tuple[Manager, TunnelController, NetAgentClient]:
@@ -220,8 +210,8 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
     mgr, ctl, agent = start_tunnel(api, sock)
     try:
         # The key Secret is created and handed to the agent, even while standby.
-        secret = wait_for(lambda: fake.public_key and kube.get(SECRETS, "wireguard-pubkey", GW_NS),
-                          what="key Secret created and device configured")
+        secret = wait_for("key Secret created and device configured",
+                          lambda: fake.public_key and kube.get(SECRETS, "wireguard-pubkey", GW_NS), 10.0)
         assert parse_secret(secret).public_key == fake.public_key
         assert secret["metadata"]["labels"] == {"net.liqo.io/key": "wireguard"}
         time.sleep(0.5)
@@ -231,10 +221,10 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
 
         t0 = time.monotonic()
         fake.set_role(pb.ROLE_ACTIVE)
-        wait_for(lambda: CID in fake.tunnels, what="EnsureTunnel")
+        wait_for("EnsureTunnel", lambda: CID in fake.tunnels, 10.0)
         assert FINALIZER in get_tep(kube)["metadata"]["finalizers"]
-        wait_for(lambda: "orphan-cluster" not in fake.tunnels, what="orphan removed")
-        st = wait_for(lambda: (get_tep(kube).get("status") or {}).get("connection"), what="status")
+        wait_for("orphan removed", lambda: "orphan-cluster" not in fake.tunnels, 10.0)
+        st = wait_for("status", lambda: (get_tep(kube).get("status") or {}).get("connection"), 10.0)
         assert st["status"] == "Connecting"
         assert st["statusMessage"] == "Waiting VPN connection to be established"
         assert get_tep(kube)["status"]["gatewayIP"] == "10.0.0.5"
@@ -244,8 +234,8 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
         assert t.endpoint_port == 5871
 
         fake.set_state(CID, pb.TUNNEL_STATE_CONNECTED)
-        conn = wait_for(lambda: (get_tep(kube)["status"]["connection"]["status"] == "Connected")
-                        and get_tep(kube)["status"]["connection"], what="Connected")
+        conn = wait_for("Connected", lambda: (get_tep(kube)["status"]["connection"]["status"] == "Connected")
+                        and get_tep(kube)["status"]["connection"], 10.0)
         print(f"\nCR active -> Connected in status: {time.monotonic() - t0:.3f}s")
         assert conn["latency"]["value"] == "12ms"
         assert conn["statusMessage"] == "VPN connection established"
@@ -256,8 +246,8 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
         kube.patch(TUNNEL_ENDPOINTS, obj["metadata"]["name"],
                    {"spec": {"endpointIP": "192.0.2.77",
                              "backend_config": {"publicKey": new_key, "port": "5872"}}}, NS)
-        wait_for(lambda: (fake.tunnels[CID].public_key, fake.tunnels[CID].endpoint)
-                 == (new_key, "192.0.2.77"), what="converged edit")
+        wait_for("converged edit", lambda: (fake.tunnels[CID].public_key, fake.tunnels[CID].endpoint)
+                 == (new_key, "192.0.2.77"), 10.0)
 
         # An invalid spec (passes the schema, fails semantics): Error + Event, no netagent call.
         bad = copy.deepcopy(TEP)
@@ -265,15 +255,16 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
         bad["spec"]["clusterIdentity"]["clusterID"] = "other-cluster"
         bad["spec"]["remoteNATPodCIDR"] = "10.220.0.0/16"  # on our external CIDR
         kube.create(TUNNEL_ENDPOINTS, bad, NS)
-        st = wait_for(lambda: (get_tep(kube, "bad").get("status") or {}).get("connection"), what="bad status")
+        st = wait_for("bad status", lambda: (get_tep(kube, "bad").get("status") or {}).get("connection"),
+                      10.0)
         assert st["status"] == "Error" and "overlaps" in st["statusMessage"]
-        assert "InvalidSpec" in wait_for(lambda: reasons(kube, NS), what="events")
+        assert "InvalidSpec" in wait_for("events", lambda: reasons(kube, NS), 10.0)
         assert "other-cluster" not in fake.tunnels
         assert not [c for c in fake.calls if "other-cluster" in c]
 
         # Standby again: mutations stop at once.
         fake.set_role(pb.ROLE_STANDBY)
-        wait_for(lambda: ctl.controller.paused, what="paused")
+        wait_for("paused", lambda: ctl.controller.paused, 10.0)
         n_calls = len(fake.calls)
         late = copy.deepcopy(TEP)
         late["metadata"]["name"] = "late"
@@ -286,11 +277,11 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
         assert [c for c in fake.calls[n_calls:] if not c.startswith("ConfigureDevice")] == []
         # ... and resume with a full resync.
         fake.set_role(pb.ROLE_ACTIVE)
-        wait_for(lambda: "late-cluster" in fake.tunnels, what="late tunnel after resume")
+        wait_for("late tunnel after resume", lambda: "late-cluster" in fake.tunnels, 10.0)
 
         # Deletion removes the tunnel and the finalizer.
         kube.delete(TUNNEL_ENDPOINTS, TEP["metadata"]["name"], NS)
-        wait_for(lambda: CID not in fake.tunnels, what="DeleteTunnel")
+        wait_for("DeleteTunnel", lambda: CID not in fake.tunnels, 10.0)
 
         def gone() -> bool:
             try:
@@ -298,7 +289,7 @@ def test_tunnel_controller_lifecycle(env: tuple[KubeAPIServer, KubeClient, FakeN
                 return False
             except Exception:
                 return True
-        wait_for(gone, what="object gone")
+        wait_for("object gone", gone, 10.0)
     finally:
         mgr.shutdown()
         agent.close()
@@ -316,29 +307,29 @@ def test_natmap_controller(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, s
         nm["spec"]["clusterMappings"]["10.200.3.9"] = "10.99.0.1"  # outside externalCIDR: reported
         kube.create(NAT_MAPPINGS, nm)
         # No tunnel yet: retried with backoff, reported.
-        wait_for(lambda: "TunnelNotReady" in reasons(kube, "default"), what="TunnelNotReady event")
+        wait_for("TunnelNotReady event", lambda: "TunnelNotReady" in reasons(kube, "default"), 10.0)
         assert CID not in fake.nat
         # The tunnel appears (TunnelEndpoint + netagent tunnel): applied without waiting for a resync.
         fake.tunnels[CID] = pb.Tunnel(cluster_id=CID, endpoint="192.0.2.10", endpoint_port=5871,
                                       remote_pod_cidr="10.201.0.0/16", remote_external_cidr="10.230.0.0/16")
         kube.create(TUNNEL_ENDPOINTS, TEP, NS)
-        wait_for(lambda: CID in fake.nat, what="mappings applied")
+        wait_for("mappings applied", lambda: CID in fake.nat, 10.0)
         assert fake.nat[CID] == {"169.254.0.1": "10.220.0.1", "10.200.3.7": "10.220.0.2",
                                  "192.168.1.20": "10.220.0.3"}
         assert "InvalidMappings" in reasons(kube, "default")
         # Change.
         kube.patch(NAT_MAPPINGS, nm["metadata"]["name"], {"spec": {"clusterMappings": {"10.200.3.7": None}}})
-        wait_for(lambda: "10.200.3.7" not in fake.nat.get(CID, {"10.200.3.7": ""}), what="mapping removed")
+        wait_for("mapping removed", lambda: "10.200.3.7" not in fake.nat.get(CID, {"10.200.3.7": ""}), 10.0)
         # API outage: nothing crashes; changes made meanwhile are caught up afterwards.
         api.hooks.pause(3)
         time.sleep(3.5)
         kube.patch(NAT_MAPPINGS, nm["metadata"]["name"],
                    {"spec": {"clusterMappings": {"10.200.4.4": "10.220.0.4"}}})
-        wait_for(lambda: fake.nat.get(CID, {}).get("10.200.4.4") == "10.220.0.4", timeout=15,
-                 what="caught up after the outage")
+        wait_for("caught up after the outage",
+                 lambda: fake.nat.get(CID, {}).get("10.200.4.4") == "10.220.0.4", 15)
         # Deletion.
         kube.delete(NAT_MAPPINGS, nm["metadata"]["name"])
-        wait_for(lambda: CID not in fake.nat, what="DeleteNatMappings")
+        wait_for("DeleteNatMappings", lambda: CID not in fake.nat, 10.0)
         assert ctl.controller.alive()
     finally:
         mgr.shutdown()

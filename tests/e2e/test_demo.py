@@ -36,7 +36,7 @@ from sandbox.demo import (
     printer_table,
     tunnel_endpoints_table,
 )
-from sandbox.gateway import NAMESPACES, TUNNEL_ENDPOINTS
+from services.common.vocabulary import NAMESPACES, TUNNEL_ENDPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG_VAR = "LIQO_DEMO_TEST_TAG"

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.gateway import GATEWAY_LABEL, ServiceVIP, _active_pod_ip
+from sandbox.testkit.cluster import ServiceVIP, active_pod_ip
+from services.common.vocabulary import GATEWAY_LABEL
 
 
 def pod(name: str, ip: str | None, label: str | None) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def pod(name: str, ip: str | None, label: str | None) -> dict[str, Any]:
     ],
 )
 def test_active_pod_ip(pods: list[dict[str, Any]], hint: str | None, want: str | None) -> None:
-    assert _active_pod_ip(pods, hint) == want
+    assert active_pod_ip(pods, hint) == want
 
 
 def test_vip_rules_dnat_in_and_snat_out_only_for_the_backend() -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sandbox.testkit.hosts import Node
+from sandbox.testkit.netagent import NetAgent, activate
 from services.api.netagent.v1 import netagent_pb2 as pb
-from tests.integration.netagent_harness import AgentProcess, activate, keypair
+from services.common.keys import generate
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:
@@ -43,47 +45,48 @@ def processes_on(node: Node) -> list[str]:
     return names
 
 
-def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(tmp_path: Path) -> None:
-    _, peer = keypair()
-    with Node("lgt-clean") as node:
-        # Foreign state the node had before Liqo: must survive the uninstall.
-        # (a veth: these kernels have no dummy module)
-        node.run("ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
-        node.run("ip", "link", "set", "foreign0", "up")
-        node.run("ip", "addr", "add", "198.51.100.1/24", "dev", "foreign0")
-        node.run("ip", "rule", "add", "from", "198.51.100.0/24", "lookup", "100", "priority", "18952")
-        node.run("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.254", "table", "100")
-        before = node_state(node)
+def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
+    tmp_path: Path, node_factory: Callable[[str], Node]
+) -> None:
+    peer = generate().public_key
+    node = node_factory("clean")
+    # Foreign state the node had before Liqo: must survive the uninstall.
+    # (a veth: these kernels have no dummy module)
+    node.run("ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
+    node.run("ip", "link", "set", "foreign0", "up")
+    node.run("ip", "addr", "add", "198.51.100.1/24", "dev", "foreign0")
+    node.run("ip", "rule", "add", "from", "198.51.100.0/24", "lookup", "100", "priority", "18952")
+    node.run("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.254", "table", "100")
+    before = node_state(node)
 
-        agent = AgentProcess(node, tmp_path)
-        try:
-            agent.start()
-            priv, _ = keypair()
-            activate(agent, priv)
-            agent.api.EnsureTunnel(
-                pb.EnsureTunnelRequest(
-                    tunnel=pb.Tunnel(
-                        cluster_id="gone",
-                        local_pod_cidr="10.0.0.0/16",
-                        local_external_cidr="10.201.0.0/16",
-                        remote_pod_cidr="10.1.0.0/16",
-                        remote_external_cidr="10.202.0.0/16",
-                        endpoint="192.0.2.50",
-                        endpoint_port=5871,
-                        public_key=peer,
-                    )
+    agent = NetAgent(node, tmp_path)
+    try:
+        agent.start()
+        activate(agent, generate().private_key)
+        agent.api.EnsureTunnel(
+            pb.EnsureTunnelRequest(
+                tunnel=pb.Tunnel(
+                    cluster_id="gone",
+                    local_pod_cidr="10.0.0.0/16",
+                    local_external_cidr="10.201.0.0/16",
+                    remote_pod_cidr="10.1.0.0/16",
+                    remote_external_cidr="10.202.0.0/16",
+                    endpoint="192.0.2.50",
+                    endpoint_port=5871,
+                    public_key=peer,
                 )
             )
-            assert node_state(node) != before
-            agent.signal_stop(signal.SIGTERM)
-        finally:
-            agent.close()
+        )
+        assert node_state(node) != before
+        agent.stop(signal.SIGTERM)
+    finally:
+        agent.close()
 
-        r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state))
-        assert r.returncode == 0, r.stderr
-        assert node_state(node) == before
-        assert "wireguard-go" not in processes_on(node)
-        assert not agent.state.exists() and not agent.socket.exists()
-        # A second cleanup has nothing to do and still succeeds.
-        again = node.run(*CLEANUP, "--state-path", str(agent.state))
-        assert again.returncode == 0 and node_state(node) == before
+    r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state))
+    assert r.returncode == 0, r.stderr
+    assert node_state(node) == before
+    assert "wireguard-go" not in processes_on(node)
+    assert not agent.state.exists() and not agent.socket.exists()
+    # A second cleanup has nothing to do and still succeeds.
+    again = node.run(*CLEANUP, "--state-path", str(agent.state))
+    assert again.returncode == 0 and node_state(node) == before

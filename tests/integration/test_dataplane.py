@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from sandbox.testkit.hosts import Node
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
 from services.netagent.kernel import netns, routes, veth
-from tests.unit.test_tunnelspec import BASE
 
 pytestmark = pytest.mark.root
 
@@ -28,7 +28,7 @@ NS = CFG.netns_name
 
 
 def spec(cluster: str, pod: str, ext: str) -> TunnelSpec:
-    return TunnelSpec.parse(**{**BASE, "cluster_id": cluster, "remote_nat_pod_cidr": pod,
+    return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "cluster_id": cluster, "remote_nat_pod_cidr": pod,
                                "remote_nat_external_cidr": ext})
 
 

@@ -1,5 +1,6 @@
 """The iptables applier against the real kernel, in a throwaway netns per test, checked with
-iptables-legacy-save: canonical rendering, idempotency, updates, removal, atomic failure, adoption."""
+iptables-legacy-save: canonical rendering, idempotency, updates, removal, atomic failure, adoption.
+The netns belongs to a kit node and each test body runs inside that node (sandbox.testkit.nodes)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import dataclasses
 import os
 import secrets
 import shlex
-import subprocess
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
 
+from sandbox.testkit.nodes import in_node_netns
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
 from services.netagent.kernel.iptables import Iptables
@@ -28,16 +28,6 @@ pytestmark = [
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 CFG = AgentConfig()
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"lgt-ipt-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 def run(netns: str, *cmd: str, stdin: str | None = None) -> str:
@@ -111,6 +101,7 @@ def all_kinds() -> tuple[list[TunnelSpec], dict[str, dict[IPv4Address, IPv4Addre
     return specs, {s.cluster_id: nat_map(s, 5) for s in specs}
 
 
+@in_node_netns("ipt")
 def test_what_we_render_is_what_the_kernel_prints(netns: str) -> None:
     specs, maps = all_kinds()
     desired = desired_state(specs, maps, CFG)
@@ -121,6 +112,7 @@ def test_what_we_render_is_what_the_kernel_prints(netns: str) -> None:
     assert Iptables(netns).read() == desired
 
 
+@in_node_netns("ipt")
 def test_second_apply_changes_nothing_and_a_new_instance_adopts(netns: str) -> None:
     specs, maps = all_kinds()
     desired = desired_state(specs, maps, CFG)
@@ -137,6 +129,7 @@ def test_second_apply_changes_nothing_and_a_new_instance_adopts(netns: str) -> N
     assert adopter.cluster_suffixes() == {s.chain_suffix for s in specs}
 
 
+@in_node_netns("ipt")
 def test_update_replaces_old_rules(netns: str) -> None:
     ipt = Iptables(netns)
     old = tunnel(1)
@@ -153,6 +146,7 @@ def test_update_replaces_old_rules(netns: str) -> None:
     assert ("mangle", "LIQO-MSS", (*clamp, "--set-mss", "1360")) in rules
 
 
+@in_node_netns("ipt")
 def test_removing_a_cluster_leaves_the_others_intact(netns: str) -> None:
     a, b = tunnel(1, local_nat=True), tunnel(2, remote_nat_pod=True)
     maps = {a.cluster_id: nat_map(a, 20), b.cluster_id: nat_map(b, 20)}
@@ -183,6 +177,7 @@ COMMIT
 """
 
 
+@in_node_netns("ipt")
 def test_foreign_rules_survive_and_remove_all_restores_the_rest_exactly(netns: str) -> None:
     run(netns, "iptables-legacy-restore", "--noflush", stdin=FOREIGN)
     untouched = save(netns)
@@ -200,6 +195,7 @@ def test_foreign_rules_survive_and_remove_all_restores_the_rest_exactly(netns: s
     assert all(line.startswith(":") and " ACCEPT " in line for line in loaded)
 
 
+@in_node_netns("ipt")
 def test_a_failed_write_leaves_every_table_as_it_was(netns: str) -> None:
     s = tunnel(1, local_nat=True)
     ipt = Iptables(netns)
@@ -221,6 +217,7 @@ def test_a_failed_write_leaves_every_table_as_it_was(netns: str) -> None:
     assert ipt.apply(renamed) and Iptables(netns).read() == renamed
 
 
+@in_node_netns("ipt")
 def test_changes_behind_our_back_are_repaired(netns: str) -> None:
     s = tunnel(1)
     ipt = Iptables(netns)
@@ -250,6 +247,7 @@ def test_changes_behind_our_back_are_repaired(netns: str) -> None:
     assert Iptables(netns).read() == desired2
 
 
+@in_node_netns("ipt")
 def test_one_entry_change_in_a_large_map_is_one_small_restore(netns: str) -> None:
     s = tunnel(1, local_nat=True)
     big = nat_map(s, 10000)

@@ -2,7 +2,7 @@
 an underlay veth through real wireguard-go: traffic, NAT, idempotency, fencing, restart and removal.
 
 Cluster A sees B's pods as 10.60.0.0/16 and B's external CIDR as 10.70.0.0/16; cluster B sees A's pods
-as 10.80.0.0/16 and A's external CIDR as 10.90.0.0/16 (reference 5.3's worked example).
+as 10.80.0.0/16 and A's external CIDR as 10.90.0.0/16.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +19,13 @@ import grpc
 import pytest
 
 from sandbox.testkit.hosts import Node, Pod, link_nodes
+from sandbox.testkit.netagent import NetAgent, activate, kernel_snapshot
+from sandbox.testkit.nodes import NodeFactory
+from sandbox.testkit.traffic import background_ping, ping_loss, ping_ok
+from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.keys import generate
 from services.common.tunnelspec import chain_suffix
-from tests.integration.netagent_harness import (
-    AgentProcess,
-    activate,
-    background_ping,
-    kernel_snapshot,
-    keypair,
-    ping_loss,
-)
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:
@@ -41,7 +38,7 @@ UNDERLAY_A, UNDERLAY_B = "192.0.2.1", "192.0.2.2"
 @dataclass
 class Side:
     node: Node
-    agent: AgentProcess
+    agent: NetAgent
     pod: Pod
     priv: str
     pub: str
@@ -94,21 +91,6 @@ class Pair:
         self.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_b()))
 
 
-def wait_for(what: str, check: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ping_ok(pod: Pod, target: str, count: int = 2) -> bool:
-    return (
-        pod.run("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", target, check=False).returncode == 0
-    )
-
-
 def tunnel_state(side: Side, cluster: str) -> int:
     entries = side.agent.api.ListTunnels(pb.ListTunnelsRequest()).tunnels
     return next((e.status.state for e in entries if e.tunnel.cluster_id == cluster), -1)
@@ -117,14 +99,16 @@ def tunnel_state(side: Side, cluster: str) -> int:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     work = tmp_path_factory.mktemp("two-nodes")
-    with Node("lgt-a") as na, Node("lgt-b") as nb:
+    with NodeFactory() as nodes:
+        na, nb = nodes.make("a"), nodes.make("b")
         link_nodes(na, UNDERLAY_A, nb, UNDERLAY_B)
         sides = []
         for node, pod_ip in ((na, "10.0.1.5"), (nb, "10.0.2.7")):
             pod = node.add_pod("web", f"{pod_ip}/16", "10.0.255.254")
-            agent = AgentProcess(node, Path(work / node.name), "--resync-interval", "1")
+            agent = NetAgent(node, Path(work / node.name), args=("--resync-interval", "1"))
             agent.start()
-            priv, pub = keypair()
+            keys = generate()
+            priv, pub = keys.private_key, keys.public_key
             activate(agent, priv)
             sides.append(Side(node, agent, pod, priv, pub))
         p = Pair(*sides)
@@ -137,12 +121,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 def test_pods_with_the_same_cidr_reach_each_other_through_remapped_addresses(pair: Pair) -> None:
-    wait_for("A pod -> B pod via 10.60.2.7", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
-    assert ping_ok(pair.b.pod, "10.80.1.5"), "B pod -> A pod via 10.80.1.5"
+    wait_for("A pod -> B pod via 10.60.2.7", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
+    assert ping_ok(pair.b.pod, "10.80.1.5", count=2), "B pod -> A pod via 10.80.1.5"
 
 
 def test_tcp_both_directions_sees_netmapped_sources(pair: Pair) -> None:
-    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
     for server, client, target, expect_src in (
         (pair.b.pod, pair.a.pod, "10.60.2.7", "10.80.1.5"),
         (pair.a.pod, pair.b.pod, "10.80.1.5", "10.60.2.7"),
@@ -164,8 +148,8 @@ def test_tcp_both_directions_sees_netmapped_sources(pair: Pair) -> None:
 
 
 def test_probe_reports_connected_with_latency(pair: Pair) -> None:
-    wait_for("A sees B connected", lambda: tunnel_state(pair.a, ID_B) == pb.TUNNEL_STATE_CONNECTED)
-    wait_for("B sees A connected", lambda: tunnel_state(pair.b, ID_A) == pb.TUNNEL_STATE_CONNECTED)
+    wait_for("A sees B connected", lambda: tunnel_state(pair.a, ID_B) == pb.TUNNEL_STATE_CONNECTED, 20)
+    wait_for("B sees A connected", lambda: tunnel_state(pair.b, ID_A) == pb.TUNNEL_STATE_CONNECTED, 20)
     st = pair.a.agent.api.ListTunnels(pb.ListTunnelsRequest()).tunnels[0].status
     assert st.HasField("latency") and 0 < st.latency.ToNanoseconds() < 1_000_000_000
     assert st.endpoint_ip == UNDERLAY_B and st.rx_bytes > 0 and st.tx_bytes > 0
@@ -179,7 +163,7 @@ def test_nat_mapping_address_reaches_its_workload(pair: Pair) -> None:
     )
     assert r.count == 1
     try:
-        wait_for("A pod -> 10.70.0.7", lambda: ping_ok(pair.a.pod, "10.70.0.7"))
+        wait_for("A pod -> 10.70.0.7", lambda: ping_ok(pair.a.pod, "10.70.0.7", count=2), 20)
         save = pair.b.node.exec_in_netns("liqo-netns", ["iptables-legacy-save", "-t", "nat"]).stdout
         assert "-d 10.70.0.7/32 -j DNAT --to-destination 10.0.2.7" in save
     finally:
@@ -215,7 +199,7 @@ def test_spec_change_converges_in_place(pair: Pair) -> None:
         assert "10.60.0.0/16" not in snap["iptables"]
     finally:
         api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
-    wait_for("traffic back on the original remapping", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("traffic back on the original remapping", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
 
 
 def test_invalid_request_changes_nothing(pair: Pair) -> None:
@@ -245,7 +229,7 @@ def test_standby_refuses_mutations_and_demotion_removes_peers(pair: Pair) -> Non
         assert not ping_ok(pair.a.pod, "10.60.2.7", count=1)
     finally:
         activate(pair.a.agent, pair.a.priv, epoch=info.epoch + 1)
-    wait_for("traffic after re-promotion", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("traffic after re-promotion", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
 
 
 def test_role_expiry_fences_the_dataplane(pair: Pair) -> None:
@@ -253,33 +237,33 @@ def test_role_expiry_fences_the_dataplane(pair: Pair) -> None:
     wait_for(
         "peers removed after expiry",
         lambda: pair.a.node.exec_in_netns("liqo-netns", ["wg", "show", "all", "peers"]).stdout.strip() == "",
-        timeout=5,
+        5,
     )
     assert pair.a.agent.api.GetInfo(pb.GetInfoRequest()).role == pb.ROLE_STANDBY
     activate(pair.a.agent, pair.a.priv, epoch=pair.a.agent.api.GetInfo(pb.GetInfoRequest()).epoch)
-    wait_for("traffic after renewal", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("traffic after renewal", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
 
 
 def test_drift_is_repaired(pair: Pair) -> None:
     """Someone flushes our chain, deletes our route and our rule: the agent's resync puts them back."""
     node = pair.a.node
-    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
     before = kernel_snapshot(node)
     chain = f"LIQO-PSTRT-CLS-{chain_suffix(ID_B)}"
     node.exec_in_netns("liqo-netns", ["iptables-legacy", "-t", "nat", "-F", chain])
     node.exec_in_netns("liqo-netns", ["ip", "route", "del", "10.60.0.0/16"])
     node.run("ip", "rule", "del", "to", "10.60.0.0/16", "lookup", "18952")
     assert kernel_snapshot(node) != before
-    wait_for("drift repaired", lambda: kernel_snapshot(node) == before, timeout=10)
-    assert ping_ok(pair.a.pod, "10.60.2.7")
+    wait_for("drift repaired", lambda: kernel_snapshot(node) == before, 10)
+    assert ping_ok(pair.a.pod, "10.60.2.7", count=2)
 
 
 def test_sigkill_and_restart_keeps_traffic_and_adopts(pair: Pair) -> None:
-    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7"))
+    wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
     before = kernel_snapshot(pair.a.node)
     with background_ping(pair.a.pod, "10.60.2.7") as ping:
         time.sleep(0.5)
-        pair.a.agent.signal_stop(signal.SIGKILL)
+        pair.a.agent.stop(signal.SIGKILL)
         time.sleep(1.0)
         pair.a.agent.start()
         time.sleep(0.5)
@@ -294,32 +278,29 @@ def test_sigkill_and_restart_keeps_traffic_and_adopts(pair: Pair) -> None:
 
 def test_sigterm_leaves_kernel_state(pair: Pair) -> None:
     before = kernel_snapshot(pair.a.node)
-    pair.a.agent.signal_stop(signal.SIGTERM)
+    pair.a.agent.stop(signal.SIGTERM)
     try:
-        assert ping_ok(pair.a.pod, "10.60.2.7"), "traffic must flow while the agent is down"
+        assert ping_ok(pair.a.pod, "10.60.2.7", count=2), "traffic must flow while the agent is down"
         assert kernel_snapshot(pair.a.node) == before
     finally:
         pair.a.agent.start()
 
 
-def test_delete_tunnel_removes_everything_it_created(pair: Pair, tmp_path: Path) -> None:
+def test_delete_tunnel_removes_everything_it_created(
+    pair: Pair, tmp_path: Path, node_factory: Callable[[str], Node]
+) -> None:
     """Run last: a third node's agent gets one tunnel, then deletes it; its kernel state returns to
     exactly what the agent had before the tunnel."""
-    with Node("lgt-c") as nc:
-        agent = AgentProcess(nc, tmp_path / "c")
-        try:
-            agent.start()
-            priv, _ = keypair()
-            activate(agent, priv)
-            empty = kernel_snapshot(nc)
-            agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
-            agent.api.SetNatMappings(
-                pb.SetNatMappingsRequest(cluster_id=ID_B, mappings={"10.0.3.3": "10.90.0.9"})
-            )
-            with_tunnel = kernel_snapshot(nc)
-            assert with_tunnel != empty
-            assert agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted
-            assert kernel_snapshot(nc) == empty
-            assert not agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted
-        finally:
-            agent.close()
+    nc = node_factory("c")
+    with NetAgent(nc, tmp_path / "c") as agent:
+        activate(agent, generate().private_key)
+        empty = kernel_snapshot(nc)
+        agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
+        agent.api.SetNatMappings(
+            pb.SetNatMappingsRequest(cluster_id=ID_B, mappings={"10.0.3.3": "10.90.0.9"})
+        )
+        with_tunnel = kernel_snapshot(nc)
+        assert with_tunnel != empty
+        assert agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted
+        assert kernel_snapshot(nc) == empty
+        assert not agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted

@@ -1,4 +1,5 @@
-"""The probe for real: two throwaway netns joined by a veth, a Prober in each, the link cut and restored."""
+"""The probe for real: two netns of a kit node joined by a veth, a Prober in each, the link cut and
+restored."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 import pytest
 
+from sandbox.testkit.hosts import Node
+from sandbox.testkit.nodes import add_netns
+from sandbox.testkit.wait import wait_for
 from services.netagent.kernel.probe import Prober
 from services.netagent.plan.probe import ProbeState, ProbeStatus
 
@@ -54,42 +58,36 @@ class Side:
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[Side, Side]]:
-    suffix = secrets.token_hex(4)
-    a = Side(f"lgt-probe-{suffix}-a", "pa")
-    b = Side(f"lgt-probe-{suffix}-b", "pb")
-    created: list[str] = []
+def pair(node_factory: Callable[[str], Node]) -> tuple[Node, Side, Side]:
+    """A node owning two named netns joined by a veth (created inside A with its peer in B). The
+    Probers open /run/netns/NAME, so the test body runs inside the node (Node.call)."""
+    node = node_factory("probe")
+    a = Side(add_netns(node, "lgt-probe-a"), "pa")
+    b = Side(add_netns(node, "lgt-probe-b"), "pb")
+    node.run("ip", "-n", a.netns, "link", "add", a.veth, "type", "veth", "peer", "name", b.veth,
+             "netns", b.netns)
+    for side, addr in ((a, ADDR_A), (b, ADDR_B)):
+        node.run("ip", "-n", side.netns, "addr", "add", f"{addr}/24", "dev", side.veth)
+        node.run("ip", "-n", side.netns, "link", "set", side.veth, "up")
+    return node, a, b
+
+
+def test_two_netns_connect_detect_a_cut_and_recover(pair: tuple[Node, Side, Side]) -> None:
+    node, a, b = pair
+    node.call(connect_detect_a_cut_and_recover, a, b, timeout=120)
+
+
+def connect_detect_a_cut_and_recover(a: Side, b: Side) -> None:
+    """Runs inside the node; the probers are stopped whatever happens."""
     try:
-        for side in (a, b):
-            ip("netns", "add", side.netns)
-            created.append(side.netns)
-            ip("-n", side.netns, "link", "set", "lo", "up")
-        # Created inside A with its peer in B: no link ever exists in the root namespace.
-        ip("-n", a.netns, "link", "add", a.veth, "type", "veth", "peer", "name", b.veth, "netns", b.netns)
-        for side, addr in ((a, ADDR_A), (b, ADDR_B)):
-            ip("-n", side.netns, "addr", "add", f"{addr}/24", "dev", side.veth)
-            ip("-n", side.netns, "link", "set", side.veth, "up")
-        yield a, b
+        _connect_detect_a_cut_and_recover(a, b)
     finally:
         for side in (a, b):
             if side.prober is not None:
                 side.prober.stop()
-        for netns in created:
-            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True, timeout=10)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `cond` held, or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if cond():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    return None
-
-
-def test_two_netns_connect_detect_a_cut_and_recover(pair: tuple[Side, Side]) -> None:
-    a, b = pair
+def _connect_detect_a_cut_and_recover(a: Side, b: Side) -> None:
     threads_before = set(threading.enumerate())
     a.prober = Prober(a.netns, PORT, INTERVAL, THRESHOLD, on_change=a.on_change)
     b.prober = Prober(b.netns, PORT, INTERVAL, THRESHOLD, on_change=b.on_change)
@@ -100,8 +98,10 @@ def test_two_netns_connect_detect_a_cut_and_recover(pair: tuple[Side, Side]) -> 
     a.prober.set_targets({"cluster-b": ADDR_B})
     b.prober.set_targets({"cluster-a": ADDR_A})
 
-    took = wait_until(lambda: a.state("cluster-b") is b.state("cluster-a") is ProbeState.CONNECTED, 3.0)
-    assert took is not None, (a.changes, b.changes)
+    start = time.monotonic()
+    wait_for("both sides CONNECTED",
+             lambda: a.state("cluster-b") is b.state("cluster-a") is ProbeState.CONNECTED, 3.0, 0.01)
+    took = time.monotonic() - start
     assert took < 0.5  # the first PING goes at once
     print(f"connected after {took:.3f}s")
     for side, peer in ((a, "cluster-b"), (b, "cluster-a")):
@@ -122,7 +122,7 @@ def test_two_netns_connect_detect_a_cut_and_recover(pair: tuple[Side, Side]) -> 
     ip("-n", a.netns, "link", "set", a.veth, "down")
     time.sleep(WINDOW - INTERVAL - 0.1)
     assert a.state("cluster-b") is ProbeState.CONNECTED and b.state("cluster-a") is ProbeState.CONNECTED
-    assert wait_until(lambda: len(a.changes) == 2 and len(b.changes) == 2, 3.0) is not None
+    wait_for("both sides' second change", lambda: len(a.changes) == 2 and len(b.changes) == 2, 3.0, 0.01)
     for side in (a, b):
         state, at = side.changes[1]
         assert state is ProbeState.DISCONNECTED
@@ -135,8 +135,7 @@ def test_two_netns_connect_detect_a_cut_and_recover(pair: tuple[Side, Side]) -> 
     # Restore: back to CONNECTED after two consecutive PONGs.
     restored = time.monotonic()
     ip("-n", a.netns, "link", "set", a.veth, "up")
-    back = wait_until(lambda: len(a.changes) == 3 and len(b.changes) == 3, 5.0)
-    assert back is not None, (a.changes, b.changes)
+    wait_for("both sides' third change", lambda: len(a.changes) == 3 and len(b.changes) == 3, 5.0, 0.01)
     for side in (a, b):
         state, at = side.changes[2]
         assert state is ProbeState.CONNECTED

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from sandbox.testkit.hosts import Node, link_nodes
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.common.keys import generate, public_key_of
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
@@ -24,7 +25,6 @@ from services.netagent.kernel.wireguard import (
     UserspaceDevice,
     open_device,
 )
-from tests.unit.test_tunnelspec import BASE
 
 pytestmark = pytest.mark.root
 
@@ -45,7 +45,7 @@ class Side:
 
 
 def spec_towards(peer: Side, pod: str, ext: str) -> TunnelSpec:
-    return TunnelSpec.parse(**{**BASE, "remote_pod_cidr": pod, "remote_nat_pod_cidr": "",
+    return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "remote_pod_cidr": pod, "remote_nat_pod_cidr": "",
                                "remote_external_cidr": ext, "remote_nat_external_cidr": "",
                                "endpoint": peer.underlay_ip, "public_key": peer.pub,
                                "persistent_keepalive": 0})
@@ -144,7 +144,7 @@ def test_tunnel_carries_traffic_and_handshakes(pair: Pair) -> None:
     assert peers[0].rx_bytes > 0 and peers[0].tx_bytes > 0
     assert a.node.call(lambda: open_device(a.cfg).public_key()) == a.pub
 
-    # The design's split: cleartext device in the netns, its UDP socket on the node.
+    # The split: the cleartext device lives in the gateway netns, its UDP socket on the node.
     assert "liqo.tunnel" not in a.node.run("ip", "link").stdout
     gw_links = a.node.exec_in_netns(NS, ["ip", "link"]).stdout
     assert re.search(r"liqo\.tunnel: <[^>]*UP[^>]*> mtu 1340", gw_links)

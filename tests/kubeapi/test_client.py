@@ -10,7 +10,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from sandbox.kubeapi import KubeAPIServer
-from tests.kubeapi.conftest import gadget
+from sandbox.testkit.kubectl import gadget
 
 G, V, P = "test.liqo.io", "v1alpha1", "gadgets"
 

@@ -15,6 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit.wait import wait_for
 
 
 def test_inject_error_for_the_next_matching_requests(
@@ -109,9 +110,7 @@ def test_pause_cuts_open_watches(api: KubeAPIServer, api_client: client.ApiClien
         preload_content=False,
         timeout=urllib3.Timeout(connect=2, read=10),
     )
-    deadline = time.monotonic() + 5
-    while api.hooks.watcher_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for("the watch registered", lambda: api.hooks.watcher_count() != 0, 5, 0.02)
     start = time.monotonic()
     api.hooks.pause(0.5, wait=True)
     with pytest.raises(urllib3.exceptions.HTTPError):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.kubeapi import KubeAPIServer
-from tests.kubeapi.conftest import FIXTURES, Kubectl
+from sandbox.testkit.kubectl import GADGET_FIXTURES as FIXTURES
+from sandbox.testkit.kubectl import Kubectl
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 

@@ -19,7 +19,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from sandbox.kubeapi import KubeAPIServer, crd, gnostic, openapi_v2
 from sandbox.kubeapi.resources import Registry
-from tests.kubeapi.conftest import FIXTURES
+from sandbox.testkit.kubectl import GADGET_FIXTURES as FIXTURES
 
 Fields = dict[int, list[Any]]
 

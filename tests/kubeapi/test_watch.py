@@ -16,7 +16,8 @@ from sandbox.kubeapi import KubeAPIServer
 from sandbox.kubeapi.resources import BUILTINS
 from sandbox.kubeapi.selectors import FieldSelector, LabelSelector
 from sandbox.kubeapi.store import Store
-from tests.kubeapi.conftest import gadget
+from sandbox.testkit.kubectl import gadget
+from sandbox.testkit.wait import wait_for
 
 G, V, P = "test.liqo.io", "v1alpha1", "gadgets"
 
@@ -310,9 +311,7 @@ def test_many_watchers_all_receive_every_event(api: KubeAPIServer, core: client.
     threads = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(50)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while api.hooks.watcher_count() < 50 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("50 watchers", lambda: api.hooks.watcher_count() >= 50, 5)
     assert api.hooks.watcher_count() == 50
     for i in range(20):
         core.create_namespaced_config_map(

@@ -64,7 +64,7 @@ def test_stale_peer_without_identity_never_breaks_a_scrape() -> None:
     m = NetagentMetrics()
     m.bind_sources(
         peers=lambda: [
-            PeerRecord(None, None, True, latency_s=0.01, rx_bytes=5, tx_bytes=5),  # Liqo 12.1.3 panicked here
+            PeerRecord(None, None, True, latency_s=0.01, rx_bytes=5, tx_bytes=5),  # no identity at all
             PeerRecord("", None, False),
             PeerRecord("c-1", None, True, latency_s=float("nan"), rx_bytes=None, tx_bytes=-1,
                        handshake_age_s=float("inf")),

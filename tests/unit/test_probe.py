@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from sandbox.testkit.wait import wait_for
 from services.netagent.kernel.probe import Prober
 from services.netagent.plan.probe import (
     PeerProbe,
@@ -265,15 +266,6 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_prober_loopback_connects_answers_go_pings_and_stops_clean() -> None:
     port = free_udp_port()
     changes: list[tuple[str, ProbeState]] = []
@@ -282,7 +274,7 @@ def test_prober_loopback_connects_answers_go_pings_and_stops_clean() -> None:
     prober.start()
     try:
         prober.set_targets({"self": IPv4Address("127.0.0.1")})
-        assert wait_for(lambda: changes == [("self", D)], 2.0), changes
+        wait_for("the self target CONNECTED once", lambda: changes == [("self", D)], 2.0, 0.01)
         st = prober.status("self")
         assert st is not None and st.state is D and st.latency is not None and 0 <= st.latency < 0.1
         assert abs(st.since - time.time()) < 5  # wall clock
@@ -321,7 +313,7 @@ def test_callback_may_call_back_into_the_prober() -> None:
     prober.start()
     try:
         prober.set_targets({"self": IPv4Address("127.0.0.1")})
-        assert wait_for(lambda: seen, 2.0)
+        wait_for("a PING seen", lambda: seen, 2.0, 0.01)
     finally:
         prober.stop()
     state, status = seen[0]
@@ -364,7 +356,7 @@ def test_silent_remote_disconnects_after_the_window_and_needs_two_pongs_back() -
         assert abs(msg.timestamp_ns / 1e9 - time.time()) < 1  # wall clock, as Liqo's time.Now()
         _, _, second_at = remote.next_ping()
         assert 0.07 < second_at - first_at < 0.2  # then every interval
-        assert wait_for(lambda: changes, 2.0)
+        wait_for("a change", lambda: changes, 2.0, 0.01)
         state, at = changes[0]
         assert state is X and 0.29 < at - t0 < 0.6, at - t0  # interval x threshold = 0.3 s
 
@@ -378,7 +370,7 @@ def test_silent_remote_disconnects_after_the_window_and_needs_two_pongs_back() -
         time.sleep(0.05)
         assert len(changes) == 1
         remote.echo(*remote.next_ping()[:2])
-        assert wait_for(lambda: len(changes) == 2, 1.0)
+        wait_for("two changes", lambda: len(changes) == 2, 1.0, 0.01)
         assert changes[1][0] is D
     finally:
         prober.stop()

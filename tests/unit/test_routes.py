@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
 from services.netagent.plan.routes import (
@@ -20,14 +21,13 @@ from services.netagent.plan.routes import (
     desired_netns_routes,
     plan,
 )
-from tests.unit.test_tunnelspec import BASE
 
 CFG = AgentConfig()
 N = IPv4Network
 
 
 def spec(cluster: str, **kw: Any) -> TunnelSpec:
-    return TunnelSpec.parse(**{**BASE, "cluster_id": cluster, **kw})
+    return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "cluster_id": cluster, **kw})
 
 
 A = spec("a")  # R* 10.60/16, X* 10.70/16 (remapped)

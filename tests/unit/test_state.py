@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.common.tunnelspec import TunnelSpec
 from services.netagent import state
-from tests.unit.test_tunnelspec import BASE
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    spec = TunnelSpec.parse(**BASE, persistent_keepalive=25)
+    spec = TunnelSpec.parse(**SAMPLE_TUNNEL, persistent_keepalive=25)
     st = state.AgentState(
         listen_port=5871,
         mtu=1340,

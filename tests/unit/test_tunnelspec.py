@@ -7,22 +7,11 @@ from typing import Any
 
 import pytest
 
+from sandbox.testkit.resources import SAMPLE_KEY, SAMPLE_TUNNEL
 from services.common.tunnelspec import SpecError, TunnelSpec, chain_suffix
 
-KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-BASE: dict[str, Any] = dict(
-    cluster_id="b1c2d3e4-0000-4000-8000-000000000001",
-    cluster_name="rome",
-    local_pod_cidr="10.0.0.0/16",
-    local_external_cidr="10.201.0.0/16",
-    remote_pod_cidr="10.0.0.0/16",
-    remote_nat_pod_cidr="10.60.0.0/16",
-    remote_external_cidr="10.201.0.0/16",
-    remote_nat_external_cidr="10.70.0.0/16",
-    endpoint="192.0.2.10",
-    endpoint_port=5871,
-    public_key=KEY,
-)
+KEY = SAMPLE_KEY
+BASE = SAMPLE_TUNNEL
 
 
 def test_effective_cidrs_follow_liqo() -> None:

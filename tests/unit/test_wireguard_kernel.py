@@ -213,7 +213,7 @@ def test_kernel_genl_socket_lives_in_the_netns(monkeypatch: pytest.MonkeyPatch) 
         ("auto", None, False, "userspace"),
         ("auto", "tun", True, "userspace"),  # adopt the running userspace dataplane
         ("auto", "wireguard", True, "kernel"),
-        ("userspace", None, True, "userspace"),  # Liqo 12.1.4: forcing userspace never uses the module
+        ("userspace", None, True, "userspace"),  # forced: never the module, even when loaded
         ("userspace", "wireguard", True, "userspace"),
         ("kernel", None, True, "kernel"),
         ("kernel", "tun", True, "kernel"),

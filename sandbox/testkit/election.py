@@ -1,4 +1,4 @@
-"""Test doubles for the labeler's election tests (no tests here).
+"""Test doubles for the labeler's election tests: a fake netagent and a fake Lease store.
 
 `RecordingNetAgent` is a FAKE netagent gRPC servicer: it serves GetInfo and SetRole only, on a Unix
 socket, through the real fencing grant of the netagent (services.netagent.plan.role.Fence: same epoch and

@@ -1,0 +1,56 @@
+"""The gateway Service's LoadBalancer, emulated on a cluster's lb node."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sandbox.testkit.hosts import Node, NodeError
+from services.common.vocabulary import WIREGUARD_PORT
+
+__all__ = ["ServiceVIP"]
+
+log = logging.getLogger(__name__)
+
+
+class ServiceVIP:
+    """The gateway Service's LoadBalancer, on the lb node: UDP `port` to the VIP is DNATed to the
+    active replica, and what the active replica sends from that port leaves SNATed to the VIP (so the
+    remote WireGuard sees one stable endpoint). Changing the backend swaps the nat table atomically
+    (iptables-legacy-restore, the lb node is ours alone) and then deletes the conntrack entries of
+    the port, which would otherwise keep steering the flow to the old replica."""
+
+    def __init__(self, node: Node, vip: str, wan_dev: str, port: int = WIREGUARD_PORT) -> None:
+        self.node, self.vip, self.wan_dev, self.port = node, vip, wan_dev, port
+        self.backend: str | None = None
+        self.history: list[tuple[float, str | None]] = []  # (time.time(), backend) per change
+        self._lock = threading.Lock()
+
+    def rules(self, backend: str | None) -> str:
+        lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                 ":POSTROUTING ACCEPT [0:0]"]
+        if backend is not None:
+            p = self.port
+            lines += [
+                f"-A PREROUTING -d {self.vip}/32 -p udp -m udp --dport {p}"
+                f" -j DNAT --to-destination {backend}:{p}",
+                f"-A POSTROUTING -s {backend}/32 -o {self.wan_dev} -p udp -m udp --sport {p}"
+                f" -j SNAT --to-source {self.vip}:{p}",
+            ]
+        return "\n".join([*lines, "COMMIT", ""])
+
+    def point_to(self, backend: str | None) -> bool:
+        """Sends the VIP's traffic to `backend` (None: no endpoint, packets are refused). Returns
+        whether anything changed."""
+        with self._lock:
+            if backend == self.backend:
+                return False
+            self.node.run("iptables-legacy-restore", input=self.rules(backend))
+            cp = self.node.run("conntrack", "-D", "-p", "udp", "--dport", str(self.port), check=False)
+            if cp.returncode != 0 and "0 flow entries" not in cp.stderr:
+                raise NodeError(f"conntrack -D failed: {cp.stderr.strip()}")
+            log.info("VIP %s -> %s", self.vip, backend)
+            self.backend = backend
+            self.history.append((time.time(), backend))
+            return True
