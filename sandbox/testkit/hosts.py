@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Node", "NodeError", "Pod", "link_nodes"]
+__all__ = ["Node", "NodeError", "Pod", "dies_with_us", "link_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,16 @@ def _pids() -> Iterator[int]:
             yield int(entry.name)
 
 
+def dies_with_us(argv: Sequence[str]) -> list[str]:
+    """`argv`, SIGKILLed when the thread that started it dies, so that a killed test run leaves
+    nothing behind (start long-lived processes from a long-lived thread, e.g. the test's main one)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
 def _start_holder(argv: Sequence[str], what: str) -> subprocess.Popen[bytes]:
     """Starts a namespace holder; it prints `ready` once its namespaces are set up."""
     holder = subprocess.Popen(
-        ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+        dies_with_us(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

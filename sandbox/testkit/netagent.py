@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from sandbox.testkit.hosts import Node
+from sandbox.testkit.hosts import Node, dies_with_us
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
@@ -85,7 +85,7 @@ class NetAgent:
                 "--state-path", self.state_path]
         if self.probe_interval is not None:
             argv += ["--probe-interval", str(self.probe_interval)]
-        return [*argv, *self.args]
+        return dies_with_us([*argv, *self.args])
 
     def start(self, timeout: float = 30.0) -> NetAgent:
         if self.running:

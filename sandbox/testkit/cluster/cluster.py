@@ -23,10 +23,9 @@ import yaml
 from sandbox.testkit.cluster.follower import SERVICE_NAME, ActiveGatewayFollower
 from sandbox.testkit.cluster.forwarder import Forwarder
 from sandbox.testkit.cluster.replica import PROCESSES, GatewayReplica
-from sandbox.testkit.cluster.runtime import dies_with_us
 from sandbox.testkit.cluster.service_vip import ServiceVIP
 from sandbox.testkit.cluster.wan import Wan, make_bridge, plug
-from sandbox.testkit.hosts import Node, NodeError, Pod
+from sandbox.testkit.hosts import Node, NodeError, Pod, dies_with_us
 from sandbox.testkit.netagent import ROOT
 from sandbox.testkit.resources import namespace as namespace_body
 from sandbox.testkit.wait import wait_for

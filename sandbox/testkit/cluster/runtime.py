@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox.testkit.hosts import Node, NodeError
+from sandbox.testkit.hosts import Node, NodeError, dies_with_us
 from sandbox.testkit.netagent import ROOT, NetAgent, NetAgentError
 
-__all__ = ["NETAGENT", "ProcessRuntime", "ReplicaRuntime", "dies_with_us"]
+__all__ = ["NETAGENT", "ProcessRuntime", "ReplicaRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,6 @@ class ReplicaRuntime(Protocol):
 
     def release(self) -> None:
         """Forgets the processes of a host that is gone (they died with it), reaping them."""
-
-
-def dies_with_us(argv: list[str]) -> list[str]:
-    """SIGKILL the process when the thread that started it dies, so that a killed test run leaves no
-    controller behind (start processes from a long-lived thread, e.g. the test's main thread)."""
-    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
-
-
-class _ReplicaNetAgent(NetAgent):
-    """The kit's netagent, dying with the test process like the replica's other processes."""
-
-    def argv(self) -> list[str]:
-        return dies_with_us(super().argv())
 
 
 class ProcessRuntime:
@@ -94,7 +81,7 @@ class ProcessRuntime:
         if name == NETAGENT:
             if self._agent is not None:
                 self._agent.close()
-            self._agent = _ReplicaNetAgent(node, self.workdir, socket=self.socket, state=self.state,
+            self._agent = NetAgent(node, self.workdir, socket=self.socket, state=self.state,
                                            args=self.netagent_args, env=self.env, probe_interval=None)
             self._agent.start(timeout=30)
             return
