@@ -24,7 +24,6 @@ import functools
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -49,6 +48,7 @@ from sandbox.testkit.cluster import (
     peer,
 )
 from sandbox.testkit.hosts import Node, NodeError, Pod
+from sandbox.testkit.traffic import Pinger, PingSummary, parse_ping
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeClient
@@ -72,55 +72,6 @@ def netmap(ip: str, from_cidr: str, to_cidr: str) -> str:
     if addr not in src or src.prefixlen != dst.prefixlen:
         raise ValueError(f"{ip} is not in {from_cidr}, or {from_cidr} and {to_cidr} differ in size")
     return str(dst.network_address + (int(addr) - int(src.network_address)))
-
-
-@dataclass(frozen=True)
-class PingSummary:
-    sent: int
-    received: int
-    rtt_avg_ms: float | None
-    replies: tuple[tuple[float, int, float], ...] = ()  # (arrival from `ping -D`, icmp_seq, rtt ms)
-
-    @property
-    def lost(self) -> int:
-        return self.sent - self.received
-
-    def longest_gap_after(self, t: float) -> float:
-        """The longest silence between consecutive replies that ends after `t` (0 with no replies)."""
-        times = sorted(r[0] for r in self.replies)
-        prev = max((r for r in times if r <= t), default=t)
-        gap = 0.0
-        for r in (r for r in times if r > t):
-            gap, prev = max(gap, r - prev), r
-        return gap
-
-    def missing(self) -> tuple[int, int]:
-        """(missing, expected) replies between the first and the last reply: the loss, without the
-        request still in flight when ping was stopped."""
-        seqs = {q for _, q, _ in self.replies}
-        if not seqs:
-            return (self.sent, self.sent)
-        expected = max(seqs) - min(seqs) + 1
-        return expected - len(seqs), expected
-
-    def delayed(self, over_ms: float) -> list[float]:
-        """The round-trip times above `over_ms`: packets that were held somewhere, not lost."""
-        return [rtt for _, _, rtt in self.replies if rtt > over_ms]
-
-
-_PING_TOTALS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-_PING_RTT = re.compile(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/")
-_PING_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms", re.M)
-
-
-def parse_ping(text: str) -> PingSummary:
-    """The totals, average rtt and (with `-D`) the timestamped replies of iputils ping's output."""
-    m = _PING_TOTALS.search(text)
-    if m is None:
-        raise ValueError(f"no ping summary in: {text[-300:]!r}")
-    rtt = _PING_RTT.search(text)
-    replies = tuple((float(t), int(q), float(ms)) for t, q, ms in _PING_REPLY.findall(text))
-    return PingSummary(int(m.group(1)), int(m.group(2)), float(rtt.group(1)) if rtt else None, replies)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -266,31 +217,6 @@ def wait_answers(pod: Pod, target: str, timeout: float) -> None:
     instance on an unreachable network, counts as "not yet")."""
     wait_for(f"{target} answers", functools.partial(answers, pod, target), timeout, 0.1,
              retry_on=(ValueError,))
-
-
-class Pinger:
-    """`ping -D -i 0.05` from a pod for the duration of a with-block; `.result` afterwards."""
-
-    def __init__(self, pod: Pod, target: str) -> None:
-        self.pod, self.target = pod, target
-        self.proc: subprocess.Popen[str] | None = None
-        self.result: PingSummary | None = None
-
-    def __enter__(self) -> Pinger:
-        self.proc = self.pod.popen(["ping", "-n", "-D", "-i", "0.05", "-W", "1", self.target],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate(timeout=5)
-        self.result = parse_ping(out)
 
 
 # ---- leaving nothing behind ----------------------------------------------------------------------------
@@ -611,7 +537,8 @@ class Demo:
             time.sleep(1)
         res = pinger.result
         assert res is not None
-        gap = res.longest_gap_after(t_term)
+        gap_start, gap_end = res.longest_gap_after(t_term)
+        gap = gap_end - gap_start
         late = res.delayed(500)
         held = f", {len(late)} answered late (held up to {max(late) / 1000:.1f}s)" if late else ""
         missing, expected = res.missing()

@@ -28,14 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.demo import (
-    PingSummary,
-    format_table,
-    netmap,
-    parse_ping,
-    printer_table,
-    tunnel_endpoints_table,
-)
+from sandbox.demo import format_table, netmap, printer_table, tunnel_endpoints_table
+from sandbox.testkit.traffic import PingSummary, parse_ping
 from services.common.vocabulary import NAMESPACES, TUNNEL_ENDPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,15 +80,17 @@ def test_parse_ping_with_timestamps() -> None:
     assert p.replies[2] == (1005.10, 4, 4950.0)
     assert p.missing() == (1, 6)  # seq 3; seq 7 was still in flight when ping stopped
     assert p.delayed(500) == [4950.0, 4900.0]
-    assert p.longest_gap_after(1000.02) == pytest.approx(5.05)
-    assert p.longest_gap_after(1006) == 0.0
+    assert p.longest_gap_after(1000.02) == pytest.approx((1000.05, 1005.10))
+    assert p.longest_gap_after(1006) == (1006, 1006)
+    assert p.lost_between(1000.0, 1005.2) == (1, 6) and p.lost_between(1005.11, 1006) == (0, 1)
+    assert p.lost_between(2000, 3000) == (0, 0)
 
 
 def test_parse_ping_plain_and_total_loss() -> None:
     p = parse_ping("--- x ping statistics ---\n"
                    "1 packets transmitted, 0 received, 100% packet loss, time 0ms\n")
     assert (p.sent, p.received, p.rtt_avg_ms, p.replies) == (1, 0, None, ())
-    assert p.missing() == (1, 1) and p.longest_gap_after(0) == 0.0
+    assert p.missing() == (1, 1) and p.longest_gap_after(0) == (0, 0)
     with pytest.raises(ValueError):
         parse_ping("ping: connect: Network is unreachable\n")
 

@@ -11,16 +11,12 @@ Every test builds a fresh topology (they kill replicas) and prints what it measu
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,7 +30,7 @@ from sandbox.testkit.cluster import (
     peer,
 )
 from sandbox.testkit.hosts import Pod
-from sandbox.testkit.traffic import ping_ok
+from sandbox.testkit.traffic import Pinger, ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeError
@@ -143,66 +139,6 @@ class PeerSampler:
         return max((t for t, c in self.samples if c[index] > 0), default=None)
 
 
-@dataclass
-class PingResult:
-    sent: int
-    received: int
-    replies: list[float]  # reply timestamps (time.time())
-    seqs: list[int]  # icmp_seq of each reply
-
-    def lost_between(self, t0: float, t1: float) -> tuple[int, int]:
-        """(missing, expected) echo replies between the first and last reply inside [t0, t1]."""
-        inside = [q for r, q in zip(self.replies, self.seqs, strict=True) if t0 <= r <= t1]
-        if not inside:
-            return (0, 0)
-        expected = max(inside) - min(inside) + 1
-        return expected - len(set(inside)), expected
-
-    @property
-    def lost(self) -> int:
-        return self.sent - self.received
-
-    def longest_gap_after(self, t: float) -> tuple[float, float]:
-        """(start, end) of the longest silence between replies that ends after `t`."""
-        best = (t, t)
-        prev = max((r for r in self.replies if r <= t), default=t)
-        for r in (r for r in self.replies if r > t):
-            if r - prev > best[1] - best[0]:
-                best = (prev, r)
-            prev = r
-        return best
-
-
-class Pinger:
-    """`ping -D -i 0.05` from a pod for the duration of a with-block."""
-
-    def __init__(self, pod: Pod, target: str, out: Path) -> None:
-        self.pod, self.target, self.out = pod, target, out
-        self.proc: subprocess.Popen[Any] | None = None
-        self.result: PingResult | None = None
-
-    def __enter__(self) -> Pinger:
-        with open(self.out, "w") as f:
-            self.proc = self.pod.popen(["ping", "-n", "-D", "-i", "0.05", "-W", "1", self.target],
-                                       stdout=f, stderr=subprocess.STDOUT)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        text = self.out.read_text()
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
-        assert m, text[-500:]
-        found = re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", text, re.M)
-        self.result = PingResult(int(m.group(1)), int(m.group(2)), [float(t) for t, _ in found],
-                                 [int(q) for _, q in found])
-
-
 # ---- the tests --------------------------------------------------------------------------------------
 
 
@@ -244,7 +180,7 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
     old = leader(a)
     new = next(r for r in a.replicas if r is not old)
     epoch = int(a.lease()["spec"].get("leaseTransitions", 0))
-    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
         time.sleep(2)
         t_kill = time.time()
         old.crash()  # every process SIGKILLed at once, then the node's namespaces vanish
@@ -285,7 +221,7 @@ def test_sigkilled_labeler_fences_its_agent_before_the_standby_activates(env: En
     old = leader(a)
     new = next(r for r in a.replicas if r is not old)
     i_old, i_new = a.replicas.index(old), a.replicas.index(new)
-    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
         time.sleep(2)
         assert sampler.samples[-1][1][i_old] > 0
         t_kill = time.time()
@@ -319,7 +255,7 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -
     a = env.a
     old = leader(a)
     new = next(r for r in a.replicas if r is not old)
-    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
         time.sleep(2)
         t_term = time.time()
         old.stop("labeler")  # SIGTERM: releases the Lease after setting its agent STANDBY
@@ -354,7 +290,7 @@ def test_api_server_outage_keeps_traffic_and_controllers_catch_up(env: Env, tmp_
     lead = leader(a)
     lease_before = a.lease()["spec"]
     outage = 30.0
-    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, tmp_path / "ping.txt") as pinger:
+    with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
         time.sleep(1)
         t0 = time.time()
         a.pause_api(outage)

@@ -21,7 +21,7 @@ import pytest
 from sandbox.testkit.hosts import Node, Pod, link_nodes
 from sandbox.testkit.netagent import NetAgent, activate, kernel_snapshot
 from sandbox.testkit.nodes import NodeFactory
-from sandbox.testkit.traffic import background_ping, ping_loss, ping_ok
+from sandbox.testkit.traffic import Pinger, ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import generate
@@ -261,13 +261,14 @@ def test_drift_is_repaired(pair: Pair) -> None:
 def test_sigkill_and_restart_keeps_traffic_and_adopts(pair: Pair) -> None:
     wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
     before = kernel_snapshot(pair.a.node)
-    with background_ping(pair.a.pod, "10.60.2.7") as ping:
+    with Pinger(pair.a.pod, "10.60.2.7") as ping:
         time.sleep(0.5)
         pair.a.agent.stop(signal.SIGKILL)
         time.sleep(1.0)
         pair.a.agent.start()
         time.sleep(0.5)
-    sent, received = ping_loss(ping)
+    assert ping.result is not None
+    sent, received = ping.result.sent, ping.result.received
     assert sent >= 20 and received >= sent - 2, f"traffic dropped across the restart: {received}/{sent}"
     info = pair.a.agent.api.GetInfo(pb.GetInfoRequest())
     assert info.role == pb.ROLE_ACTIVE and info.device_configured and info.public_key == pair.a.pub
