@@ -276,7 +276,7 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -
           f"{dropped - t_term:.2f}s, new leader ACTIVE after {t_active - t_term:.2f}s, its peers at "
           f"{new_peers - t_term:.2f}s, VIP moved at {vip_moved - t_term:.2f}s; longest reply gap "
           f"{gap[1] - gap[0]:.2f}s, ping lost {res.lost}/{res.sent}")
-    print("replies around the hand-over:", [round(r - t_term, 2) for r in res.replies
+    print("replies around the hand-over:", [round(r - t_term, 2) for r, _, _ in res.replies
                                              if -0.3 < r - t_term < 2])
     assert t_active - t_term <= 2.0, f"{t_active - t_term:.2f}s\n{env.logs()}"
     assert not sampler.overlaps(), sampler.overlaps()[:5]
