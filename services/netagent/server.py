@@ -35,10 +35,13 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a 65 536-entry NAT map is ~3 MiB
 DEFAULT_STATUS_INTERVAL = 5.0
 # WatchTunnelStatus's min_interval is raised to this: a 1 ns interval must not make a busy loop.
 MIN_STATUS_INTERVAL = 0.1
-# Each socket is its own grpc.Server with its own pool, so one role cannot starve another. Of each
-# pool's threads, UNARY_RESERVED are never given to streams: a stream over WORKERS - UNARY_RESERVED
-# answers RESOURCE_EXHAUSTED, so SetRole and GetInfo always find a thread.
-WORKERS = 16
+# Each socket is its own grpc.Server with its own pool, so one role cannot starve another. Streams
+# hold a thread for their whole life, so each pool is MAX_STREAMS threads for streams (the API's and
+# health's Watch; RESOURCE_EXHAUSTED over it), MAX_REFLECTION_STREAMS for reflection (grpcurl keeps its
+# reflection stream open for the whole call) and UNARY_RESERVED that only unary calls get, so SetRole
+# and GetInfo always find a thread.
+MAX_STREAMS = 12
+MAX_REFLECTION_STREAMS = 4
 UNARY_RESERVED = 4
 SOCKET_MODE = 0o660  # sockets are born with it (umask at bind time); never chmod-ed afterwards
 # How often streams re-check liveness of the client when nothing changes.
@@ -332,19 +335,27 @@ else:
 
 class Gate(_Interceptor):
     """Serves only the methods of its socket's role (PERMISSION_DENIED otherwise) and at most
-    `max_streams` concurrent streams (RESOURCE_EXHAUSTED for one more), so threads stay free for unary
-    calls."""
+    `max_streams` concurrent streams plus `max_reflection` reflection streams (RESOURCE_EXHAUSTED for
+    one more), so threads stay free for unary calls."""
 
     def __init__(
         self,
         role: SocketRole,
-        max_streams: int,
+        max_streams: int = MAX_STREAMS,
+        max_reflection: int = MAX_REFLECTION_STREAMS,
         observe_rpc: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.role = role
         self.max_streams = max_streams
+        self.max_reflection = max_reflection
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._reflection = threading.BoundedSemaphore(max_reflection)
         self._observe = observe_rpc or (lambda method, code, seconds: None)
+
+    @property
+    def threads(self) -> int:
+        """The pool size this gate needs: every admitted stream, plus UNARY_RESERVED."""
+        return self.max_streams + self.max_reflection + UNARY_RESERVED
 
     def intercept_service(
         self,
@@ -378,13 +389,16 @@ class Gate(_Interceptor):
 
     def _bounded(self, full: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
         behavior = _behavior(handler)
-        streams = self._streams
+        reflection_stream = split_method(full)[0] in REFLECTION_SERVICES
+        streams = self._reflection if reflection_stream else self._streams
+        most = self.max_reflection if reflection_stream else self.max_streams
+        what = "reflection streams" if reflection_stream else "streams"
 
         def admit(context: grpc.ServicerContext) -> None:
             if not streams.acquire(blocking=False):
                 self._refuse(full, context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"too many streams on the {self.role.value} socket (at most "
-                             f"{self.max_streams}): close one and retry with back off")
+                             f"too many {what} on the {self.role.value} socket (at most "
+                             f"{most}): close one and retry with back off")
 
         if not handler.response_streaming:  # client-streaming: one response
 
@@ -405,6 +419,11 @@ class Gate(_Interceptor):
                 streams.release()
 
         return stream
+
+
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
 
 
 def _behavior(h: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
@@ -463,23 +482,23 @@ def serve(
     socket_path: str,
     socket_group: int | None = None,
     observe_rpc: Callable[[str, str, float], None] | None = None,
-    max_workers: int = WORKERS,
+    max_streams: int = MAX_STREAMS,
     role: SocketRole = SocketRole.OPERATOR,
     *,
     private: bool = False,
     servicer: NetAgentServicer | None = None,
 ) -> grpc.Server:
     """Starts one gRPC server on a Unix socket (mode 0660) for `role`, with reflection and
-    grpc.health.v1, its own pool of `max_workers` threads and at most max_workers - UNARY_RESERVED
-    concurrent streams."""
+    grpc.health.v1, and its own pool: at most `max_streams` concurrent streams (and
+    MAX_REFLECTION_STREAMS reflection streams), UNARY_RESERVED threads kept for unary calls."""
     spec = SocketSpec(role, socket_path, socket_group, private)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    gate = Gate(role, max(1, max_workers - UNARY_RESERVED), observe_rpc)
+    gate = Gate(role, max_streams, MAX_REFLECTION_STREAMS, observe_rpc)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"grpc-{role.value}"),
+        futures.ThreadPoolExecutor(max_workers=gate.threads, thread_name_prefix=f"grpc-{role.value}"),
         interceptors=[gate],
         options=options,
     )
@@ -525,7 +544,7 @@ def serve_sockets(
     agent: Agent,
     sockets: list[SocketSpec],
     observe_rpc: Callable[[str, str, float], None] | None = None,
-    max_workers: int = WORKERS,
+    max_streams: int = MAX_STREAMS,
 ) -> Servers:
     """One server per socket sharing one servicer; all or none (a failure stops those started)."""
     servicer = NetAgentServicer(agent, observe_rpc)
@@ -534,7 +553,7 @@ def serve_sockets(
         for spec in sockets:
             if spec.role in started:
                 raise SocketPathError(f"{spec.path}: a second {spec.role.value} socket")
-            started[spec.role] = serve(agent, spec.path, spec.group, observe_rpc, max_workers, spec.role,
+            started[spec.role] = serve(agent, spec.path, spec.group, observe_rpc, max_streams, spec.role,
                                        private=spec.private, servicer=servicer)
     except BaseException:
         for s in started.values():

@@ -27,7 +27,6 @@ from services.netagent.plan.role import Grant, Role
 from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
 from services.netagent.server import (
     MIN_STATUS_INTERVAL,
-    UNARY_RESERVED,
     SocketPathError,
     SocketSpec,
     remove_stale_socket,
@@ -182,7 +181,7 @@ def _code(fn: Any, *args: Any, **kw: Any) -> tuple[grpc.StatusCode, str]:
 def test_each_socket_serves_only_its_role(tmp_path: Path, fake: FakeAgent) -> None:
     specs = [SocketSpec(OP, str(tmp_path / "op" / "netagent.sock"), private=True)]
     specs += [SocketSpec(r, str(tmp_path / r.value / "netagent.sock")) for r in (L, T, N)]
-    servers = serve_sockets(cast(Agent, fake), specs, max_workers=6)
+    servers = serve_sockets(cast(Agent, fake), specs, max_streams=2)
     channels = []
     try:
         stubs = {}
@@ -223,10 +222,9 @@ def test_each_socket_serves_only_its_role(tmp_path: Path, fake: FakeAgent) -> No
 
 
 def test_streams_are_bounded_and_unary_calls_still_answer(tmp_path: Path, fake: FakeAgent) -> None:
-    workers = 8
-    bound = workers - UNARY_RESERVED
+    bound = 4
     path = tmp_path / "labeler.sock"
-    server = serve(cast(Agent, fake), str(path), max_workers=workers, role=L)
+    server = serve(cast(Agent, fake), str(path), max_streams=bound, role=L)
     ch, stub = _stub(path)
     calls: list[Any] = []
     try:
