@@ -580,8 +580,10 @@ class Demo:
                 lines += [
                     f"    {g.name} ({g.ip}), node pid {g.node.pid}:",
                     f"      {grpcurl} -plaintext -unix {g.socket} "
-                    "liqo.netagent.v1.NetAgentService/GetInfo",
+                    "liqo.netagent.v1.NetAgentService/GetInfo   # the operator's socket: every method",
                     f"      nsenter -t {g.node.pid} -n -m {grpcurl} -plaintext -unix {g.socket} list",
+                    f"      {grpcurl} -plaintext -unix {g.role_sockets['natmap']} "
+                    "liqo.netagent.v1.NetAgentService/SetRole   # a controller's socket: PermissionDenied",
                     f"      nsenter -t {g.node.pid} -n -m ip netns exec {GATEWAY_NETNS} wg show",
                     f"      logs: {g.workdir}/{{netagent,tunnel,natmap,labeler}}.log",
                 ]

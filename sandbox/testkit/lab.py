@@ -3,9 +3,10 @@
 A `Cluster` is one gateway of one Kubernetes cluster: an emulated node (sandbox.testkit.hosts)
 running a real `liqo-netagent` (wireguard-go, iptables-legacy, policy routing inside the node), its
 own in-memory API server (sandbox.kubeapi, on 127.0.0.1), and the tunnel and NatMapping controllers
-running in this process against that API server and the netagent's Unix socket: exactly the production
-split, minus the labeler (the role is granted with SetRole directly; the election is tested on its
-own).
+running in this process against that API server and the netagent's Unix sockets: exactly the
+production split (each controller on its own role socket), minus the labeler (the role is granted with
+SetRole directly on the labeler's socket; the election is tested on its own). `Cluster.netagent` is
+the operator's client (every method), for tests.
 
 `Lab` owns everything (nodes, API servers, agents, controllers) and tears it down in reverse order
 even when a test fails half-way, so nothing is left on the machine.
@@ -24,7 +25,7 @@ from typing import Any
 
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.testkit.hosts import Node, Pod
-from sandbox.testkit.netagent import LIQO_NETNS, ROOT, NetAgent, kernel_snapshot
+from sandbox.testkit.netagent import LIQO_NETNS, ROLES, ROOT, NetAgent, kernel_snapshot
 from sandbox.testkit.nodes import NodeFactory
 from sandbox.testkit.resources import namespace, tunnel_endpoint
 from sandbox.testkit.wait import wait_for
@@ -100,6 +101,8 @@ class Cluster:
     netagent_process: NetAgent
     netagent: NetAgentClient
     underlay_ip: str
+    # One client per controller role, on that role's socket ("labeler", "tunnel", "natmap").
+    role_clients: dict[str, NetAgentClient] = field(default_factory=dict)
     workers: int = 4
     status_min_interval: float = 0.5
     tunnel_mgr: Manager | None = None
@@ -115,7 +118,7 @@ class Cluster:
         assert self.tunnel_mgr is None, "already running"
         mgr = Manager(f"tunnel-{self.name}", self.kube, watch_timeout=10, pod_name=f"gw-{self.name}")
         ctl = TunnelController(
-            mgr, self.netagent,
+            mgr, self.role_clients["tunnel"],
             TunnelOptions(pod_namespace=GATEWAY_NS, pod_ip=self.underlay_ip,
                           status_min_interval=self.status_min_interval, latency_interval=5.0,
                           device_check_interval=1.0),
@@ -134,7 +137,7 @@ class Cluster:
     def start_natmap_controller(self) -> NatMappingController:
         assert self.natmap_mgr is None, "already running"
         mgr = Manager(f"natmap-{self.name}", self.kube, watch_timeout=10, pod_name=f"gw-{self.name}")
-        ctl = NatMappingController(mgr, self.netagent, backoff=Backoff(base=0.2, cap=1.0))
+        ctl = NatMappingController(mgr, self.role_clients["natmap"], backoff=Backoff(base=0.2, cap=1.0))
         self.natmap_mgr, self.natmap = mgr, ctl
         mgr.start()
         return ctl
@@ -146,7 +149,7 @@ class Cluster:
 
     def activate(self, epoch: int = 1) -> None:
         """Makes this gateway the active one (what the labeler does on winning the lease)."""
-        self.netagent.set_role(pb.ROLE_ACTIVE, epoch=epoch, ttl=ROLE_TTL, reason="test")
+        self.role_clients["labeler"].set_role(pb.ROLE_ACTIVE, epoch=epoch, ttl=ROLE_TTL, reason="test")
 
     @property
     def public_key(self) -> str:
@@ -271,7 +274,10 @@ class Lab:
         proc.start()
         netagent = proc.client(timeout=30)
         self._stack.callback(netagent.close)
-        c = Cluster(name, node, api, kube, proc, netagent, underlay_ip, workers=workers,
+        role_clients = {role: proc.client(role, timeout=30) for role in ROLES}
+        for client in role_clients.values():
+            self._stack.callback(client.close)
+        c = Cluster(name, node, api, kube, proc, netagent, underlay_ip, role_clients, workers=workers,
                     status_min_interval=status_min_interval)
         # Controllers stop before their netagent and API server (the stack unwinds in reverse).
         self._stack.callback(c.stop_natmap_controller)

@@ -1,10 +1,14 @@
 """THE netagent process of tests, benchmarks and the sandbox: a real `liqo-netagent serve` in a Node.
 
 `NetAgent(node, workdir)` runs `python -m services.netagent.main serve` inside the node with its
-Unix socket and state file (by default in `workdir`, which the node sees at the same path, since a
+Unix sockets and state file (by default in `workdir`, which the node sees at the same path, since a
 node's private mount namespace only covers /run). Paths under /run are the node's own: the process
 gets them as given and this side reaches them through /proc/<holder>/root. Errors carry the tail
 of the agent's log.
+
+Sockets, as in production: `socket` is the operator's (every method; `api` and `client()` use it, so
+tests may call any RPC), and one per controller role (`ROLES`: labeler, tunnel, natmap), by default
+`<role>.sock` next to it; `client(role)` / `role_socket(role)` give a controller only its own.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.netagent_client import NetAgentClient
 
-__all__ = ["LIQO_NETNS", "ROOT", "NetAgent", "NetAgentError", "activate", "kernel_snapshot",
+__all__ = ["LIQO_NETNS", "ROLES", "ROOT", "NetAgent", "NetAgentError", "activate", "kernel_snapshot",
            "snapshot_diff", "wg_dump"]
 
 ROOT = Path(__file__).resolve().parents[2]
 LIQO_NETNS = "liqo-netns"
 LOG_TAIL = 4000
+ROLES = ("labeler", "tunnel", "natmap")  # the controllers' sockets (--<role>-socket)
 
 
 class NetAgentError(RuntimeError):
@@ -43,11 +48,16 @@ class NetAgent:
 
     def __init__(self, node: Node, workdir: Path, *, socket: str | Path | None = None,
                  state: str | Path | None = None, args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, probe_interval: float | None = 0.5) -> None:
+                 env: Mapping[str, str] | None = None, probe_interval: float | None = 0.5,
+                 role_sockets: Mapping[str, str | Path] | None = None) -> None:
         self.node = node
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(socket or self.workdir / "netagent.sock")  # as the node sees it
+        # Each controller role's socket, as the node sees it; by default next to the operator's.
+        given = dict(role_sockets or {})
+        self.role_socket_paths = {
+            r: str(given.get(r) or Path(self.socket_path).parent / f"{r}.sock") for r in ROLES}
         self.state_path = str(state or self.workdir / "state.json")
         self.log = self.workdir / "netagent.log"
         self.args = tuple(args)
@@ -68,6 +78,10 @@ class NetAgent:
         """The agent's socket as this process reaches it."""
         return self._here(self.socket_path)
 
+    def role_socket(self, role: str) -> Path:
+        """The socket of controller `role` ("labeler", "tunnel", "natmap") as this process reaches it."""
+        return self._here(self.role_socket_paths[role])
+
     @property
     def state(self) -> Path:
         return self._here(self.state_path)
@@ -83,6 +97,8 @@ class NetAgent:
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "services.netagent.main", "serve", "--socket", self.socket_path,
                 "--state-path", self.state_path]
+        for role, path in self.role_socket_paths.items():
+            argv += [f"--{role}-socket", path]
         if self.probe_interval is not None:
             argv += ["--probe-interval", str(self.probe_interval)]
         return dies_with_us([*argv, *self.args])
@@ -128,9 +144,11 @@ class NetAgent:
             self._stub = pb_grpc.NetAgentServiceStub(self._channel)
         return self._stub
 
-    def client(self, timeout: float = 30.0, **kw: Any) -> NetAgentClient:
-        """A new NetAgentClient on the agent's socket; the caller closes it."""
-        return NetAgentClient(str(self.socket), timeout=timeout, **kw)
+    def client(self, role: str | None = None, timeout: float = 30.0, **kw: Any) -> NetAgentClient:
+        """A new NetAgentClient on the socket of controller `role`, or on the operator's (every
+        method) when None; the caller closes it."""
+        path = self.socket if role is None else self.role_socket(role)
+        return NetAgentClient(str(path), timeout=timeout, **kw)
 
     def _close_channel(self) -> None:
         if self._channel is not None:

@@ -115,3 +115,18 @@ def cluster_id_of(obj: dict[str, Any]) -> str:
     ident = spec.get("clusterIdentity")
     cid = ident.get("clusterID") if isinstance(ident, dict) else spec.get("clusterID")
     return cid if isinstance(cid, str) else ""
+
+
+# Where the netagent's sockets live in the gateway pod. Each role socket sits in a directory that is
+# a volume only that controller and the netagent mount (the mount is the capability: see
+# docs/security.md); the all-methods socket and the state file sit in the netagent's private
+# directory, which no controller mounts.
+NETAGENT_RUN_DIR = "/run/liqo"
+NETAGENT_SOCKET_NAME = "netagent.sock"
+NETAGENT_PRIVATE_DIR = f"{NETAGENT_RUN_DIR}/netagent"
+
+
+def netagent_socket(role: str) -> str:
+    """The default path of the netagent socket that serves `role` ("labeler", "tunnel", "natmap";
+    "netagent" is the operator's all-methods socket)."""
+    return f"{NETAGENT_RUN_DIR}/{role}/{NETAGENT_SOCKET_NAME}"

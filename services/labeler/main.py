@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Environment: POD_NAME (identity), POD_NAMESPACE, POD_IP (Downward API).",
     )
-    add_runtime_flags(p, default_http=DEFAULT_HTTP)
+    add_runtime_flags(p, default_http=DEFAULT_HTTP, netagent_role="labeler")
     g = p.add_argument_group("leader election")
     g.add_argument(
         "--lease-name",

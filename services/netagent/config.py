@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from services.common.vocabulary import NETAGENT_PRIVATE_DIR, netagent_socket
+
 # Next hops; never assigned to an interface (static neighbours make them reachable).
 GATEWAY_VETH_IP = IPv4Address("169.254.100.1")  # used from the host, points at liqo.gateway
 HOST_VETH_IP = IPv4Address("169.254.100.2")  # used from liqo-netns, points at liqo.host
@@ -13,8 +15,14 @@ TUNNEL_IP = IPv4Address("169.254.0.1")  # on the WireGuard device; the probe's a
 
 @dataclass(frozen=True)
 class AgentConfig:
-    socket_path: str = "/run/liqo/netagent.sock"
-    # Group that may use the socket (the controllers' group); None keeps the process's group.
+    # The operator's socket: every method, in the netagent's private directory (no controller mounts it).
+    socket_path: str = f"{NETAGENT_PRIVATE_DIR}/netagent.sock"
+    # One socket per controller role, each in a volume only that controller and the netagent mount;
+    # "" = not served. See services/netagent/access.py for what each serves.
+    labeler_socket: str = netagent_socket("labeler")
+    tunnel_socket: str = netagent_socket("tunnel")
+    natmap_socket: str = netagent_socket("natmap")
+    # Group that may use the role sockets (the controllers' group); None keeps the process's group.
     socket_group: int | None = None
     netns_name: str = "liqo-netns"
     host_veth: str = "liqo.host"
@@ -33,8 +41,9 @@ class AgentConfig:
     probe_loss_threshold: int = 5
     # "auto" (kernel module when present, else wireguard-go), "kernel" or "userspace".
     wireguard_implementation: str = "auto"
-    # Where the agent keeps what it was asked (desired tunnels, NAT maps, role) to adopt after restart.
-    state_path: str = "/run/liqo/netagent-state.json"
+    # Where the agent keeps what it was asked (desired tunnels, NAT maps, role) to adopt after restart:
+    # in the netagent's private directory (0700, root's; refused otherwise), which no controller mounts.
+    state_path: str = f"{NETAGENT_PRIVATE_DIR}/state.json"
     # How often the agent re-reads the kernel and repairs drift (a flushed chain, a deleted route,
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,9 +13,11 @@ from ipaddress import IPv4Address
 
 from services.common.logging import setup_logging
 from services.netagent import agent as agent_mod
+from services.netagent.access import SocketRole
 from services.netagent.config import AgentConfig
 from services.netagent.metrics import NetagentMetrics
-from services.netagent.server import group_id, serve
+from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
+from services.netagent.server import SocketPathError, SocketSpec, group_id, remove_stale_socket, serve_sockets
 
 log = logging.getLogger("liqo-netagent")
 D = AgentConfig()
@@ -22,7 +26,11 @@ D = AgentConfig()
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="liqo-netagent",
-        description="Privileged Liqo gateway dataplane agent: serves liqo.netagent.v1 on a Unix socket.",
+        description="Privileged Liqo gateway dataplane agent: serves liqo.netagent.v1 on Unix sockets, one "
+        "per controller role plus the operator's. Each role socket serves its role's methods and the "
+        "reads (GetInfo, WatchRole, ListTunnels, WatchTunnelStatus, health, reflection); any other "
+        "method answers PERMISSION_DENIED. Each socket has its own threads and a bound on concurrent "
+        "streams (RESOURCE_EXHAUSTED over it), so no caller can starve another.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -32,9 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
         default="serve",
         help="serve the API, or remove every Liqo object on this node (uninstall) and exit",
     )
-    p.add_argument("--socket", default=D.socket_path, help="Unix socket to serve on (mode 0660)")
     p.add_argument(
-        "--socket-group", default="", help="group (name or gid) owning the socket; the controllers' group"
+        "--socket",
+        default=D.socket_path,
+        help="the operator's socket: every method (grpcurl from inside the netagent container); keep it "
+        "in the netagent's private directory, which no controller mounts (mode 0660, the agent's group)",
+    )
+    p.add_argument(
+        "--labeler-socket",
+        default=D.labeler_socket,
+        help="the labeler's socket: SetRole plus reads; in a volume only the labeler and the netagent "
+        "mount; empty = not served",
+    )
+    p.add_argument(
+        "--tunnel-socket",
+        default=D.tunnel_socket,
+        help="the tunnel controller's socket: ConfigureDevice, EnsureTunnel, DeleteTunnel plus reads; in a "
+        "volume only that controller and the netagent mount; empty = not served",
+    )
+    p.add_argument(
+        "--natmap-socket",
+        default=D.natmap_socket,
+        help="the NAT controller's socket: SetNatMappings, DeleteNatMappings plus reads; in a volume only "
+        "that controller and the netagent mount; empty = not served",
+    )
+    p.add_argument(
+        "--socket-group",
+        default="",
+        help="group (name or gid) given to the role sockets (mode 0660): the controllers' group; empty "
+        "keeps the agent's group",
     )
     p.add_argument("--netns", default=D.netns_name, help="name of the gateway network namespace")
     p.add_argument("--host-veth", default=D.host_veth, help="veth end in the host namespace")
@@ -66,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: kernel module when present, else wireguard-go",
     )
     p.add_argument(
-        "--state-path", default=D.state_path, help="where desired state is kept for restart adoption"
+        "--state-path",
+        default=D.state_path,
+        help="where desired state is kept for restart adoption; its directory must be private (created "
+        "0700 when absent; the agent refuses to start if it is not root's or is group- or world-writable) "
+        "and mounted by no controller",
     )
     p.add_argument(
         "--resync-interval",
@@ -84,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         socket_path=a.socket,
+        labeler_socket=a.labeler_socket,
+        tunnel_socket=a.tunnel_socket,
+        natmap_socket=a.natmap_socket,
         socket_group=group_id(a.socket_group) if a.socket_group else None,
         netns_name=a.netns,
         host_veth=a.host_veth,
@@ -104,21 +145,53 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
     )
 
 
+def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
+    """The sockets to serve: the operator's (private, every method) and each configured role socket."""
+    roles = [
+        (SocketRole.LABELER, cfg.labeler_socket),
+        (SocketRole.TUNNEL, cfg.tunnel_socket),
+        (SocketRole.NATMAP, cfg.natmap_socket),
+    ]
+    specs = [SocketSpec(SocketRole.OPERATOR, cfg.socket_path, None, private=True)]
+    specs += [SocketSpec(role, path, cfg.socket_group) for role, path in roles if path]
+    paths = [os.path.abspath(s.path) for s in specs]
+    if len(set(paths)) != len(paths):
+        raise SocketPathError("--socket, --labeler-socket, --tunnel-socket and --natmap-socket must differ")
+    return specs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("netagent", args.log_level)
     cfg = config_from_args(args)
     if args.command == "cleanup":
         agent_mod.cleanup(cfg)
+        for path in (cfg.labeler_socket, cfg.tunnel_socket, cfg.natmap_socket):
+            if path:
+                with contextlib.suppress(SocketPathError):
+                    remove_stale_socket(path)
         log.info("removed every Liqo object on this node")
         return 0
 
+    try:
+        specs = socket_specs(cfg)
+        ensure_private_dir(os.path.dirname(os.path.abspath(cfg.state_path)))
+    except (SocketPathError, UnsafeDirectory) as e:
+        print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+        return 1
     metrics = NetagentMetrics(device=cfg.wg_device)
     agent = agent_mod.Agent(cfg, on_apply=metrics.observe_apply)
     agent.start()
     metrics.bind(agent)
     stop_metrics = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None
-    server = serve(agent, cfg.socket_path, cfg.socket_group, metrics.observe_rpc)
+    try:
+        server = serve_sockets(agent, specs, metrics.observe_rpc)
+    except (SocketPathError, OSError) as e:
+        print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+        agent.stop()
+        if stop_metrics is not None:
+            stop_metrics()
+        return 1
 
     done = threading.Event()
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import logging
 import os
+import stat
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,6 +22,7 @@ from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.tunnel_pb import duration, spec_from_pb, spec_to_pb
 from services.common.tunnelspec import SpecError, check_cluster_id
+from services.netagent.access import SocketRole, allowed, split_method
 from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
 from services.netagent.plan.role import Grant, Role, StaleEpoch
@@ -30,6 +33,17 @@ T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NetAgentService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a 65 536-entry NAT map is ~3 MiB
 DEFAULT_STATUS_INTERVAL = 5.0
+# WatchTunnelStatus's min_interval is raised to this: a 1 ns interval must not make a busy loop.
+MIN_STATUS_INTERVAL = 0.1
+# Each socket is its own grpc.Server with its own pool, so one role cannot starve another. Streams
+# hold a thread for their whole life, so each pool is MAX_STREAMS threads for streams (the API's and
+# health's Watch; RESOURCE_EXHAUSTED over it), MAX_REFLECTION_STREAMS for reflection (grpcurl keeps its
+# reflection stream open for the whole call) and UNARY_RESERVED that only unary calls get, so SetRole
+# and GetInfo always find a thread.
+MAX_STREAMS = 12
+MAX_REFLECTION_STREAMS = 4
+UNARY_RESERVED = 4
+SOCKET_MODE = 0o660  # sockets are born with it (umask at bind time); never chmod-ed afterwards
 # How often streams re-check liveness of the client when nothing changes.
 STREAM_POLL = 1.0
 
@@ -222,11 +236,7 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         only = request.cluster_id
         if only:
             self._call("WatchTunnelStatus", context, lambda: check_cluster_id(only))
-        interval = (
-            request.min_interval.ToNanoseconds() / 1e9
-            if request.HasField("min_interval") and request.min_interval.ToNanoseconds() > 0
-            else DEFAULT_STATUS_INTERVAL
-        )
+        interval = status_interval(request)
         sent: dict[str, tuple[pb.TunnelStatus, float]] = {}
         seen = -1
         while context.is_active() and not self.agent.stopping:
@@ -271,6 +281,14 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         )
 
 
+def status_interval(request: pb.WatchTunnelStatusRequest) -> float:
+    """The request's min_interval in seconds: DEFAULT_STATUS_INTERVAL when unset or not positive,
+    never below MIN_STATUS_INTERVAL."""
+    if not request.HasField("min_interval") or request.min_interval.ToNanoseconds() <= 0:
+        return DEFAULT_STATUS_INTERVAL
+    return max(MIN_STATUS_INTERVAL, request.min_interval.ToNanoseconds() / 1e9)
+
+
 def _significant(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
     """A change every watcher must see at once (state, endpoint, key, routes)."""
     return (a.state, a.endpoint_ip, a.endpoint_port, a.public_key, list(a.allowed_ips)) != (
@@ -291,42 +309,257 @@ def _counters(a: pb.TunnelStatus, b: pb.TunnelStatus) -> bool:
     )
 
 
+# ---- transport: one gRPC server per socket ----------------------------------------------------------
+
+
+class SocketPathError(Exception):
+    """A socket path the agent refuses to use (something that is not our socket is there)."""
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """One socket to serve: who it is for, where, and the group that may connect (None keeps the
+    process's group). `private` sockets get a 0700 directory when it has to be created."""
+
+    role: SocketRole
+    path: str
+    group: int | None = None
+    private: bool = False
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+
+class Gate(_Interceptor):
+    """Serves only the methods of its socket's role (PERMISSION_DENIED otherwise) and at most
+    `max_streams` concurrent streams plus `max_reflection` reflection streams (RESOURCE_EXHAUSTED for
+    one more), so threads stay free for unary calls."""
+
+    def __init__(
+        self,
+        role: SocketRole,
+        max_streams: int = MAX_STREAMS,
+        max_reflection: int = MAX_REFLECTION_STREAMS,
+        observe_rpc: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.role = role
+        self.max_streams = max_streams
+        self.max_reflection = max_reflection
+        self._streams = threading.BoundedSemaphore(max_streams)
+        self._reflection = threading.BoundedSemaphore(max_reflection)
+        self._observe = observe_rpc or (lambda method, code, seconds: None)
+
+    @property
+    def threads(self) -> int:
+        """The pool size this gate needs: every admitted stream, plus UNARY_RESERVED."""
+        return self.max_streams + self.max_reflection + UNARY_RESERVED
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: UNIMPLEMENTED, as without the gate
+        full: str = handler_call_details.method
+        if not allowed(self.role, full):
+            return _same_kind(handler, self._deny(full))
+        if handler.request_streaming or handler.response_streaming:
+            return _same_kind(handler, self._bounded(full, handler))
+        return handler
+
+    def _refuse(self, full: str, context: grpc.ServicerContext, code: grpc.StatusCode, msg: str) -> None:
+        method = split_method(full)[1] or full
+        self._observe(method, code.name, 0.0)
+        log.warning("rpc refused", extra={"method": method, "code": code.name, "socket": self.role.value})
+        context.abort(code, msg)
+
+    def _deny(self, full: str) -> Callable[..., Any]:
+        method = split_method(full)[1] or full
+
+        def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+            self._refuse(full, context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"{method} is not served on the {self.role.value} socket")
+
+        return deny
+
+    def _bounded(self, full: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+        behavior = _behavior(handler)
+        reflection_stream = split_method(full)[0] in REFLECTION_SERVICES
+        streams = self._reflection if reflection_stream else self._streams
+        most = self.max_reflection if reflection_stream else self.max_streams
+        what = "reflection streams" if reflection_stream else "streams"
+
+        def admit(context: grpc.ServicerContext) -> None:
+            if not streams.acquire(blocking=False):
+                self._refuse(full, context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"too many {what} on the {self.role.value} socket (at most "
+                             f"{most}): close one and retry with back off")
+
+        if not handler.response_streaming:  # client-streaming: one response
+
+            def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
+                admit(context)
+                try:
+                    return behavior(request, context)
+                finally:
+                    streams.release()
+
+            return unary_response
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            admit(context)  # runs on the first next(), in the pool's thread
+            try:
+                yield from behavior(request, context)
+            finally:
+                streams.release()
+
+        return stream
+
+
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+def _behavior(h: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+    fn = h.stream_stream or h.stream_unary or h.unary_stream or h.unary_unary
+    assert fn is not None
+    return fn
+
+
+def _same_kind(h: grpc.RpcMethodHandler[Any, Any], fn: Callable[..., Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler like `h` (same streaming shape and (de)serializers) that runs `fn`."""
+    args = {"request_deserializer": h.request_deserializer, "response_serializer": h.response_serializer}
+    if h.request_streaming and h.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(fn, **args)
+    if h.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(fn, **args)
+    if h.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(fn, **args)
+    return grpc.unary_unary_rpc_method_handler(fn, **args)
+
+
+def remove_stale_socket(path: str) -> None:
+    """Unlinks `path` if it is a socket (a killed agent's); never follows a link. SocketPathError if
+    something else is there: the agent replaces only what it created."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"{path}: exists and is not a socket; refusing to replace it")
+    os.unlink(path)
+
+
+def _bind(server: grpc.Server, spec: SocketSpec) -> None:
+    """Binds `spec.path` born with SOCKET_MODE, then sets its group without following links."""
+    directory = os.path.dirname(spec.path) or "."
+    if not os.path.isdir(directory):
+        # A role directory must be traversable by its controller; the operator's is private.
+        os.makedirs(directory, mode=0o700 if spec.private else 0o755, exist_ok=True)
+    remove_stale_socket(spec.path)
+    old_umask = os.umask(0o777 & ~SOCKET_MODE)  # no window where the socket has another mode
+    try:
+        if server.add_insecure_port(f"unix:{spec.path}") == 0:
+            raise SocketPathError(f"{spec.path}: cannot bind")
+    finally:
+        os.umask(old_umask)
+    if spec.group is None:
+        return
+    st = os.lstat(spec.path)
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        raise SocketPathError(f"{spec.path}: replaced after bind; refusing to change its group")
+    os.chown(spec.path, -1, spec.group, follow_symlinks=False)
+
+
 def serve(
     agent: Agent,
     socket_path: str,
     socket_group: int | None = None,
     observe_rpc: Callable[[str, str, float], None] | None = None,
-    max_workers: int = 16,
+    max_streams: int = MAX_STREAMS,
+    role: SocketRole = SocketRole.OPERATOR,
+    *,
+    private: bool = False,
+    servicer: NetAgentServicer | None = None,
 ) -> grpc.Server:
-    """Starts the gRPC server on a Unix socket (mode 0660), with reflection and grpc.health.v1."""
-    os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)  # a stale socket from a killed agent
+    """Starts one gRPC server on a Unix socket (mode 0660) for `role`, with reflection and
+    grpc.health.v1, and its own pool: at most `max_streams` concurrent streams (and
+    MAX_REFLECTION_STREAMS reflection streams), UNARY_RESERVED threads kept for unary calls."""
+    spec = SocketSpec(role, socket_path, socket_group, private)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-    pb_grpc.add_NetAgentServiceServicer_to_server(NetAgentServicer(agent, observe_rpc), server)
+    gate = Gate(role, max_streams, MAX_REFLECTION_STREAMS, observe_rpc)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=gate.threads, thread_name_prefix=f"grpc-{role.value}"),
+        interceptors=[gate],
+        options=options,
+    )
+    pb_grpc.add_NetAgentServiceServicer_to_server(servicer or NetAgentServicer(agent, observe_rpc), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    old_umask = os.umask(0o117)  # the socket is born 0660: no window where others can connect
     try:
-        server.add_insecure_port(f"unix:{socket_path}")
-        server.start()
-    finally:
-        os.umask(old_umask)
-    os.chmod(socket_path, 0o660)
-    if socket_group is not None:
-        os.chown(socket_path, -1, socket_group)
+        _bind(server, spec)
+    except BaseException:
+        server.stop(None)
+        raise
+    server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"socket": socket_path})
+    log.info("serving", extra={"socket": socket_path, "role": role.value, "max_streams": gate.max_streams})
     return server
+
+
+class Servers:
+    """The agent's servers, one per socket; `stop(grace)` stops them all."""
+
+    def __init__(self, servers: Mapping[SocketRole, grpc.Server]) -> None:
+        self.servers = dict(servers)
+
+    def stop(self, grace: float | None) -> threading.Event:
+        events = [s.stop(grace) for s in self.servers.values()]
+        done = threading.Event()
+
+        def wait_all() -> None:
+            for e in events:
+                e.wait()
+            done.set()
+
+        threading.Thread(target=wait_all, name="grpc-stop", daemon=True).start()
+        return done
+
+
+def serve_sockets(
+    agent: Agent,
+    sockets: list[SocketSpec],
+    observe_rpc: Callable[[str, str, float], None] | None = None,
+    max_streams: int = MAX_STREAMS,
+) -> Servers:
+    """One server per socket sharing one servicer; all or none (a failure stops those started)."""
+    servicer = NetAgentServicer(agent, observe_rpc)
+    started: dict[SocketRole, grpc.Server] = {}
+    try:
+        for spec in sockets:
+            if spec.role in started:
+                raise SocketPathError(f"{spec.path}: a second {spec.role.value} socket")
+            started[spec.role] = serve(agent, spec.path, spec.group, observe_rpc, max_streams, spec.role,
+                                       private=spec.private, servicer=servicer)
+    except BaseException:
+        for s in started.values():
+            s.stop(None)
+        raise
+    return Servers(started)
 
 
 def group_id(name_or_id: str) -> int:

@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from sandbox.testkit.netagent import NetAgent
+from sandbox.testkit.netagent import ROLES, NetAgent
 from sandbox.testkit.nodes import NodeFactory
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import generate
+from services.netagent.server import MAX_STREAMS
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:
@@ -105,6 +109,9 @@ def g(agent: NetAgent) -> Grpcurl:
 def test_socket_is_0660(agent: NetAgent) -> None:
     mode = stat.S_IMODE(os.stat(agent.socket).st_mode)
     assert mode == 0o660, oct(mode)
+    for role in ROLES:
+        mode = stat.S_IMODE(os.stat(agent.role_socket(role)).st_mode)
+        assert mode == 0o660, (role, oct(mode))
 
 
 def test_reflection_lists_and_describes_the_service(g: Grpcurl) -> None:
@@ -240,3 +247,57 @@ def test_metrics_endpoint_after_the_story(agent: NetAgent) -> None:
     assert 'liqo_netagent_rpc_duration_seconds_count{code="OK",method="SetNatMappings"}' in text
     assert 'liqo_netagent_apply_duration_seconds_count{what="iptables"}' in text
     assert 'liqo_netagent_role{role="active"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "data"),
+    [
+        ("natmap", "SetRole", {"role": "ROLE_STANDBY", "epoch": 1}),
+        ("tunnel", "SetRole", {"role": "ROLE_STANDBY", "epoch": 1}),
+        ("natmap", "ConfigureDevice", {"private_key": "not-a-key"}),
+        ("labeler", "EnsureTunnel", {}),
+        ("labeler", "SetNatMappings", {"cluster_id": CLUSTER}),
+        ("tunnel", "DeleteNatMappings", {"cluster_id": CLUSTER}),
+        ("natmap", "DeleteTunnel", {"cluster_id": CLUSTER}),
+    ],
+)
+def test_role_socket_denies_another_roles_method(agent: NetAgent, role: str, method: str,
+                                                 data: dict[str, Any]) -> None:
+    """PERMISSION_DENIED naming the socket's role, before any validation (the arguments do not matter)."""
+    code, msg = Grpcurl(agent.role_socket(role)).code(method, data)
+    assert code == "PermissionDenied" and f"{role} socket" in msg and method in msg, (code, msg)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_socket_serves_reads_health_and_reflection(agent: NetAgent, role: str) -> None:
+    g = Grpcurl(agent.role_socket(role))
+    assert SVC in g.raw("list").stdout.split()
+    assert "rpc SetRole" in g.raw("describe", SVC).stdout  # the whole service is described
+    assert json.loads(g.raw("grpc.health.v1.Health/Check").stdout)["status"] == "SERVING"
+    assert g.call("GetInfo")["listen_port"] == 5871
+    g.call("ListTunnels")
+    assert "role" in g.raw(f"{SVC}/WatchRole", data={}, max_time=1).stdout
+
+
+def test_one_stream_over_the_bound_is_resource_exhausted(agent: NetAgent) -> None:
+    bound = MAX_STREAMS
+    calls: list[Any] = []
+    with grpc.insecure_channel(f"unix:{agent.role_socket('labeler')}") as ch:
+        stub = pb_grpc.NetAgentServiceStub(ch)
+        try:
+            for _ in range(bound):
+                call = stub.WatchRole(pb.WatchRoleRequest())
+                next(call)  # admitted: its first message arrived
+                calls.append(call)
+            g = Grpcurl(agent.role_socket("labeler"))
+            code, msg = g.code("WatchRole", {})
+            assert code == "ResourceExhausted" and f"at most {bound}" in msg, (code, msg)
+            code, _ = g.code("WatchTunnelStatus", {"min_interval": "0.000000001s"})
+            assert code == "ResourceExhausted"
+            assert g.call("GetInfo")["listen_port"] == 5871  # unary calls still answer
+            # Another socket is not affected.
+            assert "ROLE_" in Grpcurl(agent.role_socket("natmap")).raw(f"{SVC}/WatchRole", data={},
+                                                                         max_time=1).stdout
+        finally:
+            for c in calls:
+                c.cancel()

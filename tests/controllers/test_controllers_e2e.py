@@ -68,18 +68,20 @@ def test_tunnelendpoints_bring_up_a_real_tunnel(two_nodes: tuple[Node, Node], tm
             for ns in ("liqo", "tenant"):
                 kube.create(NAMESPACES, namespace(ns))
             mgr = Manager("tunnel", kube, watch_timeout=10)
-            agent = proc.client()
+            agent = proc.client("tunnel")  # the controller gets only its own socket
             stack.callback(agent.close)
+            labeler = proc.client("labeler")
+            stack.callback(labeler.close)
             ctl = TunnelController(mgr, agent, TunnelOptions(pod_namespace="liqo", pod_ip=ip,
                                                              status_min_interval=0.5),
                                    backoff=Backoff(base=0.1, cap=1.0))
             mgr.start()
             stack.callback(mgr.shutdown)  # unwinds first: the controllers stop before their agents
-            ctls.append((ctl, kube, agent))
+            ctls.append((ctl, kube, labeler))
         for ctl, _, _ in ctls:
             assert ctl.device_ready.wait(20)
-        for _, _, agent in ctls:
-            agent.set_role(pb.ROLE_ACTIVE, epoch=1, ttl=60, reason="test")
+        for _, _, labeler in ctls:
+            labeler.set_role(pb.ROLE_ACTIVE, epoch=1, ttl=60, reason="test")
         key_a = ctls[0][0].keys.public_key  # type: ignore[union-attr]
         key_b = ctls[1][0].keys.public_key  # type: ignore[union-attr]
         # Both clusters use 10.200.0.0/16 for pods: each reaches the other's through a remapping.

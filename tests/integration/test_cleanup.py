@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.testkit.hosts import Node
-from sandbox.testkit.netagent import NetAgent, activate
+from sandbox.testkit.netagent import ROLES, NetAgent, activate
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import generate
 
@@ -82,11 +83,16 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
     finally:
         agent.close()
 
-    r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state))
+    role_sockets = [f"--{role}-socket={agent.role_socket(role)}" for role in ROLES]
+    for role in ROLES:  # what a SIGKILLed agent leaves behind (a stopped one removes its sockets)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(agent.role_socket(role)))
+    r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state), *role_sockets)
     assert r.returncode == 0, r.stderr
     assert node_state(node) == before
     assert "wireguard-go" not in processes_on(node)
     assert not agent.state.exists() and not agent.socket.exists()
+    assert not any(agent.role_socket(role).exists() for role in ROLES)
     # A second cleanup has nothing to do and still succeeds.
     again = node.run(*CLEANUP, "--state-path", str(agent.state))
     assert again.returncode == 0 and node_state(node) == before

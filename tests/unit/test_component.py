@@ -13,7 +13,6 @@ import grpc
 import pytest
 
 from services.common.component import Component, parse_config, run_component
-from services.common.kube.config import DEFAULT_NETAGENT_SOCKET
 from services.common.netagent_client import NetAgentError
 from services.common.rolegate import RoleGate
 from services.common.vocabulary import GATEWAY_SELECTOR_STRING, KEY_SECRET, LEASE_NAME
@@ -62,7 +61,9 @@ def test_every_flag_states_its_default_one_way(name: str) -> None:
         ("tunnel", "--http-bind-address", ":8081"),
         ("natmap", "--http-bind-address", ":8082"),
         ("labeler", "--http-bind-address", ":8083"),
-        ("tunnel", "--netagent-socket", DEFAULT_NETAGENT_SOCKET),
+        ("tunnel", "--netagent-socket", "/run/liqo/tunnel/netagent.sock"),
+        ("natmap", "--netagent-socket", "/run/liqo/natmap/netagent.sock"),
+        ("labeler", "--netagent-socket", "/run/liqo/labeler/netagent.sock"),
         ("tunnel", "--wireguard-secret-name", KEY_SECRET),
         ("tunnel", "--dns-refresh-interval", 60.0),
         ("tunnel", "--status-min-interval", 5.0),

@@ -56,14 +56,16 @@ class GatewayReplica:
         self.ip = f"{cluster.lan_prefix}.{index}"
         self.workdir = cluster.workdir / self.name
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.socket = self.workdir / "netagent.sock"
+        self.socket = self.workdir / "netagent.sock"  # the operator's: every method
+        # Each controller's own socket: it is given only this one (--netagent-socket).
+        self.role_sockets = {name: self.workdir / f"{name}.sock" for name in _CONSOLE_SCRIPTS}
         self.state = self.workdir / "netagent-state.json"
         self.node: Node | None = None
         env = {**os.environ, "POD_NAME": self.name, "POD_NAMESPACE": cluster.namespace, "POD_IP": self.ip,
                "PYTHONUNBUFFERED": "1"}
         self.runtime: ReplicaRuntime = ProcessRuntime(
             lambda: self.node, self.workdir, command=self.argv, env=env, socket=self.socket,
-            state=self.state, netagent_args=cluster.options.netagent_args)
+            state=self.state, netagent_args=cluster.options.netagent_args, role_sockets=self.role_sockets)
 
     # -- lifecycle --
 
@@ -88,7 +90,8 @@ class GatewayReplica:
         opts = self.cluster.options
         script = Path(sys.executable).parent / _CONSOLE_SCRIPTS[name]
         base = [str(script)] if script.exists() else [sys.executable, "-m", f"services.{name}.main"]
-        common = ["--kubeconfig", str(self.cluster.replica_kubeconfig), "--netagent-socket", str(self.socket)]
+        common = ["--kubeconfig", str(self.cluster.replica_kubeconfig),
+                  "--netagent-socket", str(self.role_sockets[name])]
         extra = {"tunnel": opts.tunnel_args, "natmap": opts.natmap_args, "labeler": opts.labeler_args}[name]
         return [*base, *common, *extra]
 

@@ -55,12 +55,16 @@ class ProcessRuntime:
     """ReplicaRuntime for a replica on an emulated node: every process a child of this process in
     the node's namespaces, the netagent through the kit's `NetAgent`. `node()` is the replica's
     node of the moment (None while it is down); `command(name)` the controllers' command lines;
-    `netagent_args` what the netagent gets after its socket and state file."""
+    `socket` the netagent's operator socket (every method), `role_sockets` each controller's own
+    socket ("labeler", "tunnel", "natmap"; the kit's default next to `socket` when absent);
+    `netagent_args` what the netagent gets after its sockets and state file."""
 
     def __init__(self, node: Callable[[], Node | None], workdir: Path, *, command: Callable[[str], list[str]],
-                 env: Mapping[str, str], socket: Path, state: Path, netagent_args: list[str]) -> None:
+                 env: Mapping[str, str], socket: Path, state: Path, netagent_args: list[str],
+                 role_sockets: Mapping[str, Path] | None = None) -> None:
         self._node, self.workdir, self._command = node, workdir, command
         self.env, self.socket, self.state, self.netagent_args = dict(env), socket, state, netagent_args
+        self.role_sockets = dict(role_sockets or {})
         self._procs: dict[str, subprocess.Popen[Any]] = {}
         self._agent: NetAgent | None = None
 
@@ -82,7 +86,8 @@ class ProcessRuntime:
             if self._agent is not None:
                 self._agent.close()
             self._agent = NetAgent(node, self.workdir, socket=self.socket, state=self.state,
-                                           args=self.netagent_args, env=self.env, probe_interval=None)
+                                   role_sockets=dict(self.role_sockets), args=self.netagent_args,
+                                   env=self.env, probe_interval=None)
             self._agent.start(timeout=30)
             return
         with open(self.log_path(name), "ab") as logf:

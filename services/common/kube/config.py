@@ -11,10 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_NETAGENT_SOCKET = "/run/liqo/netagent.sock"
+from services.common.vocabulary import netagent_socket
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str) -> None:
+def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str, netagent_role: str) -> None:
+    """`netagent_role` ("labeler", "tunnel", "natmap") names the netagent socket the component uses by
+    default: the one that serves its own methods (and the reads)."""
+    default_socket = netagent_socket(netagent_role)
     g = parser.add_argument_group("controller runtime")
     g.add_argument(
         "--kubeconfig",
@@ -25,9 +28,10 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str) -> 
     )
     g.add_argument(
         "--netagent-socket",
-        default=DEFAULT_NETAGENT_SOCKET,
+        default=default_socket,
         metavar="PATH",
-        help=f"Unix socket of the netagent's gRPC API (default: {DEFAULT_NETAGENT_SOCKET})",
+        help=f"the netagent's {netagent_role} socket: serves this component's methods and the reads; "
+        f"any other method answers PERMISSION_DENIED (default: {default_socket})",
     )
     g.add_argument(
         "--http-bind-address",

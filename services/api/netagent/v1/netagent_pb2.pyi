@@ -16,6 +16,15 @@ Conventions (every RPC):
   ACTIVE (see SetRole); a standby agent answers FAILED_PRECONDITION.
 - UNAVAILABLE means a transient kernel or userspace-WireGuard failure: retry with exponential back
   off. INTERNAL means a bug or a host the agent cannot manage: do not retry in a tight loop.
+- Sockets: the agent serves one Unix socket per caller role (labeler: SetRole; tunnel controller:
+  ConfigureDevice, EnsureTunnel, DeleteTunnel; NAT controller: SetNatMappings, DeleteNatMappings)
+  plus the operator's socket, which serves every method. Every socket serves the reads (GetInfo,
+  WatchRole, ListTunnels, WatchTunnelStatus), grpc.health.v1 and reflection. Any other method
+  answers PERMISSION_DENIED naming the socket's role, before any validation: the caller is on the
+  wrong socket; do not retry.
+- Streams are bounded per socket (each socket has its own threads, some kept for unary calls, so
+  SetRole and GetInfo always answer). A stream over the bound answers RESOURCE_EXHAUSTED: close
+  unused streams and retry with exponential back off.
 
 Private keys travel only inside ConfigureDeviceRequest and are never returned or logged.
 """
@@ -634,7 +643,9 @@ class WatchTunnelStatusRequest(_message.Message):
     """Optional: only this cluster."""
     @_builtins.property
     def min_interval(self) -> _duration_pb2.Duration:
-        """Minimum time between two updates of one tunnel whose state did not change. Default 5 s."""
+        """Minimum time between two updates of one tunnel whose state did not change. Default 5 s (also when
+        zero or negative); values below 100 ms are raised to 100 ms.
+        """
 
     def __init__(
         self,

@@ -92,8 +92,8 @@ class NetAgentServiceServicer:
     """
 
     def GetInfo(self, request, context):
-        """GetInfo reports what the agent is and runs. Read-only; never fails but with UNAVAILABLE while
-        the agent is starting.
+        """GetInfo reports what the agent is and runs. Read-only, served on every socket; never fails but
+        with UNAVAILABLE while the agent is starting.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,11 +106,13 @@ class NetAgentServiceServicer:
         Idempotency: the same arguments change nothing. A new key or port reprograms the device; peers
         are kept.
 
-        | Condition                              | Code             | Recovery                          |
-        |----------------------------------------|------------------|-----------------------------------|
-        | key not 32 bytes of base64, port not    | INVALID_ARGUMENT | Caller MUST fix the arguments.    |
-        | in 1..65535, MTU not in 1280..9000      |                  |                                   |
-        | device could not be programmed         | UNAVAILABLE      | Retry with exponential back off.  |
+        | Condition                              | Code              | Recovery                          |
+        |----------------------------------------|-------------------|-----------------------------------|
+        | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
+        | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+        | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+        | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
+        |                                        |                   | the operator's socket.            |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,14 +134,17 @@ class NetAgentServiceServicer:
         | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
         |                                         |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+        | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
+        |                                         |                     | operator's socket.              |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRole(self, request, context):
-        """WatchRole streams the current role at once, then every change (including expiry). Never fails on
-        its own; the stream ends when the agent stops.
+        """WatchRole streams the current role at once, then every change (including expiry). Served on every
+        socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
+        stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,6 +167,8 @@ class NetAgentServiceServicer:
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
         | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
+        | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
+        |                                             |                     | or the operator's socket.   |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +184,8 @@ class NetAgentServiceServicer:
         | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+        | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
+        |                             |                     | the operator's socket.          |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +193,7 @@ class NetAgentServiceServicer:
 
     def ListTunnels(self, request, context):
         """ListTunnels returns every tunnel the agent manages (including those adopted after a restart) with
-        its status. Read-only; allowed in every role.
+        its status. Read-only; allowed in every role, served on every socket.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,8 +201,14 @@ class NetAgentServiceServicer:
 
     def WatchTunnelStatus(self, request, context):
         """WatchTunnelStatus streams the status of every tunnel (or of one cluster) at once, then on every
-        change of `state`, and at most every `min_interval` for counters and latency. Allowed in every
-        role. INVALID_ARGUMENT for a malformed cluster_id.
+        change of `state`, and at most every `min_interval` (floored at 100 ms) for counters and latency.
+        Allowed in every role, served on every socket.
+
+        | Condition                                   | Code                | Recovery                    |
+        |---------------------------------------------|---------------------|-----------------------------|
+        | cluster_id malformed                        | INVALID_ARGUMENT    | Caller MUST fix it.         |
+        | the socket already serves its bound of      | RESOURCE_EXHAUSTED  | Close unused streams; retry |
+        | streams                                     |                     | with back off.              |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +227,8 @@ class NetAgentServiceServicer:
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
+        | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
+        |                                             |                     | the operator's socket.      |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,6 +244,8 @@ class NetAgentServiceServicer:
         | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+        | on another role's socket    | PERMISSION_DENIED   | Use the NAT controller's or the |
+        |                             |                     | operator's socket.              |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

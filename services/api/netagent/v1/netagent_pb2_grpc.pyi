@@ -16,6 +16,15 @@ Conventions (every RPC):
   ACTIVE (see SetRole); a standby agent answers FAILED_PRECONDITION.
 - UNAVAILABLE means a transient kernel or userspace-WireGuard failure: retry with exponential back
   off. INTERNAL means a bug or a host the agent cannot manage: do not retry in a tight loop.
+- Sockets: the agent serves one Unix socket per caller role (labeler: SetRole; tunnel controller:
+  ConfigureDevice, EnsureTunnel, DeleteTunnel; NAT controller: SetNatMappings, DeleteNatMappings)
+  plus the operator's socket, which serves every method. Every socket serves the reads (GetInfo,
+  WatchRole, ListTunnels, WatchTunnelStatus), grpc.health.v1 and reflection. Any other method
+  answers PERMISSION_DENIED naming the socket's role, before any validation: the caller is on the
+  wrong socket; do not retry.
+- Streams are bounded per socket (each socket has its own threads, some kept for unary calls, so
+  SetRole and GetInfo always answer). A stream over the bound answers RESOURCE_EXHAUSTED: close
+  unused streams and retry with exponential back off.
 
 Private keys travel only inside ConfigureDeviceRequest and are never returned or logged.
 """
@@ -51,8 +60,8 @@ class NetAgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NetAgentServiceAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.GetInfoRequest, _netagent_pb2.GetInfoResponse]
-    """GetInfo reports what the agent is and runs. Read-only; never fails but with UNAVAILABLE while
-    the agent is starting.
+    """GetInfo reports what the agent is and runs. Read-only, served on every socket; never fails but
+    with UNAVAILABLE while the agent is starting.
     """
     ConfigureDevice: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.ConfigureDeviceRequest, _netagent_pb2.ConfigureDeviceResponse]
     """ConfigureDevice sets the WireGuard device's private key, listen port and MTU. Allowed in every
@@ -61,11 +70,13 @@ class NetAgentServiceStub:
     Idempotency: the same arguments change nothing. A new key or port reprograms the device; peers
     are kept.
 
-    | Condition                              | Code             | Recovery                          |
-    |----------------------------------------|------------------|-----------------------------------|
-    | key not 32 bytes of base64, port not    | INVALID_ARGUMENT | Caller MUST fix the arguments.    |
-    | in 1..65535, MTU not in 1280..9000      |                  |                                   |
-    | device could not be programmed         | UNAVAILABLE      | Retry with exponential back off.  |
+    | Condition                              | Code              | Recovery                          |
+    |----------------------------------------|-------------------|-----------------------------------|
+    | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
+    | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
+    |                                        |                   | the operator's socket.            |
     """
     SetRole: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.SetRoleRequest, _netagent_pb2.SetRoleResponse]
     """SetRole sets the agent's role for a bounded time (fencing). ACTIVE lasts `ttl` from the moment
@@ -83,10 +94,13 @@ class NetAgentServiceStub:
     | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
     |                                         |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+    | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
+    |                                         |                     | operator's socket.              |
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]
-    """WatchRole streams the current role at once, then every change (including expiry). Never fails on
-    its own; the stream ends when the agent stops.
+    """WatchRole streams the current role at once, then every change (including expiry). Served on every
+    socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
+    stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
     """
     EnsureTunnel: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.EnsureTunnelRequest, _netagent_pb2.EnsureTunnelResponse]
     """EnsureTunnel makes the dataplane for one remote cluster match `tunnel`: WireGuard peer, routes in
@@ -105,6 +119,8 @@ class NetAgentServiceStub:
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
     | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
+    | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
+    |                                             |                     | or the operator's socket.   |
     """
     DeleteTunnel: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.DeleteTunnelRequest, _netagent_pb2.DeleteTunnelResponse]
     """DeleteTunnel removes everything EnsureTunnel created for a cluster, its NAT mappings included.
@@ -116,15 +132,23 @@ class NetAgentServiceStub:
     | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+    | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
+    |                             |                     | the operator's socket.          |
     """
     ListTunnels: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.ListTunnelsRequest, _netagent_pb2.ListTunnelsResponse]
     """ListTunnels returns every tunnel the agent manages (including those adopted after a restart) with
-    its status. Read-only; allowed in every role.
+    its status. Read-only; allowed in every role, served on every socket.
     """
     WatchTunnelStatus: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchTunnelStatusRequest, _netagent_pb2.WatchTunnelStatusResponse]
     """WatchTunnelStatus streams the status of every tunnel (or of one cluster) at once, then on every
-    change of `state`, and at most every `min_interval` for counters and latency. Allowed in every
-    role. INVALID_ARGUMENT for a malformed cluster_id.
+    change of `state`, and at most every `min_interval` (floored at 100 ms) for counters and latency.
+    Allowed in every role, served on every socket.
+
+    | Condition                                   | Code                | Recovery                    |
+    |---------------------------------------------|---------------------|-----------------------------|
+    | cluster_id malformed                        | INVALID_ARGUMENT    | Caller MUST fix it.         |
+    | the socket already serves its bound of      | RESOURCE_EXHAUSTED  | Close unused streams; retry |
+    | streams                                     |                     | with back off.              |
     """
     SetNatMappings: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.SetNatMappingsRequest, _netagent_pb2.SetNatMappingsResponse]
     """SetNatMappings replaces the whole NAT map of one cluster (one DNAT per entry, from an address of
@@ -139,6 +163,8 @@ class NetAgentServiceStub:
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
+    | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
+    |                                             |                     | the operator's socket.      |
     """
     DeleteNatMappings: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.DeleteNatMappingsRequest, _netagent_pb2.DeleteNatMappingsResponse]
     """DeleteNatMappings removes every NAT mapping of one cluster; the tunnel stays.
@@ -150,6 +176,8 @@ class NetAgentServiceStub:
     | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+    | on another role's socket    | PERMISSION_DENIED   | Use the NAT controller's or the |
+    |                             |                     | operator's socket.              |
     """
 
 @_typing.type_check_only
@@ -158,8 +186,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_netagent_pb2.GetInfoRequest, _netagent_pb2.GetInfoResponse]  # type: ignore[assignment]
-    """GetInfo reports what the agent is and runs. Read-only; never fails but with UNAVAILABLE while
-    the agent is starting.
+    """GetInfo reports what the agent is and runs. Read-only, served on every socket; never fails but
+    with UNAVAILABLE while the agent is starting.
     """
     ConfigureDevice: _aio.UnaryUnaryMultiCallable[_netagent_pb2.ConfigureDeviceRequest, _netagent_pb2.ConfigureDeviceResponse]  # type: ignore[assignment]
     """ConfigureDevice sets the WireGuard device's private key, listen port and MTU. Allowed in every
@@ -168,11 +196,13 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     Idempotency: the same arguments change nothing. A new key or port reprograms the device; peers
     are kept.
 
-    | Condition                              | Code             | Recovery                          |
-    |----------------------------------------|------------------|-----------------------------------|
-    | key not 32 bytes of base64, port not    | INVALID_ARGUMENT | Caller MUST fix the arguments.    |
-    | in 1..65535, MTU not in 1280..9000      |                  |                                   |
-    | device could not be programmed         | UNAVAILABLE      | Retry with exponential back off.  |
+    | Condition                              | Code              | Recovery                          |
+    |----------------------------------------|-------------------|-----------------------------------|
+    | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
+    | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
+    |                                        |                   | the operator's socket.            |
     """
     SetRole: _aio.UnaryUnaryMultiCallable[_netagent_pb2.SetRoleRequest, _netagent_pb2.SetRoleResponse]  # type: ignore[assignment]
     """SetRole sets the agent's role for a bounded time (fencing). ACTIVE lasts `ttl` from the moment
@@ -190,10 +220,13 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
     |                                         |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+    | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
+    |                                         |                     | operator's socket.              |
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]  # type: ignore[assignment]
-    """WatchRole streams the current role at once, then every change (including expiry). Never fails on
-    its own; the stream ends when the agent stops.
+    """WatchRole streams the current role at once, then every change (including expiry). Served on every
+    socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
+    stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
     """
     EnsureTunnel: _aio.UnaryUnaryMultiCallable[_netagent_pb2.EnsureTunnelRequest, _netagent_pb2.EnsureTunnelResponse]  # type: ignore[assignment]
     """EnsureTunnel makes the dataplane for one remote cluster match `tunnel`: WireGuard peer, routes in
@@ -212,6 +245,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
     | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
+    | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
+    |                                             |                     | or the operator's socket.   |
     """
     DeleteTunnel: _aio.UnaryUnaryMultiCallable[_netagent_pb2.DeleteTunnelRequest, _netagent_pb2.DeleteTunnelResponse]  # type: ignore[assignment]
     """DeleteTunnel removes everything EnsureTunnel created for a cluster, its NAT mappings included.
@@ -223,15 +258,23 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+    | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
+    |                             |                     | the operator's socket.          |
     """
     ListTunnels: _aio.UnaryUnaryMultiCallable[_netagent_pb2.ListTunnelsRequest, _netagent_pb2.ListTunnelsResponse]  # type: ignore[assignment]
     """ListTunnels returns every tunnel the agent manages (including those adopted after a restart) with
-    its status. Read-only; allowed in every role.
+    its status. Read-only; allowed in every role, served on every socket.
     """
     WatchTunnelStatus: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchTunnelStatusRequest, _netagent_pb2.WatchTunnelStatusResponse]  # type: ignore[assignment]
     """WatchTunnelStatus streams the status of every tunnel (or of one cluster) at once, then on every
-    change of `state`, and at most every `min_interval` for counters and latency. Allowed in every
-    role. INVALID_ARGUMENT for a malformed cluster_id.
+    change of `state`, and at most every `min_interval` (floored at 100 ms) for counters and latency.
+    Allowed in every role, served on every socket.
+
+    | Condition                                   | Code                | Recovery                    |
+    |---------------------------------------------|---------------------|-----------------------------|
+    | cluster_id malformed                        | INVALID_ARGUMENT    | Caller MUST fix it.         |
+    | the socket already serves its bound of      | RESOURCE_EXHAUSTED  | Close unused streams; retry |
+    | streams                                     |                     | with back off.              |
     """
     SetNatMappings: _aio.UnaryUnaryMultiCallable[_netagent_pb2.SetNatMappingsRequest, _netagent_pb2.SetNatMappingsResponse]  # type: ignore[assignment]
     """SetNatMappings replaces the whole NAT map of one cluster (one DNAT per entry, from an address of
@@ -246,6 +289,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
+    | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
+    |                                             |                     | the operator's socket.      |
     """
     DeleteNatMappings: _aio.UnaryUnaryMultiCallable[_netagent_pb2.DeleteNatMappingsRequest, _netagent_pb2.DeleteNatMappingsResponse]  # type: ignore[assignment]
     """DeleteNatMappings removes every NAT mapping of one cluster; the tunnel stays.
@@ -257,6 +302,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+    | on another role's socket    | PERMISSION_DENIED   | Use the NAT controller's or the |
+    |                             |                     | operator's socket.              |
     """
 
 class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -268,8 +315,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _netagent_pb2.GetInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_netagent_pb2.GetInfoResponse, _abc.Awaitable[_netagent_pb2.GetInfoResponse]]:
-        """GetInfo reports what the agent is and runs. Read-only; never fails but with UNAVAILABLE while
-        the agent is starting.
+        """GetInfo reports what the agent is and runs. Read-only, served on every socket; never fails but
+        with UNAVAILABLE while the agent is starting.
         """
 
     @_abc_1.abstractmethod
@@ -284,11 +331,13 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         Idempotency: the same arguments change nothing. A new key or port reprograms the device; peers
         are kept.
 
-        | Condition                              | Code             | Recovery                          |
-        |----------------------------------------|------------------|-----------------------------------|
-        | key not 32 bytes of base64, port not    | INVALID_ARGUMENT | Caller MUST fix the arguments.    |
-        | in 1..65535, MTU not in 1280..9000      |                  |                                   |
-        | device could not be programmed         | UNAVAILABLE      | Retry with exponential back off.  |
+        | Condition                              | Code              | Recovery                          |
+        |----------------------------------------|-------------------|-----------------------------------|
+        | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
+        | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+        | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+        | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
+        |                                        |                   | the operator's socket.            |
         """
 
     @_abc_1.abstractmethod
@@ -312,6 +361,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
         |                                         |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+        | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
+        |                                         |                     | operator's socket.              |
         """
 
     @_abc_1.abstractmethod
@@ -320,8 +371,9 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _netagent_pb2.WatchRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_netagent_pb2.WatchRoleResponse], _abc.AsyncIterator[_netagent_pb2.WatchRoleResponse]]:
-        """WatchRole streams the current role at once, then every change (including expiry). Never fails on
-        its own; the stream ends when the agent stops.
+        """WatchRole streams the current role at once, then every change (including expiry). Served on every
+        socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
+        stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
         """
 
     @_abc_1.abstractmethod
@@ -346,6 +398,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
         | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
+        | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
+        |                                             |                     | or the operator's socket.   |
         """
 
     @_abc_1.abstractmethod
@@ -363,6 +417,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+        | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
+        |                             |                     | the operator's socket.          |
         """
 
     @_abc_1.abstractmethod
@@ -372,7 +428,7 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_netagent_pb2.ListTunnelsResponse, _abc.Awaitable[_netagent_pb2.ListTunnelsResponse]]:
         """ListTunnels returns every tunnel the agent manages (including those adopted after a restart) with
-        its status. Read-only; allowed in every role.
+        its status. Read-only; allowed in every role, served on every socket.
         """
 
     @_abc_1.abstractmethod
@@ -382,8 +438,14 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_netagent_pb2.WatchTunnelStatusResponse], _abc.AsyncIterator[_netagent_pb2.WatchTunnelStatusResponse]]:
         """WatchTunnelStatus streams the status of every tunnel (or of one cluster) at once, then on every
-        change of `state`, and at most every `min_interval` for counters and latency. Allowed in every
-        role. INVALID_ARGUMENT for a malformed cluster_id.
+        change of `state`, and at most every `min_interval` (floored at 100 ms) for counters and latency.
+        Allowed in every role, served on every socket.
+
+        | Condition                                   | Code                | Recovery                    |
+        |---------------------------------------------|---------------------|-----------------------------|
+        | cluster_id malformed                        | INVALID_ARGUMENT    | Caller MUST fix it.         |
+        | the socket already serves its bound of      | RESOURCE_EXHAUSTED  | Close unused streams; retry |
+        | streams                                     |                     | with back off.              |
         """
 
     @_abc_1.abstractmethod
@@ -404,6 +466,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
+        | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
+        |                                             |                     | the operator's socket.      |
         """
 
     @_abc_1.abstractmethod
@@ -421,6 +485,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
+        | on another role's socket    | PERMISSION_DENIED   | Use the NAT controller's or the |
+        |                             |                     | operator's socket.              |
         """
 
 def add_NetAgentServiceServicer_to_server(servicer: NetAgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
