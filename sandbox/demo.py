@@ -592,8 +592,10 @@ class Demo:
             lines.append(f"  pod {p.name} ({p.ip}):  nsenter -t {p.pid} -n ping {target}")
         lines.append("Press Ctrl-C to stop and remove everything.")
         self.r.note("\n".join(lines))
+        # Short sleeps: Python runs a signal handler only when the main thread runs again, and a
+        # signal delivered to another thread does not end a long sleep of the main one.
         while True:
-            time.sleep(3600)
+            time.sleep(0.2)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:

@@ -128,7 +128,12 @@ class _Host:
         return cp
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Starts a process (a daemon, an agent) in this host's namespaces. The node kills it on stop."""
+        """Starts a process (a daemon, an agent) in this host's namespaces. The node kills it on stop.
+
+        In a session of its own, like the holders: a ^C at the terminal reaches only the program that
+        started it, which then stops everything in order (its own clean-up), instead of killing the
+        API servers and controllers under it at once."""
+        kw.setdefault("start_new_session", True)
         proc: subprocess.Popen[Any] = subprocess.Popen(self._argv(argv), **kw)
         self._children.append(proc)
         return proc
