@@ -136,7 +136,8 @@ def test_min_remote_prefix_is_configurable() -> None:
         {"remote_nat_pod_cidr": "10.80.0.0/16", "remote_external_cidr": "10.90.0.0/16"},
         {"local_nat_pod_cidr": "10.80.0.0/16", "remote_nat_external_cidr": "10.90.0.0/16"},
         {"local_nat_external_cidr": "10.90.0.0/16", "remote_nat_pod_cidr": "10.60.0.0/16"},
-        {"remote_nat_pod_cidr": "None", "remote_pod_cidr": "10.1.0.0/16", "remote_external_cidr": "10.202.0.0/16"},
+        {"remote_nat_pod_cidr": "None", "remote_pod_cidr": "10.1.0.0/16",
+         "remote_external_cidr": "10.202.0.0/16"},
         {"endpoint": "gw.example.com"},
         {"remote_external_cidr": "11.0.0.0/8"},  # exactly the minimum
     ],
@@ -179,7 +180,7 @@ def test_listen_port(port: int, ok: bool) -> None:
     if ok:
         BARE.check_listen_port(port)
     else:
-        with pytest.raises(SpecError, match="^listen_port: .*--allow-privileged-ports"):
+        with pytest.raises(SpecError, match=r"^listen_port: .*--allow-privileged-ports"):
             BARE.check_listen_port(port)
     Protection(allow_privileged_ports=True).check_listen_port(port)
 
@@ -207,7 +208,7 @@ def test_nat_targets_outside_this_cluster_are_refused(ip: str, why: str) -> None
 
 
 def test_probe_address_is_protected_when_moved() -> None:
-    with pytest.raises(SpecError, match="probe/tunnel address 100.64.0.1"):
+    with pytest.raises(SpecError, match=r"probe/tunnel address 100\.64\.0\.1"):
         Protection(tunnel_ip=A("100.64.0.1")).check_nat_target(A("100.64.0.1"))
 
 

@@ -157,9 +157,8 @@ class Protection:
         for spec in tunnels:
             if spec.cluster_id == cluster_id:
                 continue
-            out += [
-                (*span(net), f"in remote CIDR {net} of tunnel {spec.cluster_id!r}") for net in spec.allowed_ips
-            ]
+            why = f"of tunnel {spec.cluster_id!r}"
+            out += [(*span(net), f"in remote CIDR {net} {why}") for net in spec.allowed_ips]
         return out
 
 
