@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 # Next hops; never assigned to an interface (static neighbours make them reachable).
 GATEWAY_VETH_IP = IPv4Address("169.254.100.1")  # used from the host, points at liqo.gateway
@@ -39,3 +39,12 @@ class AgentConfig:
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint
+
+    # The protected address space (docs/security.md, services/netagent/plan/protect.py). This
+    # cluster's CIDRs: when set, no remote CIDR may overlap them and a tunnel's local pod and external
+    # CIDRs must equal them; None skips both.
+    pod_cidr: IPv4Network | None = None
+    external_cidr: IPv4Network | None = None
+    service_cidr: IPv4Network | None = None
+    min_remote_prefix: int = 8  # remote CIDRs wider than this are refused
+    allow_privileged_ports: bool = False  # a WireGuard listen port below 1024

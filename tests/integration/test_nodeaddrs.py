@@ -48,8 +48,8 @@ def watch_and_change() -> tuple[Protection, float, Protection]:
         subprocess.run(["ip", "addr", "add", "192.168.88.5/24", "dev", "eth0"], check=True)
         subprocess.run(["ip", "route", "add", "10.0.2.0/24", "via", "192.168.88.1"], check=True)
         while time.monotonic() - t0 < 5:
-            p = watcher.protection()
-            if IPv4Address("192.168.88.5") in p.node.addresses and IPv4Network("10.0.2.0/24") in p.node.routes:
+            node = watcher.protection().node
+            if IPv4Address("192.168.88.5") in node.addresses and IPv4Network("10.0.2.0/24") in node.routes:
                 break
             time.sleep(0.01)
         seen = time.monotonic() - t0

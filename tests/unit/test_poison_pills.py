@@ -3,7 +3,6 @@ to the same structure, and the iptables-save parser never raises on bytes it did
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import pytest

@@ -327,6 +327,10 @@ class NatMap(Mapping[IPv4Address, IPv4Address]):
     def has_new(self, new: int) -> bool:
         return new in self._by_new
 
+    def targets(self) -> Iterable[int]:
+        """The DNAT targets (old addresses) as integers, for bulk checks."""
+        return self._by_old.keys()
+
     def as_strings(self) -> dict[str, str]:
         """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
         return {_addr(old): _addr(new) for old, new in self._by_old.items()}

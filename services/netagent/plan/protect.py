@@ -16,7 +16,7 @@ from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 from services.common.tunnelspec import SpecError, TunnelSpec
-from services.netagent.config import GATEWAY_VETH_IP, HOST_VETH_IP, TUNNEL_IP
+from services.netagent.config import GATEWAY_VETH_IP, HOST_VETH_IP, TUNNEL_IP, AgentConfig
 
 __all__ = [
     "ALWAYS_PROTECTED",
@@ -24,6 +24,7 @@ __all__ = [
     "MIN_UNPRIVILEGED_PORT",
     "NodeAddresses",
     "Protection",
+    "base_protection",
 ]
 
 # Never a remote CIDR: "this network", loopback, link-local (every Liqo-owned next hop and the
@@ -160,6 +161,21 @@ class Protection:
             why = f"of tunnel {spec.cluster_id!r}"
             out += [(*span(net), f"in remote CIDR {net} {why}") for net in spec.allowed_ips]
         return out
+
+
+def base_protection(cfg: AgentConfig) -> Protection:
+    """What the configuration protects, before anything is learned about the node."""
+    if not 1 <= cfg.min_remote_prefix <= 32:
+        raise ValueError(f"min_remote_prefix: {cfg.min_remote_prefix} not in 1..32")
+    return Protection(
+        pod_cidr=cfg.pod_cidr,
+        external_cidr=cfg.external_cidr,
+        service_cidr=cfg.service_cidr,
+        min_remote_prefix=cfg.min_remote_prefix,
+        allow_privileged_ports=cfg.allow_privileged_ports,
+        tunnel_ip=cfg.tunnel_ip,
+        next_hops=(cfg.gateway_veth_ip, cfg.host_veth_ip),
+    )
 
 
 def _remote_field(spec: TunnelSpec, which: str) -> str:
