@@ -158,5 +158,5 @@ def _explain(stderr: str, script: str | None) -> str:
         lines = script.split("\n")
         n = int(m.group(1) or m.group(2))
         if 0 < n <= len(lines):
-            msg += f" (script line {n}: {lines[n - 1][:200]!a})"
+            msg += f" (script line {n}: {lines[n - 1][:200]})"
     return msg
