@@ -49,8 +49,15 @@ def uplink(node: Node) -> None:
 
 
 def snapshot(node: Node) -> dict[str, list[str]]:
-    """The kernel snapshot, order-insensitive (WireGuard lists peers in no stable order)."""
-    return {part: sorted(text.splitlines()) for part, text in kernel_snapshot(node).items()}
+    """The kernel snapshot, order-insensitive (WireGuard lists peers in no stable order), without the
+    IPv6 link-local routes the kernel adds on its own once a link is up."""
+    def ipv6_auto(part: str, line: str) -> bool:
+        return "routes" in part and ("fe80::" in line or "ff00::" in line)
+
+    return {
+        part: sorted(line for line in text.splitlines() if not ipv6_auto(part, line))
+        for part, text in kernel_snapshot(node).items()
+    }
 
 
 def tunnel(**over: Any) -> pb.Tunnel:
