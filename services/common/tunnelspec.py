@@ -10,13 +10,15 @@ import base64
 import hashlib
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 NONE_CIDR = "None"  # Liqo's "no remapping" sentinel
-CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Matched whole (`fullmatch`, `\Z`): `$` also matches before a trailing newline, so "abc\n" passed.
+CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 MAX_KEEPALIVE_SECONDS = 3600
 MAX_NAME_LEN = 63
@@ -60,7 +62,7 @@ def check_public_key(field: str, value: str) -> str:
 
 
 def check_cluster_id(value: str) -> str:
-    if not CLUSTER_ID_RE.match(value):
+    if not CLUSTER_ID_RE.fullmatch(value):
         raise SpecError(f"cluster_id: {value!r} must be 1..63 characters of [A-Za-z0-9._-]")
     return value
 
@@ -72,8 +74,27 @@ def check_endpoint(value: str) -> str:
         return value
     except ValueError:
         pass
-    if not HOSTNAME_RE.match(value) or value.replace(".", "").isdigit():
+    if not HOSTNAME_RE.fullmatch(value) or value.replace(".", "").isdigit():
         raise SpecError(f"endpoint: {value!r} is neither an IPv4 address nor a DNS name")
+    return value
+
+
+# Unicode categories refused in a cluster name: controls (C0, C1: newlines, \x0b, \x1c...), lone
+# surrogates (not UTF-8), line and paragraph separators (U+2028, U+2029).
+_NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def check_cluster_name(value: str) -> str:
+    """A display name: any Unicode text (the CRD allows it) of at most 63 characters, except quotes,
+    backslashes and line-breaking or control characters. It never reaches the kernel as is: iptables
+    comments carry an ASCII-safe form of it (`services.netagent.plan.natrules.comment_label`)."""
+    if len(value) > MAX_NAME_LEN or any(
+        c in "\"'\\" or unicodedata.category(c) in _NAME_REFUSED_CATEGORIES for c in value
+    ):
+        raise SpecError(
+            "cluster_name: at most 63 characters; no double quotes, quotes, backslashes, newlines or"
+            " other control or line-breaking characters"
+        )
     return value
 
 
@@ -121,8 +142,7 @@ class TunnelSpec:
     ) -> TunnelSpec:
         """Validates every field; raises SpecError on the first invalid one."""
         check_cluster_id(cluster_id)
-        if len(cluster_name) > MAX_NAME_LEN or any(c in cluster_name for c in "\"'\\\n"):
-            raise SpecError("cluster_name: at most 63 characters, no quotes, backslashes or newlines")
+        check_cluster_name(cluster_name)
         if not 1 <= endpoint_port <= 65535:
             raise SpecError(f"endpoint_port: {endpoint_port} not in 1..65535")
         if not 0 <= persistent_keepalive <= MAX_KEEPALIVE_SECONDS:

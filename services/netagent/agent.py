@@ -21,7 +21,7 @@ from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, 
 from services.netagent import state
 from services.netagent.config import AgentConfig
 from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
-from services.netagent.kernel import iptables, netns, routes, veth
+from services.netagent.kernel import iptables, netns, nodeaddrs, routes, veth
 from services.netagent.kernel.probe import Prober
 from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
@@ -29,6 +29,7 @@ from services.netagent.plan import natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
+from services.netagent.plan.protect import Protection, base_protection
 from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
@@ -91,12 +92,17 @@ class Agent:
         self._fresh_peers: dict[str, tuple[float, int]] = {}
         self._nudge_thread = threading.Thread(target=self._nudge_loop, name="handshake-nudge", daemon=True)
         self._persist_thread = threading.Thread(target=self._persist_loop, name="persist", daemon=True)
+        # The protected address space (docs/security.md): kept current from the kernel once started.
+        self._node_addrs = nodeaddrs.NodeAddrs(
+            base_protection(cfg), excluded_links=(cfg.host_veth, cfg.gateway_veth, cfg.wg_device)
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Creates or adopts the netns, veth and device, then converges to the persisted state."""
         cfg = self.cfg
+        self._node_addrs.start()  # protection first: the node's addresses before any request
         persisted = state.load(cfg.state_path)
         with self._lock:
             if persisted is not None:
@@ -133,6 +139,7 @@ class Agent:
         self._stopping.set()
         self._notify()
         self._prober.stop()
+        self._node_addrs.stop()
         self._dirty.set()
         self._persist_thread.join(timeout=10)
 
@@ -161,6 +168,7 @@ class Agent:
         check_public_key("private_key", private_key)  # same encoding as a public key
         if listen_port and not 1 <= listen_port <= 65535:
             raise SpecError(f"listen_port: {listen_port} not in 1..65535")
+        self.protection().check_listen_port(listen_port)
         if mtu and not MIN_MTU <= mtu <= MAX_MTU:
             raise SpecError(f"mtu: {mtu} not in {MIN_MTU}..{MAX_MTU}")
         with self._lock:
@@ -201,6 +209,10 @@ class Agent:
 
     def role_seconds_left(self) -> float | None:
         return self._fence.seconds_left()
+
+    def protection(self) -> Protection:
+        """The protected address space now (docs/security.md): its checks raise SpecError."""
+        return self._node_addrs.protection()
 
     def _require_active(self) -> None:
         if self._fence.current().role is not Role.ACTIVE:
@@ -246,6 +258,8 @@ class Agent:
     def ensure_tunnel(self, spec: TunnelSpec) -> tuple[TunnelView, bool]:
         with self._lock:
             self._require_active()
+            protection = self.protection()
+            protection.check_tunnel(spec)
             self._check_no_overlap(spec)
             old = self._state.tunnels.get(spec.cluster_id)
             before = list(self._state.tunnels.values())
@@ -254,6 +268,7 @@ class Agent:
                 kept = self._state.nat_maps.get(spec.cluster_id, {})
                 natrules.parse_nat_map(spec, {str(o): str(n) for o, n in kept.items()})
             endpoint_ip = resolve_endpoint(spec.endpoint, self._state.endpoints.get(spec.cluster_id))
+            protection.check_endpoint(endpoint_ip)
             changed = old != spec or self._state.endpoints.get(spec.cluster_id) != endpoint_ip
             self._state.tunnels[spec.cluster_id] = spec
             self._state.endpoints[spec.cluster_id] = endpoint_ip
@@ -307,6 +322,9 @@ class Agent:
                 self._require_active()
                 raise NotReady(f"tunnel for cluster {cluster_id!r} is not ready")
             parsed = natrules.parse_nat_map(spec, mappings)
+            self.protection().check_nat_targets(
+                parsed.targets(), self._state.tunnels.values(), cluster_id=cluster_id
+            )
             self._require_active()
             if self._state.nat_maps.get(cluster_id, {}) == parsed:
                 return len(parsed), False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from services.common.vocabulary import NETAGENT_PRIVATE_DIR, netagent_socket
 
@@ -48,3 +48,12 @@ class AgentConfig:
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint
+
+    # The protected address space (docs/security.md, services/netagent/plan/protect.py). This
+    # cluster's CIDRs: when set, no remote CIDR may overlap them and a tunnel's local pod and external
+    # CIDRs must equal them; None skips both.
+    pod_cidr: IPv4Network | None = None
+    external_cidr: IPv4Network | None = None
+    service_cidr: IPv4Network | None = None
+    min_remote_prefix: int = 8  # remote CIDRs wider than this are refused
+    allow_privileged_ports: bool = False  # a WireGuard listen port below 1024

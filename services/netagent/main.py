@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from services.common.logging import setup_logging
 from services.netagent import agent as agent_mod
@@ -115,8 +115,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off"
     )
+    # The protected address space (docs/security.md): what no tunnel or NAT mapping may reach.
+    p.add_argument(
+        "--pod-cidr",
+        type=_cidr,
+        default=None,
+        help="this cluster's pod CIDR: no remote CIDR may overlap it and every tunnel's local pod CIDR"
+        " must equal it; unset = neither check",
+    )
+    p.add_argument(
+        "--external-cidr",
+        type=_cidr,
+        default=None,
+        help="this cluster's external CIDR: no remote CIDR may overlap it and every tunnel's local"
+        " external CIDR must equal it; unset = neither check",
+    )
+    p.add_argument(
+        "--service-cidr",
+        type=_cidr,
+        default=None,
+        help="this cluster's service CIDR: no remote CIDR may overlap it; unset = no check",
+    )
+    p.add_argument(
+        "--min-remote-prefix",
+        type=_prefix,
+        default=D.min_remote_prefix,
+        help="remote CIDRs shorter than this prefix length are refused",
+    )
+    p.add_argument(
+        "--allow-privileged-ports",
+        action="store_true",
+        help="let ConfigureDevice set a WireGuard listen port below 1024",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _cidr(value: str) -> IPv4Network:
+    try:
+        return IPv4Network(value, strict=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a canonical IPv4 CIDR ({e})") from None
+
+
+def _prefix(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= 32:
+        raise argparse.ArgumentTypeError(f"{value} not in 1..32")
+    return n
 
 
 def config_from_args(a: argparse.Namespace) -> AgentConfig:
@@ -142,6 +188,11 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
         state_path=a.state_path,
         resync_interval=a.resync_interval,
         metrics_address=a.metrics_address,
+        pod_cidr=a.pod_cidr,
+        external_cidr=a.external_cidr,
+        service_cidr=a.service_cidr,
+        min_remote_prefix=a.min_remote_prefix,
+        allow_privileged_ports=a.allow_privileged_ports,
     )
 
 

@@ -25,9 +25,10 @@ __all__ = ["Iptables"]
 
 log = logging.getLogger(__name__)
 
+ENCODING_ERRORS = "surrogateescape"
 SAVE = "iptables-legacy-save"
 RESTORE = "iptables-legacy-restore"
-SUFFIX_RE = re.compile(r"^LIQO-(?:PSTRT|PRRT|PRRT-MAP|FRWD-EXT)-CLS-([0-9a-f]+)$")
+SUFFIX_RE = re.compile(r"LIQO-(?:PSTRT|PRRT|PRRT-MAP|FRWD-EXT)-CLS-([0-9a-f]+)")  # fullmatch
 
 
 class Iptables:
@@ -50,16 +51,19 @@ class Iptables:
         return list(cmd) if self._ns_file is None else nsenter_argv(self._ns_file, cmd)
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        # Bytes, decoded with surrogateescape: iptables-save prints whatever others wrote (a comment
+        # cut inside a UTF-8 character), and a rule read back must go out as the same bytes.
         try:
             proc = subprocess.run(
-                self._argv(*argv), input=stdin, capture_output=True, text=True,
-                timeout=self._timeout, check=False,
+                self._argv(*argv), input=None if stdin is None else stdin.encode("utf-8", ENCODING_ERRORS),
+                capture_output=True, timeout=self._timeout, check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise IptablesError(f"{argv[0]}: {e}") from e
         if proc.returncode != 0:
-            raise IptablesError(f"{argv[0]} exited {proc.returncode}: {_explain(proc.stderr, stdin)}")
-        return proc.stdout
+            stderr = proc.stderr.decode("utf-8", "replace")
+            raise IptablesError(f"{argv[0]} exited {proc.returncode}: {_explain(stderr, stdin)}")
+        return proc.stdout.decode("utf-8", ENCODING_ERRORS)
 
     def _read(self) -> Ruleset:
         self._cache = None
@@ -142,7 +146,7 @@ class Iptables:
         """Chain suffixes of the per-cluster chains present in the kernel (fresh read)."""
         state = self.read()
         chains = (chain for owned in state.tables.values() for chain in owned)
-        return {m.group(1) for chain in chains if (m := SUFFIX_RE.match(chain))}
+        return {m.group(1) for chain in chains if (m := SUFFIX_RE.fullmatch(chain))}
 
 
 def _explain(stderr: str, script: str | None) -> str:
@@ -151,7 +155,7 @@ def _explain(stderr: str, script: str | None) -> str:
     msg = "; ".join(lines) or "no message"
     m = re.search(r"line (\d+) failed|at line: (\d+)", stderr)
     if m and script is not None:
-        lines = script.splitlines()
+        lines = script.split("\n")
         n = int(m.group(1) or m.group(2))
         if 0 < n <= len(lines):
             msg += f" (script line {n}: {lines[n - 1][:200]})"

@@ -42,7 +42,7 @@ _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # matched whole (fullmatch)
 
 
 class KernelError(OSError):
@@ -59,7 +59,7 @@ def kernel_errors(what: str) -> Iterator[None]:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(f"netns name {name!r}: 1..63 characters of [A-Za-z0-9._-]")
     return name
 

@@ -4,6 +4,12 @@ current state into the desired one, writing only the difference. `services.netag
 runs them.
 
 Only `LIQO-*` chains and, in other chains, rules jumping to a `LIQO-*` chain are ever read or written.
+
+The parser never raises, whatever the kernel holds (the text comes decoded with `surrogateescape`,
+so undecodable bytes survive as lone surrogates and go back out as the same bytes). A rule we could
+not have written (anything but printable ASCII, quotes or backslashes) in a `LIQO-*` chain is never
+deleted by content: its chain is rewritten. A foreign rule jumping into a `LIQO-*` chain is deleted
+by content, escaped exactly as iptables-save printed it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from collections.abc import Mapping, Sequence
 
 from services.netagent.plan.natrules import TABLES, Args, Ruleset, is_liqo_chain, jump_target
 
-__all__ = ["Chains", "IptablesError", "parse_save", "render_rule", "table_order", "table_script"]
+__all__ = [
+    "Chains", "IptablesError", "parse_save", "render_delete", "render_rule", "table_order", "table_script",
+]
 
 # Above this many single-rule edits (or a quarter of the chain) rewriting the chain is cheaper:
 # libiptc inserts and deletes by walking the chain, so many of them are quadratic.
@@ -54,23 +62,29 @@ def parse_save(text: str) -> Ruleset:
     liqo: dict[str, list[Args]] = {}
     foreign: dict[str, list[Args]] = {}
     table = ""
-    for line in text.splitlines():
+    # Lines end at "\n" only: str.splitlines() also breaks at \x0b, \x1c, \x85, U+2028...,
+    # which a comment written by somebody else may hold.
+    for line in text.split("\n"):
         if not line or line[0] == "#":
             continue
         if line[0] == "*":
             table, liqo, foreign = line[1:].strip(), {}, {}
+        elif not table:
+            continue  # nothing outside a table is ours
         elif line[0] == ":":
             name = line[1:].split(" ", 1)[0]
             if is_liqo_chain(name):
                 liqo[name] = []
         elif line.startswith("-A "):
             words = _split(line)
+            if len(words) < 2:
+                continue
             chain, rule = words[1], tuple(words[2:])
             if is_liqo_chain(chain):
                 liqo.setdefault(chain, []).append(rule)
             else:
                 foreign.setdefault(chain, []).append(rule)
-        elif line.strip() == "COMMIT":
+        elif line.strip() == "COMMIT" and table:
             owned = {name: tuple(rules) for name, rules in liqo.items()}
             for name, rules in foreign.items():
                 head = _owned_head(rules)
@@ -79,6 +93,26 @@ def parse_save(text: str) -> Ruleset:
             if owned:
                 tables[table] = owned
     return Ruleset(tables)
+
+
+def _plain(rule: Args) -> bool:
+    """True for a rule we could have written: printable ASCII, no quotes or backslashes."""
+    return all(a.isascii() and a.isprintable() and '"' not in a and "\\" not in a for a in rule)
+
+
+def _quote_exact(arg: str) -> str:
+    """An argument read back from iptables-save, quoted and escaped the way it printed it (so that a
+    `-D` of somebody else's odd rule names exactly that rule)."""
+    if arg and arg.isascii() and arg.isprintable() and not any(c in arg for c in ' "\\'):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_delete(chain: str, rule: Args) -> str:
+    """`-D chain rule` for a rule as read back, whatever it holds (`render_rule` refuses quotes)."""
+    if _plain(rule):
+        return render_rule(chain, rule, "-D")
+    return f"-D {chain} " + " ".join(map(_quote_exact, rule))
 
 
 def _quote(arg: str) -> str:
@@ -153,6 +187,8 @@ def _chain_edits(chain: str, cur: tuple[Args, ...], des: tuple[Args, ...]) -> li
         return None  # duplicates: deleting by content would be ambiguous
     in_order = [r for r in a if r in b_set] == [r for r in b if r in a_set]
     doomed = gone if in_order else a
+    if not all(map(_plain, doomed)):
+        return None  # not ours (odd bytes, quotes): rewrite the chain rather than name the rule
     # A rule deleted by content must be the only one like it in the whole chain.
     if (any(cur.count(r) > 1 for r in doomed) if len(doomed) <= 8 else len(set(cur)) != len(cur)):
         return None
@@ -192,7 +228,7 @@ def table_script(table: str, current: Chains, desired: Chains) -> str | None:
                 if target is None or not is_liqo_chain(target):
                     raise ValueError(f"{table}/{chain}: only jumps to LIQO chains may be owned, not {rule}")
             # Remove every Liqo jump, then put the desired ones on top; others' rules stay.
-            edits += [render_rule(chain, r, "-D") for r in cur or () if is_liqo_chain(jump_target(r) or "")]
+            edits += [render_delete(chain, r) for r in cur or () if is_liqo_chain(jump_target(r) or "")]
             edits += [render_rule(chain, r, "-I", i + 1) for i, r in enumerate(des or ())]
         elif des is None:
             declare.append(f"-F {chain}")

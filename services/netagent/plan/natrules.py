@@ -20,13 +20,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import re
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import NoReturn
 
-from services.common.tunnelspec import SpecError, TunnelSpec
+from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_name
 from services.netagent.config import AgentConfig
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "NatMap",
     "Ruleset",
     "cluster_chains",
+    "comment_label",
     "desired_state",
     "gc_paused",
     "is_liqo_chain",
@@ -110,6 +112,24 @@ def cluster_chains(suffix: str) -> ClusterChains:
     )
 
 
+# What a cluster name may carry into an iptables comment as is; anything else is replaced.
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{0,63}")
+_UNSAFE_CHAR_RE = re.compile(r"[^A-Za-z0-9._-]")
+LABEL_NAME_MAX = 32
+
+
+def comment_label(spec: TunnelSpec) -> str:
+    """The cluster as iptables comments name it: bounded, ASCII-safe, and rendered and read back
+    byte-exactly whatever the name (iptables cuts comments at 255 bytes, possibly inside a UTF-8
+    character, and line-breaking characters split iptables-save's output). A name of
+    `[A-Za-z0-9._-]` is kept as is (Liqo's comments); any other is reduced to those characters,
+    truncated, and followed by the cluster id, which tells clusters apart."""
+    name = spec.cluster_name
+    if _SAFE_NAME_RE.fullmatch(name):
+        return name
+    return f"{_UNSAFE_CHAR_RE.sub('_', name)[:LABEL_NAME_MAX]}~{spec.cluster_id}"
+
+
 def _comment(text: str) -> Args:
     # iptables-save would escape these, and Liqo's parser choked on them: never emit them.
     if any(c in text for c in "\"\\\n"):
@@ -156,7 +176,8 @@ def _cluster_rules(
 ) -> tuple[dict[str, list[Args]], dict[str, dict[str, tuple[Args, ...]]]]:
     """Jump rules for the global chains, and the cluster's own chains per table."""
     ch = cluster_chains(spec.chain_suffix)
-    name = spec.cluster_name
+    check_cluster_name(spec.cluster_name)  # what TunnelSpec.parse accepts; belt and braces
+    name = comment_label(spec)
     local = spec.local_pod_cidr
     local_nat = spec.local_nat_pod_cidr
     r_pod, r_ext = _net(spec.eff_remote_pod_cidr), _net(spec.eff_remote_external_cidr)
@@ -305,6 +326,10 @@ class NatMap(Mapping[IPv4Address, IPv4Address]):
 
     def has_new(self, new: int) -> bool:
         return new in self._by_new
+
+    def targets(self) -> Iterable[int]:
+        """The DNAT targets (old addresses) as integers, for bulk checks."""
+        return self._by_old.keys()
 
     def as_strings(self) -> dict[str, str]:
         """{old: new} as dotted quads (for persisting), without str(IPv4Address)'s cost per entry."""
