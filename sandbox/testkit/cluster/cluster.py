@@ -69,6 +69,7 @@ class ClusterOptions:
     labeler_args: list[str] = field(default_factory=list)
     pod_cidr: str = "10.0.0.0/16"
     external_cidr: str = "10.201.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
     namespace: str = NAMESPACE
 
 

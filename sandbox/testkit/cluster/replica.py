@@ -65,7 +65,15 @@ class GatewayReplica:
                "PYTHONUNBUFFERED": "1"}
         self.runtime: ReplicaRuntime = ProcessRuntime(
             lambda: self.node, self.workdir, command=self.argv, env=env, socket=self.socket,
-            state=self.state, netagent_args=cluster.options.netagent_args, role_sockets=self.role_sockets)
+            state=self.state, netagent_args=[*self._protected_cidrs(cluster), *cluster.options.netagent_args],
+            role_sockets=self.role_sockets)
+
+    @staticmethod
+    def _protected_cidrs(cluster: EmulatedCluster) -> list[str]:
+        """What the chart passes: the cluster's own CIDRs, which no tunnel may claim."""
+        o = cluster.options
+        return ["--pod-cidr", o.pod_cidr, "--external-cidr", o.external_cidr,
+                "--service-cidr", o.service_cidr]
 
     # -- lifecycle --
 
