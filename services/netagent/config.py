@@ -39,3 +39,6 @@ class AgentConfig:
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint
+    # Bounds (RESOURCE_EXHAUSTED beyond them): tunnels, and NAT entries in total across clusters.
+    max_tunnels: int = 256
+    max_nat_entries: int = 65536

@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off"
     )
+    p.add_argument(
+        "--max-tunnels", type=int, default=D.max_tunnels, help="tunnels at most (RESOURCE_EXHAUSTED beyond)"
+    )
+    p.add_argument(
+        "--max-nat-entries",
+        type=int,
+        default=D.max_nat_entries,
+        help="NAT entries at most, in total across clusters (RESOURCE_EXHAUSTED beyond)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -101,6 +110,8 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
         state_path=a.state_path,
         resync_interval=a.resync_interval,
         metrics_address=a.metrics_address,
+        max_tunnels=a.max_tunnels,
+        max_nat_entries=a.max_nat_entries,
     )
 
 
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     metrics = NetagentMetrics(device=cfg.wg_device)
-    agent = agent_mod.Agent(cfg, on_apply=metrics.observe_apply)
+    agent = agent_mod.Agent(
+        cfg, on_apply=metrics.observe_apply, on_state_skipped=metrics.observe_state_skipped
+    )
     agent.start()
     metrics.bind(agent)
     stop_metrics = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None

@@ -128,10 +128,14 @@ class NetAgentServiceServicer:
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
         | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE                      |                     |                                 |
-        | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-        |                                         |                     | lease; do not retry as is.      |
+        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | 0..2147483647 (the Lease's int32)       |                     |                                 |
+        | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+        | highest seen                            |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+        answers without waiting for any other call in flight; the peers are gone when it returns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,7 +163,11 @@ class NetAgentServiceServicer:
         | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
         | or remote CIDRs overlap another tunnel's    |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+        | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
+        | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+        | or public_key used by another cluster_id    |                     | names the owner.            |
+        | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
         | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         """
@@ -174,8 +182,10 @@ class NetAgentServiceServicer:
 
         | Condition                   | Code                | Recovery                        |
         |-----------------------------|---------------------|---------------------------------|
-        | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+        | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+        | TunnelEndpoint              |                     | the owner.                      |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -211,6 +221,8 @@ class NetAgentServiceServicer:
         | repeated, or the map exceeds 65536 entries  |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+        | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | exceed --max-nat-entries (65536)            |                     |                             |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

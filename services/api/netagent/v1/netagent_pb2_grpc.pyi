@@ -16,6 +16,12 @@ Conventions (every RPC):
   ACTIVE (see SetRole); a standby agent answers FAILED_PRECONDITION.
 - UNAVAILABLE means a transient kernel or userspace-WireGuard failure: retry with exponential back
   off. INTERNAL means a bug or a host the agent cannot manage: do not retry in a tight loop.
+- RESOURCE_EXHAUSTED means a bound of the agent (--max-tunnels, --max-nat-entries) would be
+  exceeded: retry with exponential back off (another tunnel or map may shrink meanwhile).
+- A call that fails part-way leaves the kernel, ListTunnels and the persisted state as they were.
+- Tunnels are owned: a cluster id belongs to the TunnelEndpoint ("namespace/name") that first
+  claimed it, and a WireGuard public key to one cluster id. Another owner gets FAILED_PRECONDITION
+  whose message names the owner ("... is owned by TunnelEndpoint <namespace>/<name>").
 
 Private keys travel only inside ConfigureDeviceRequest and are never returned or logged.
 """
@@ -79,10 +85,14 @@ class NetAgentServiceStub:
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
     | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE                      |                     |                                 |
-    | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-    |                                         |                     | lease; do not retry as is.      |
+    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | 0..2147483647 (the Lease's int32)       |                     |                                 |
+    | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+    | highest seen                            |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+    answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]
     """WatchRole streams the current role at once, then every change (including expiry). Never fails on
@@ -102,7 +112,11 @@ class NetAgentServiceStub:
     | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
     | or remote CIDRs overlap another tunnel's    |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+    | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
+    | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+    | or public_key used by another cluster_id    |                     | names the owner.            |
+    | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     """
@@ -113,8 +127,10 @@ class NetAgentServiceStub:
 
     | Condition                   | Code                | Recovery                        |
     |-----------------------------|---------------------|---------------------------------|
-    | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+    | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+    | TunnelEndpoint              |                     | the owner.                      |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
     """
     ListTunnels: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.ListTunnelsRequest, _netagent_pb2.ListTunnelsResponse]
@@ -138,6 +154,8 @@ class NetAgentServiceStub:
     | repeated, or the map exceeds 65536 entries  |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+    | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | exceed --max-nat-entries (65536)            |                     |                             |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
     """
     DeleteNatMappings: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.DeleteNatMappingsRequest, _netagent_pb2.DeleteNatMappingsResponse]
@@ -186,10 +204,14 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
     | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE                      |                     |                                 |
-    | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-    |                                         |                     | lease; do not retry as is.      |
+    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | 0..2147483647 (the Lease's int32)       |                     |                                 |
+    | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+    | highest seen                            |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+    answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]  # type: ignore[assignment]
     """WatchRole streams the current role at once, then every change (including expiry). Never fails on
@@ -209,7 +231,11 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
     | or remote CIDRs overlap another tunnel's    |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+    | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
+    | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+    | or public_key used by another cluster_id    |                     | names the owner.            |
+    | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     """
@@ -220,8 +246,10 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
 
     | Condition                   | Code                | Recovery                        |
     |-----------------------------|---------------------|---------------------------------|
-    | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+    | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+    | TunnelEndpoint              |                     | the owner.                      |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
     """
     ListTunnels: _aio.UnaryUnaryMultiCallable[_netagent_pb2.ListTunnelsRequest, _netagent_pb2.ListTunnelsResponse]  # type: ignore[assignment]
@@ -245,6 +273,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | repeated, or the map exceeds 65536 entries  |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+    | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | exceed --max-nat-entries (65536)            |                     |                             |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
     """
     DeleteNatMappings: _aio.UnaryUnaryMultiCallable[_netagent_pb2.DeleteNatMappingsRequest, _netagent_pb2.DeleteNatMappingsResponse]  # type: ignore[assignment]
@@ -308,10 +338,14 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
         | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE                      |                     |                                 |
-        | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-        |                                         |                     | lease; do not retry as is.      |
+        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | 0..2147483647 (the Lease's int32)       |                     |                                 |
+        | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+        | highest seen                            |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
+
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+        answers without waiting for any other call in flight; the peers are gone when it returns.
         """
 
     @_abc_1.abstractmethod
@@ -343,7 +377,11 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
         | or remote CIDRs overlap another tunnel's    |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+        | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
+        | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+        | or public_key used by another cluster_id    |                     | names the owner.            |
+        | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
         | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         """
@@ -360,8 +398,10 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
 
         | Condition                   | Code                | Recovery                        |
         |-----------------------------|---------------------|---------------------------------|
-        | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+        | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+        | TunnelEndpoint              |                     | the owner.                      |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
         """
 
@@ -403,6 +443,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | repeated, or the map exceeds 65536 entries  |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+        | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | exceed --max-nat-entries (65536)            |                     |                             |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
         """
 
