@@ -43,7 +43,7 @@ from services.netagent.kernel import iptables, netns, routes, veth
 from services.netagent.kernel.probe import Prober
 from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
-from services.netagent.plan import natrules
+from services.netagent.plan import claims, natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
@@ -376,21 +376,20 @@ class Agent:
         check_owner(owner)
         self._require_active()
         cid = spec.cluster_id
-        # Claims are checked before the (possibly slow) resolution too, so a refused call is cheap.
-        self._check_claim(self._state, spec, owner)
+        # Claims are checked before the (possibly slow) resolution too, so a refused call is cheap;
+        # and again under the lock, since another call may have claimed meanwhile.
+        st = self._state
+        claims.check_no_overlap(st.tunnels, spec)  # arguments first (INVALID_ARGUMENT), then claims
+        claims.check_claim(st.tunnels, st.owners, spec, owner)
         # DNS is I/O that may never answer: resolved with no lock held, so it blocks only this call.
         endpoint_ip = self._resolve(spec.endpoint, self._state.endpoints.get(cid))
         with self._lock:
             self._require_active()
             old_st = self._state
-            self._check_claim(old_st, spec, owner)
-            self._check_no_overlap(old_st, spec)
+            claims.check_no_overlap(old_st.tunnels, spec)
+            claims.check_claim(old_st.tunnels, old_st.owners, spec, owner)
+            claims.check_tunnel_room(old_st.tunnels, cid, self.cfg.max_tunnels)
             old = old_st.tunnels.get(cid)
-            if old is None and len(old_st.tunnels) >= self.cfg.max_tunnels:
-                raise ResourceExhausted(
-                    f"tunnels: {len(old_st.tunnels)} configured, "
-                    f"at most {self.cfg.max_tunnels} (--max-tunnels)"
-                )
             if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
                 # Mappings are addresses of the old external CIDR: re-check them against the new one.
                 kept = old_st.nat_maps.get(cid, {})
@@ -408,33 +407,6 @@ class Agent:
         self._notify()
         return view, changed or kernel_changed
 
-    def _check_claim(self, st: state.AgentState, spec: TunnelSpec, owner: str) -> None:
-        """A cluster id belongs to the TunnelEndpoint that first claimed it; a public key to one
-        cluster id (peers are keyed by public key: a second cluster with it would take the peer)."""
-        cid = spec.cluster_id
-        current = st.owners.get(cid, "")
-        if cid in st.tunnels and current and current != owner:
-            raise NotOwner(f"cluster id {cid!r} is owned by TunnelEndpoint {current}")
-        for other_cid, other in st.tunnels.items():
-            if other_cid != cid and other.public_key == spec.public_key:
-                holder = st.owners.get(other_cid) or "(unknown)"
-                raise NotOwner(
-                    f"public_key is already used by cluster {other_cid!r}, "
-                    f"which is owned by TunnelEndpoint {holder}"
-                )
-
-    def _check_no_overlap(self, st: state.AgentState, spec: TunnelSpec) -> None:
-        """Two tunnels routing the same addresses would steal each other's traffic."""
-        for other in st.tunnels.values():
-            if other.cluster_id == spec.cluster_id:
-                continue
-            for mine in spec.allowed_ips:
-                for theirs in other.allowed_ips:
-                    if mine.overlaps(theirs):
-                        raise SpecError(
-                            f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}"
-                        )
-
     def delete_tunnel(self, cluster_id: str, owner: str) -> bool:
         check_cluster_id(cluster_id)
         check_owner(owner)
@@ -443,9 +415,7 @@ class Agent:
             old_st = self._state
             if cluster_id not in old_st.tunnels:
                 return False
-            current = old_st.owners.get(cluster_id, "")
-            if current and current != owner:
-                raise NotOwner(f"cluster id {cluster_id!r} is owned by TunnelEndpoint {current}")
+            claims.check_delete(old_st.tunnels, old_st.owners, cluster_id, owner)
             new = _copy(old_st)
             for d in (new.tunnels, new.endpoints, new.nat_maps, new.owners):
                 d.pop(cluster_id, None)
@@ -472,12 +442,7 @@ class Agent:
                 parsed = natrules.parse_nat_map(now_spec, mappings)
             if old_st.nat_maps.get(cluster_id, {}) == parsed:
                 return len(parsed), False
-            others = sum(len(m) for cid, m in old_st.nat_maps.items() if cid != cluster_id)
-            if others + len(parsed) > self.cfg.max_nat_entries:
-                raise ResourceExhausted(
-                    f"mappings: {len(parsed)} entries with {others} of other clusters exceed "
-                    f"{self.cfg.max_nat_entries} in total (--max-nat-entries)"
-                )
+            claims.check_nat_room(old_st.nat_maps, cluster_id, len(parsed), self.cfg.max_nat_entries)
             new = _copy(old_st)
             new.nat_maps[cluster_id] = parsed
             changed = self._commit(old_st, new, iptables_only=True)

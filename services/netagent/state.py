@@ -157,7 +157,8 @@ class AgentState:
                 continue
             st.tunnels[spec.cluster_id] = spec
             st.endpoints[spec.cluster_id] = endpoint
-            st.owners[spec.cluster_id] = str(owner)
+            if owner:
+                st.owners[spec.cluster_id] = str(owner)
             keys[spec.public_key] = spec.cluster_id
         for cid, m in _dict(raw.get("nat_maps")).items():
             tunnel = st.tunnels.get(cid)

@@ -2,14 +2,15 @@
 
 - reconcile(key): finalizer, validation (invalid -> status Error + Warning Event, no netagent call),
   EnsureTunnel with the TunnelEndpoint's "namespace/name" as owner, DeleteTunnel on deletion; DNS
-  endpoints are re-ensured every `dns_refresh` seconds (the netagent re-resolves on each EnsureTunnel, keeping the current address while still valid).
+  endpoints are re-ensured every `dns_refresh` seconds (the netagent re-resolves on each
+  EnsureTunnel, keeping the current address while still valid).
 - Ownership is the netagent's: a cluster id belongs to the TunnelEndpoint that first claimed it. A
   refusal naming another owner becomes status Error naming it and a Warning Event, and is not
   retried until that owner goes away (its finalizer re-enqueues the others naming the cluster) or
   the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff and an Event.
 - Runs only while the netagent's role is ACTIVE: the controller is paused at once when the role
   stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
-  tunnels that no TunnelEndpoint claims.
+  tunnels whose owner TunnelEndpoint is gone.
 - Status comes from the netagent's WatchTunnelStatus stream (the probe, with hysteresis there) and
   is merge-patched only when it changed; latency at most every `latency_interval` seconds.
 - The device keeper makes sure the netagent's device holds the shared key pair (also after a

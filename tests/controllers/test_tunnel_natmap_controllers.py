@@ -53,6 +53,7 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         self.private_key = ""
         self.public_key = ""
         self.tunnels: dict[str, pb.Tunnel] = {}
+        self.owners: dict[str, str] = {}  # clusterID -> the TunnelEndpoint that ensured it
         self.states: dict[str, int] = {}
         self.nat: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
@@ -104,6 +105,8 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         with self.lock:
             self._need_active(ctx)
             self.calls.append(f"EnsureTunnel {req.tunnel.cluster_id}")
+            assert req.owner, "EnsureTunnel without an owner"
+            self.owners[req.tunnel.cluster_id] = req.owner
             changed = self.tunnels.get(req.tunnel.cluster_id) != req.tunnel
             self.tunnels[req.tunnel.cluster_id] = req.tunnel
             self.states.setdefault(req.tunnel.cluster_id, pb.TUNNEL_STATE_CONNECTING)
@@ -124,6 +127,8 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         with self.lock:
             self._need_active(ctx)
             self.calls.append(f"DeleteTunnel {req.cluster_id}")
+            assert req.owner, "DeleteTunnel without an owner"
+            self.owners.pop(req.cluster_id, None)
             existed = self.tunnels.pop(req.cluster_id, None) is not None
             self.nat.pop(req.cluster_id, None)
             self._bump()
@@ -131,7 +136,10 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
 
     def ListTunnels(self, req: Any, ctx: Any) -> pb.ListTunnelsResponse:
         with self.lock:
-            return pb.ListTunnelsResponse(tunnels=[pb.TunnelEntry(tunnel=t) for t in self.tunnels.values()])
+            return pb.ListTunnelsResponse(
+                tunnels=[pb.TunnelEntry(tunnel=t, owner=self.owners.get(cid, ""))
+                         for cid, t in self.tunnels.items()]
+            )
 
     def WatchTunnelStatus(self, req: Any, ctx: Any) -> Iterator[pb.WatchTunnelStatusResponse]:
         seen = -1

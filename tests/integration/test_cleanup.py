@@ -12,6 +12,7 @@ import pytest
 
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import NetAgent, activate
+from sandbox.testkit.resources import SAMPLE_OWNER
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import generate
 
@@ -74,7 +75,8 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
                     endpoint="192.0.2.50",
                     endpoint_port=5871,
                     public_key=peer,
-                )
+                ),
+                owner=SAMPLE_OWNER,
             )
         )
         assert node_state(node) != before
