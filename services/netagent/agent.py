@@ -574,9 +574,11 @@ class Agent:
         of the new spec, so after a remote key rotation the old peer was never removed)."""
         role = self._fence.current().role
         if role is not Role.ACTIVE:
+            was_active = self._peers_role is Role.ACTIVE
             self._peers_role = Role.STANDBY  # set first: even a failed removal is retried as a demotion
             self._fresh_peers.clear()
-            return self._timed("wireguard", self._remove_all_peers)
+            self._timed("wireguard", self.device.remove_all_peers)  # one write, no read first
+            return was_active
         desired = self._peers_wanted
 
         def apply() -> bool:
@@ -599,12 +601,6 @@ class Agent:
         changed = self._timed("wireguard", apply)
         self._peers_role = Role.ACTIVE
         return changed
-
-    def _remove_all_peers(self) -> bool:
-        if not self.device.peers():
-            return False
-        self.device.remove_all_peers()
-        return True
 
     def _nudge_loop(self) -> None:
         while not self._stopping.wait(0.25):
