@@ -66,7 +66,7 @@ def tunnel(cid: str, n: int, endpoint: str) -> pb.Tunnel:
     return spec_to_pb(TunnelSpec.parse(**spec))
 
 
-def nat_map(spec: pb.Tunnel, shift: int) -> dict[str, str]:
+def nat_map(shift: int) -> dict[str, str]:
     """NAT_ENTRIES mappings into 10.201.0.0/16 (the sample's external CIDR), moved by `shift`."""
     probe = TunnelSpec.parse(**SAMPLE_TUNNEL).local_probe_address
     base = int(IPv4Address("10.201.1.0"))
@@ -143,7 +143,7 @@ class Background:
         # Built once: building a 40 000-entry message takes this process's GIL for tens of ms, which
         # would show up as client-side latency of the SetRole being measured.
         cid = self.nat_tunnel.cluster_id
-        reqs = [pb.SetNatMappingsRequest(cluster_id=cid, mappings=nat_map(self.nat_tunnel, k)) for k in (0, 7)]
+        reqs = [pb.SetNatMappingsRequest(cluster_id=cid, mappings=nat_map(k)) for k in (0, 7)]
         while not self.stop.is_set():
             try:
                 self.lab.agent.api.SetNatMappings(reqs[self.nat_calls % 2], timeout=30)
