@@ -25,6 +25,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -47,6 +49,7 @@ from services.netagent.plan import claims, natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
+from services.netagent.plan.resolver import endpoint_literal
 from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
@@ -55,6 +58,11 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MIN_MTU, MAX_MTU = state.MIN_MTU, state.MAX_MTU
 PERSIST_DELAY = 0.05  # seconds
+# DNS: a name that never answers costs one resolver thread until the C library gives up (which may
+# be minutes); the call waits at most RESOLVE_TIMEOUT and at most RESOLVE_WORKERS lookups run at
+# once, so hung lookups can never take every gRPC worker (SetRole must always find one).
+RESOLVE_TIMEOUT = 5.0  # seconds
+RESOLVE_WORKERS = 4
 
 
 class TunnelState:
@@ -108,6 +116,8 @@ class Agent:
         self._on_apply = on_apply or (lambda what, seconds: None)
         self._on_state_skipped = on_state_skipped or (lambda n: None)
         self._resolve = resolver
+        self._resolver_pool = ThreadPoolExecutor(max_workers=RESOLVE_WORKERS, thread_name_prefix="resolve")
+        self._resolving = threading.BoundedSemaphore(RESOLVE_WORKERS)
         self._lock = threading.RLock()  # state changes and their kernel writes
         self._peer_lock = threading.Lock()  # the fence and the WireGuard peers; short, never waits on _lock
         self._changed = threading.Condition()
@@ -222,6 +232,7 @@ class Agent:
         self._notify()
         self._prober.stop()
         self._dirty.set()
+        self._resolver_pool.shutdown(wait=False, cancel_futures=True)
         self._persist_thread.join(timeout=10)
 
     @property
@@ -382,7 +393,7 @@ class Agent:
         claims.check_no_overlap(st.tunnels, spec)  # arguments first (INVALID_ARGUMENT), then claims
         claims.check_claim(st.tunnels, st.owners, spec, owner)
         # DNS is I/O that may never answer: resolved with no lock held, so it blocks only this call.
-        endpoint_ip = self._resolve(spec.endpoint, self._state.endpoints.get(cid))
+        endpoint_ip = self._resolve_bounded(spec.endpoint, self._state.endpoints.get(cid))
         with self._lock:
             self._require_active()
             old_st = self._state
@@ -406,6 +417,25 @@ class Agent:
         self._update_probe_targets()
         self._notify()
         return view, changed or kernel_changed
+
+    def _resolve_bounded(self, endpoint: str, current: IPv4Address | None) -> IPv4Address:
+        """Resolves with no lock held, in a bounded pool, waiting at most RESOLVE_TIMEOUT."""
+        if endpoint_literal(endpoint) is not None:
+            return self._resolve(endpoint, current)  # no I/O
+        if not self._resolving.acquire(blocking=False):
+            raise Transient(f"endpoint {endpoint!r}: {RESOLVE_WORKERS} names are being resolved already")
+        try:
+            future = self._resolver_pool.submit(self._resolve, endpoint, current)
+        except BaseException:
+            self._resolving.release()
+            raise
+        future.add_done_callback(lambda _: self._resolving.release())
+        try:
+            return future.result(timeout=RESOLVE_TIMEOUT)
+        except FutureTimeout:
+            raise Transient(
+                f"endpoint {endpoint!r} does not resolve: no DNS answer within {RESOLVE_TIMEOUT:.0f} s"
+            ) from None
 
     def delete_tunnel(self, cluster_id: str, owner: str) -> bool:
         check_cluster_id(cluster_id)

@@ -129,27 +129,39 @@ class Background:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.threads[1].join(30)
+        for t in self.threads:
+            t.join(30)
 
     def _hang(self) -> None:
+        """Keeps an EnsureTunnel stuck in DNS at all times: each gives up after the agent's resolution
+        timeout (UNAVAILABLE) and is sent again at once, as a controller retrying would."""
         req = pb.EnsureTunnelRequest(tunnel=tunnel("dns-hang", 9, HANGING_NAME), owner="tenant-c/tep-c")
-        try:
-            self.lab.agent.api.EnsureTunnel(req, timeout=45)
-            self.hang_result.append("OK")
-        except grpc.RpcError as e:
-            self.hang_result.append(e.code().name)
-
-    def _nat(self) -> None:
-        # Built once: building a 40 000-entry message takes this process's GIL for tens of ms, which
-        # would show up as client-side latency of the SetRole being measured.
-        cid = self.nat_tunnel.cluster_id
-        reqs = [pb.SetNatMappingsRequest(cluster_id=cid, mappings=nat_map(k)) for k in (0, 7)]
         while not self.stop.is_set():
             try:
-                self.lab.agent.api.SetNatMappings(reqs[self.nat_calls % 2], timeout=30)
+                self.lab.agent.api.EnsureTunnel(req, timeout=45)
+                self.hang_result.append("OK")
+            except grpc.RpcError as e:
+                self.hang_result.append(f"{e.code().name}: {e.details()}")
+                if "being resolved already" in (e.details() or ""):
+                    time.sleep(0.5)  # every resolver thread is stuck: the agent refused at once
+
+    def _nat(self) -> None:
+        # Serialized once, sent as bytes on a channel of their own: building or serializing a
+        # 40 000-entry message takes this process's GIL for tens of ms, which would show up as
+        # client-side latency of the SetRole being measured.
+        cid = self.nat_tunnel.cluster_id
+        reqs = [
+            pb.SetNatMappingsRequest(cluster_id=cid, mappings=nat_map(k)).SerializeToString() for k in (0, 7)
+        ]
+        channel = grpc.insecure_channel(f"unix:{self.lab.agent.socket}")
+        send = channel.unary_unary("/liqo.netagent.v1.NetAgentService/SetNatMappings")
+        while not self.stop.is_set():
+            try:
+                send(reqs[self.nat_calls % 2], timeout=30)
             except grpc.RpcError:
                 time.sleep(0.05)  # standby meanwhile
             self.nat_calls += 1
+        channel.close()
 
 
 def test_demotion_and_expiry_are_not_delayed_by_dns_or_iptables(lab: Lab) -> None:
@@ -162,7 +174,8 @@ def test_demotion_and_expiry_are_not_delayed_by_dns_or_iptables(lab: Lab) -> Non
 
     with Background(lab, tunnels[0]) as bg:
         wait_for("NAT writes under way", lambda: bg.nat_calls >= 2, 60)
-        assert not bg.hang_result, f"the EnsureTunnel with {HANGING_NAME} should still hang: {bg.hang_result}"
+        assert "OK" not in bg.hang_result
+        hang_started = time.monotonic()
 
         # 1. SetRole(STANDBY) while DNS hangs and iptables is being written, a few times.
         latencies = []
@@ -198,7 +211,11 @@ def test_demotion_and_expiry_are_not_delayed_by_dns_or_iptables(lab: Lab) -> Non
         assert lapse < 0.5, f"peers removed {lapse:.3f} s after the TTL lapsed"
         assert lapse > -0.05, f"peers removed {-lapse:.3f} s before the TTL lapsed"
         assert bg.nat_calls > calls_before, "NAT writes should have been in flight during the grant"
-        assert not bg.hang_result, "the DNS call should still hang"
+        # The stuck call gave up after the agent's bounded wait, never succeeded, and was re-sent.
+        waited = time.monotonic() - hang_started
+        assert bg.hang_result, f"no stuck call gave up in {waited:.1f} s"
+        assert all(r.startswith("UNAVAILABLE") for r in bg.hang_result), bg.hang_result
+        assert any("no DNS answer" in r for r in bg.hang_result), bg.hang_result
         print(
             f"SetRole(STANDBY) median {sorted(latencies)[DEMOTIONS // 2] * 1000:.1f} ms, "
             f"max {worst * 1000:.1f} ms over {DEMOTIONS}; peers gone {lapse * 1000:.0f} ms after "

@@ -479,3 +479,47 @@ def test_a_restored_grant_is_capped_and_shortened(tmp_path: Path, kernel: Kernel
         assert MAX_TTL - 100 - 5 < left <= MAX_TTL - 100
     finally:
         a.stop()
+
+
+def test_resolution_is_bounded_in_time_and_in_threads(
+    tmp_path: Path, kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that never answers costs its call RESOLVE_TIMEOUT and one resolver thread; when every
+    resolver thread is stuck, the next name is refused at once (UNAVAILABLE), so hung lookups can
+    never take all the gRPC workers."""
+    monkeypatch.setattr(agent_mod, "RESOLVE_TIMEOUT", 0.2)
+    never = threading.Event()
+
+    def resolver(endpoint: str, current: IPv4Address | None) -> IPv4Address:
+        if endpoint.endswith(".hang"):
+            never.wait(30)
+        return IPv4Address(endpoint) if endpoint[0].isdigit() else IPv4Address("192.0.2.77")
+
+    a = agent_mod.Agent(
+        AgentConfig(state_path=str(tmp_path / "state.json"), resync_interval=3600), resolver=resolver
+    )
+    a.start()
+    try:
+        active(a)
+        for n in range(agent_mod.RESOLVE_WORKERS):
+            t0 = time.perf_counter()
+            with pytest.raises(Transient, match="no DNS answer"):
+                a.ensure_tunnel(spec(n, endpoint=f"gw{n}.hang"), f"tenant-{n}/tep")
+            assert time.perf_counter() - t0 < 1.0
+        t0 = time.perf_counter()
+        with pytest.raises(Transient, match="being resolved already"):
+            a.ensure_tunnel(spec(9, endpoint="gw9.hang"), "tenant-9/tep")
+        assert time.perf_counter() - t0 < 0.1
+        a.ensure_tunnel(spec(8), "tenant-8/tep")  # a literal endpoint needs no resolver thread
+        never.set()
+        wait = time.monotonic() + 5
+        while time.monotonic() < wait:  # the stuck lookups end: names resolve again
+            try:
+                a.ensure_tunnel(spec(7, endpoint="gw7.example"), "tenant-7/tep")
+                break
+            except Transient:
+                time.sleep(0.05)
+        assert "cluster-7" in {v.spec.cluster_id for v in a.list_tunnels()}
+    finally:
+        never.set()
+        a.stop()

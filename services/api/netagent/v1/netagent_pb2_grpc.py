@@ -168,7 +168,8 @@ class NetAgentServiceServicer:
         | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
         | or public_key used by another cluster_id    |                     | names the owner.            |
         | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
-        | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+        | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+        | or 4 names are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

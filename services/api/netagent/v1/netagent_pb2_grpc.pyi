@@ -117,7 +117,8 @@ class NetAgentServiceStub:
     | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
-    | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+    | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+    | or 4 names are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     """
     DeleteTunnel: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.DeleteTunnelRequest, _netagent_pb2.DeleteTunnelResponse]
@@ -236,7 +237,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
-    | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+    | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+    | or 4 names are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     """
     DeleteTunnel: _aio.UnaryUnaryMultiCallable[_netagent_pb2.DeleteTunnelRequest, _netagent_pb2.DeleteTunnelResponse]  # type: ignore[assignment]
@@ -382,7 +384,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
         | or public_key used by another cluster_id    |                     | names the owner.            |
         | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
-        | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+        | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+        | or 4 names are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         """
 
