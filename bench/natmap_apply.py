@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox.testkit.hosts import Node  # noqa: E402
 from sandbox.testkit.netagent import NetAgent, activate  # noqa: E402
 from sandbox.testkit.nodes import NodeFactory  # noqa: E402
+from sandbox.testkit.resources import SAMPLE_OWNER  # noqa: E402
 from services.common.keys import generate  # noqa: E402
 from services.common.tunnelspec import TunnelSpec  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
@@ -247,7 +248,7 @@ def through_grpc(m: dict[str, str], repeats: int) -> dict[str, float]:
                     api = pb_grpc.NetAgentServiceStub(channel)
                     s = spec()
                     tunnel = pb.Tunnel(**TUNNEL, public_key=s.public_key)  # type: ignore[arg-type]
-                    api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel))
+                    api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel, owner=SAMPLE_OWNER))
                     map_chain = cluster_chains(s.chain_suffix).map
 
                     def kernel() -> str:

@@ -23,6 +23,10 @@ NONE = "None"
 # A valid WireGuard public key, for specs whose key nobody uses.
 SAMPLE_KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 
+# The owner ("namespace/name" of the claiming TunnelEndpoint) that EnsureTunnel and DeleteTunnel
+# require; tests that call the netagent directly claim their tunnels with it.
+SAMPLE_OWNER = "liqo-tenant-rome/tep-rome"
+
 # `TunnelSpec.parse(**SAMPLE_TUNNEL)`: cluster "rome", whose pods (10.0.0.0/16) and external CIDR
 # (10.201.0.0/16) both conflict with ours and are reached as 10.60.0.0/16 and 10.70.0.0/16.
 SAMPLE_TUNNEL: dict[str, Any] = dict(

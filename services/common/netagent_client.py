@@ -3,7 +3,8 @@
 Unary calls retry UNAVAILABLE (the netagent restarting, a transient kernel failure) with capped
 exponential backoff within a deadline; every other code is raised at once as `NetAgentError`, whose
 `code` says what to do (INVALID_ARGUMENT: fix the input; FAILED_PRECONDITION: the netagent's state
-does not allow it yet: standby, device not configured, no tunnel for the cluster, or a stale epoch).
+does not allow it yet: standby, device not configured, no tunnel for the cluster, a stale epoch, or
+another TunnelEndpoint owns the cluster: `not_owner`; RESOURCE_EXHAUSTED: a bound, retry with backoff).
 `RoleWatcher` follows the WatchRole stream in the background and reconnects when the netagent goes
 away; while disconnected the role is reported as not active, which is the safe answer: a controller
 that cannot reach its netagent cannot mutate anything anyway.
@@ -51,6 +52,24 @@ class NetAgentError(Exception):
     def stale_epoch(self) -> bool:
         """A SetRole refused because a higher epoch was already seen (the caller is a stale leader)."""
         return self.precondition and "epoch" in self.details.lower()
+
+    @property
+    def not_owner(self) -> bool:
+        """FAILED_PRECONDITION because another TunnelEndpoint owns the cluster id (or the public key's
+        cluster): the details name it. Not worth retrying until that owner goes away."""
+        return self.precondition and "owned by TunnelEndpoint" in self.details
+
+    @property
+    def owner(self) -> str:
+        """The owning TunnelEndpoint ("namespace/name") a `not_owner` refusal names; "" otherwise."""
+        if not self.not_owner:
+            return ""
+        return self.details.rpartition("owned by TunnelEndpoint ")[2].split()[0] if self.details else ""
+
+    @property
+    def exhausted(self) -> bool:
+        """RESOURCE_EXHAUSTED: a bound of the netagent (tunnels, NAT entries); retry with backoff."""
+        return self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     @property
     def invalid(self) -> bool:
@@ -122,11 +141,13 @@ class NetAgentClient:
         req = pb.SetRoleRequest(role=role, epoch=epoch, ttl=duration(ttl), reason=reason)
         return self._call("SetRole", self.stub.SetRole, req)
 
-    def ensure_tunnel(self, tunnel: pb.Tunnel) -> pb.EnsureTunnelResponse:
-        return self._call("EnsureTunnel", self.stub.EnsureTunnel, pb.EnsureTunnelRequest(tunnel=tunnel))
+    def ensure_tunnel(self, tunnel: pb.Tunnel, owner: str) -> pb.EnsureTunnelResponse:
+        """`owner`: the claiming TunnelEndpoint as "namespace/name"."""
+        req = pb.EnsureTunnelRequest(tunnel=tunnel, owner=owner)
+        return self._call("EnsureTunnel", self.stub.EnsureTunnel, req)
 
-    def delete_tunnel(self, cluster_id: str) -> pb.DeleteTunnelResponse:
-        req = pb.DeleteTunnelRequest(cluster_id=cluster_id)
+    def delete_tunnel(self, cluster_id: str, owner: str) -> pb.DeleteTunnelResponse:
+        req = pb.DeleteTunnelRequest(cluster_id=cluster_id, owner=owner)
         return self._call("DeleteTunnel", self.stub.DeleteTunnel, req)
 
     def list_tunnels(self) -> list[pb.TunnelEntry]:

@@ -67,6 +67,26 @@ def check_cluster_id(value: str) -> str:
     return value
 
 
+OWNER_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label (a namespace)
+OWNER_OBJECT_RE = re.compile(  # DNS-1123 subdomain (an object name)
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+
+
+def check_owner(value: str) -> str:
+    """The claiming TunnelEndpoint as "namespace/name": a DNS-1123 label, "/", a DNS-1123 subdomain
+    of at most 253 characters; matched whole (no trailing newline slips through)."""
+    ns, sep, name = value.partition("/")
+    if (
+        not sep
+        or not OWNER_NAME_RE.fullmatch(ns)
+        or len(name) > 253
+        or not OWNER_OBJECT_RE.fullmatch(name)
+    ):
+        raise SpecError(f"owner: {value[:300]!r} must be \"namespace/name\" of a TunnelEndpoint (DNS-1123)")
+    return value
+
+
 def check_endpoint(value: str) -> str:
     """An IPv4 address or a DNS name."""
     try:

@@ -2,7 +2,8 @@
 
 Runs while the netagent is ACTIVE (paused otherwise, full resync on resume). A NatMapping whose
 cluster has no tunnel yet (the netagent answers FAILED_PRECONDITION, or no TunnelEndpoint names the
-cluster) is retried with backoff and reported in an Event; TunnelEndpoint changes re-enqueue the
+cluster), or that does not fit the netagent's bound (RESOURCE_EXHAUSTED), is retried with backoff and
+reported in an Event; TunnelEndpoint changes re-enqueue the
 NatMappings of their cluster, so it is applied as soon as the tunnel exists. Invalid entries are
 reported and skipped, the valid ones applied. A finalizer makes sure a deletion is never missed:
 DeleteNatMappings runs before the object goes.
@@ -81,6 +82,11 @@ class NatMappingController:
             if e.invalid:
                 self.events.warning(obj, "Refused", f"the netagent refused the mappings: {e.details}")
                 return None
+            if e.exhausted:
+                # A global bound (--max-nat-entries): another map may shrink; retried with backoff.
+                self.events.warning(obj, "ResourceExhausted",
+                                    f"the netagent has no room for the mappings: {e.details}; retrying")
+                raise RetryableError(str(e)) from None
             if e.precondition:
                 # The controller runs only while the netagent is ACTIVE (a lost role pauses it at
                 # once), so what the netagent is missing here is, in practice, the cluster's tunnel.

@@ -1,8 +1,19 @@
 """The netagent's orchestrator: holds the desired state and drives the kernel layers towards it.
 
-Every mutation follows the same path: validate (pure), update the desired state in memory, converge
-the layers it touches, persist. Kernel writes are serialized by one lock. The layers compute their
-own diffs, so converging an unchanged state writes nothing.
+Every mutation follows the same path: validate (pure), resolve the endpoint (I/O, no lock held),
+build the new desired state as a copy, converge the layers it touches, and only then commit it
+(swap it in and persist). A call that fails part-way re-converges the previous state and leaves
+ListTunnels and the state file as they were; if that fails too, a full resync is scheduled.
+
+Two locks, never taken in the other order:
+- `_lock` serializes state changes and the kernel writes behind them (routes, iptables, veth,
+  device settings). It may be held for a while (a 65 536-entry iptables restore).
+- `_peer_lock` guards the fence and the WireGuard peers: short. A demotion (SetRole STANDBY or an
+  expired grant) is a fence update plus "remove every peer" under this lock only, so it never waits
+  for a slow call; peers are (re)added only while the fence says ACTIVE, checked under this lock,
+  so nothing re-adds a peer after fencing.
+The committed state is copy-on-write: readers (ListTunnels, the persister) take the reference
+without a lock.
 """
 
 from __future__ import annotations
@@ -14,30 +25,45 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, check_public_key
+from services.common.tunnelspec import SpecError, TunnelSpec, check_cluster_id, check_owner, check_public_key
 from services.netagent import state
 from services.netagent.config import AgentConfig
-from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
+from services.netagent.errors import (
+    NotActive,
+    NotConfigured,
+    NotOwner,
+    NotReady,
+    ResourceExhausted,
+    Transient,
+)
 from services.netagent.kernel import iptables, netns, nodeaddrs, routes, veth
 from services.netagent.kernel.probe import Prober
 from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
-from services.netagent.plan import natrules
+from services.netagent.plan import claims, natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
 from services.netagent.plan.protect import Protection, base_protection
+from services.netagent.plan.resolver import endpoint_literal
 from services.netagent.plan.role import Fence, Grant, Role, StaleEpoch
 
 __all__ = ["Agent", "StaleEpoch", "TunnelView"]
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
-MIN_MTU, MAX_MTU = 1280, 9000
+MIN_MTU, MAX_MTU = state.MIN_MTU, state.MAX_MTU
 PERSIST_DELAY = 0.05  # seconds
+# DNS: a name that never answers costs one resolver thread until the C library gives up (which may
+# be minutes); the call waits at most RESOLVE_TIMEOUT and at most RESOLVE_WORKERS lookups run at
+# once, so hung lookups can never take every gRPC worker (SetRole must always find one).
+RESOLVE_TIMEOUT = 5.0  # seconds
+RESOLVE_WORKERS = 4
 
 
 class TunnelState:
@@ -60,21 +86,54 @@ class TunnelView:
     rx_bytes: int
     tx_bytes: int
     nat_mapping_count: int
+    owner: str = ""  # the claiming TunnelEndpoint, "namespace/name"
+
+
+Resolver = Callable[[str, IPv4Address | None], IPv4Address]
+
+
+def _copy(st: state.AgentState) -> state.AgentState:
+    """A new desired state to edit: the dicts are copied, their values (specs, maps) are immutable."""
+    return dataclasses.replace(
+        st,
+        tunnels=dict(st.tunnels),
+        endpoints=dict(st.endpoints),
+        nat_maps=dict(st.nat_maps),
+        owners=dict(st.owners),
+        skipped=[],
+    )
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, on_apply: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        on_apply: Callable[[str, float], None] | None = None,
+        *,
+        on_state_skipped: Callable[[int], None] | None = None,
+        resolver: Resolver = resolve_endpoint,
+    ) -> None:
         self.cfg = cfg
         self._on_apply = on_apply or (lambda what, seconds: None)
-        self._lock = threading.RLock()
+        self._on_state_skipped = on_state_skipped or (lambda n: None)
+        self._resolve = resolver
+        self._resolver_pool = ThreadPoolExecutor(max_workers=RESOLVE_WORKERS, thread_name_prefix="resolve")
+        self._resolving = threading.BoundedSemaphore(RESOLVE_WORKERS)
+        self._lock = threading.RLock()  # state changes and their kernel writes
+        self._peer_lock = threading.Lock()  # the fence and the WireGuard peers; short, never waits on _lock
         self._changed = threading.Condition()
         self._version = 0  # bumped on every role or status change; watchers wait on it
         self._fence = Fence()
-        self._state = state.AgentState()
+        self._state = state.AgentState()  # committed desired state; replaced whole, never edited
+        # Under _peer_lock: the committed state's peers, and the role the peers were last made for.
+        self._peers_wanted: dict[str, PeerConfig] = {}
+        self._peers_role = Role.STANDBY
         self._state_since: dict[str, float] = {}
         self._private_key_set = False
         self._routing_known = False  # the kernel's routing matched the desired state at the last write
         self._stopping = threading.Event()
+        self._resync_now = threading.Event()
+        self.state_entries_skipped = 0
         self.started_at = time.monotonic()
         self._device: WireGuardDevice | None = None
         self._iptables = iptables.Iptables(cfg.netns_name)
@@ -99,26 +158,80 @@ class Agent:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
+    def _load_state(self) -> state.AgentState:
+        """The persisted state, validated as the API validates; what fails is skipped and counted."""
+        path = self.cfg.state_path
+        try:
+            persisted = state.load(path)
+        except (ValueError, OSError) as e:
+            log.error("state file unusable: starting empty", extra={"path": path, "error": str(e)})
+            self._count_skipped(1)
+            return state.AgentState()
+        if persisted is None:
+            return state.AgentState()
+        for what in persisted.skipped:
+            log.error("state entry skipped: it does not validate", extra={"path": path, "entry": what})
+        # The protected address space too: the node may have changed since the file was written.
+        protection = self.protection()
+        for cid, spec in sorted(persisted.tunnels.items()):
+            try:
+                protection.check_tunnel(spec)
+                if (ip := persisted.endpoints.get(cid)) is not None:
+                    protection.check_endpoint(ip)
+                if (nat := persisted.nat_maps.get(cid)) is not None:
+                    protection.check_nat_targets([int(old) for old in nat], persisted.tunnels.values(),
+                                                 cluster_id=cid)
+            except SpecError as e:
+                log.error("state entry skipped: it reaches protected addresses",
+                          extra={"cluster_id": cid, "error": str(e)})
+                for d in (persisted.tunnels, persisted.endpoints, persisted.nat_maps, persisted.owners):
+                    d.pop(cid, None)
+                persisted.skipped.append(f"tunnel {cid!r}")
+        if len(persisted.tunnels) > self.cfg.max_tunnels:
+            extra = sorted(persisted.tunnels)[self.cfg.max_tunnels :]
+            for cid in extra:
+                log.error("state entry skipped: over --max-tunnels", extra={"cluster_id": cid})
+                for d in (persisted.tunnels, persisted.endpoints, persisted.nat_maps, persisted.owners):
+                    d.pop(cid, None)
+            persisted.skipped.extend(f"tunnel {cid!r}" for cid in extra)
+        total = 0
+        for cid in sorted(persisted.nat_maps):
+            n = len(persisted.nat_maps[cid])
+            if total + n > self.cfg.max_nat_entries:
+                log.error("state entry skipped: over --max-nat-entries", extra={"cluster_id": cid})
+                del persisted.nat_maps[cid]
+                persisted.skipped.append(f"NAT map of {cid!r}")
+            else:
+                total += n
+        self._count_skipped(len(persisted.skipped))
+        return persisted
+
+    def _count_skipped(self, n: int) -> None:
+        if n:
+            self.state_entries_skipped += n
+            self._on_state_skipped(n)
+
     def start(self) -> None:
         """Creates or adopts the netns, veth and device, then converges to the persisted state."""
         cfg = self.cfg
-        self._node_addrs.start()  # protection first: the node's addresses before any request
-        persisted = state.load(cfg.state_path)
+        self._node_addrs.start()  # protection first: the node's addresses before any state or request
+        persisted = self._load_state()
         with self._lock:
-            if persisted is not None:
-                self._state = persisted
-                if persisted.active_until_wall is not None:
-                    self._fence.restore(persisted.epoch, persisted.active_until_wall)
-                else:
-                    self._fence.set(Role.STANDBY, persisted.epoch, 0, "restored")
+            self._state = persisted
+            with self._peer_lock:
+                self._fence.restore(persisted.epoch, persisted.active_until_wall, persisted.written_wall)
             self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
-            self._timed("veth", lambda: veth.ensure_veth(self.effective_config))
+            self._timed("veth", lambda: veth.ensure_veth(self._effective(persisted)))
             self._device = open_device(cfg)
             self._timed("wireguard", lambda: self.device.ensure(None, self.listen_port, self.mtu))
             self._private_key_set = self.device.public_key() is not None
-            self._converge_all()
+            try:
+                self._converge_all(persisted)
+            except Transient as e:  # serve anyway: the resync retries, the API stays reachable
+                log.error("initial convergence failed: resync scheduled", extra={"error": str(e)})
+                self._resync_now.set()
             now = time.time()
-            self._state_since = {cid: now for cid in self._state.tunnels}
+            self._state_since = {cid: now for cid in persisted.tunnels}
         self._prober.start()
         self._update_probe_targets()
         self._expiry_thread.start()
@@ -128,7 +241,7 @@ class Agent:
         log.info(
             "netagent started",
             extra={
-                "tunnels": len(self._state.tunnels),
+                "tunnels": len(persisted.tunnels),
                 "role": self._fence.current().role.value,
                 "implementation": self.device.implementation,
             },
@@ -137,10 +250,12 @@ class Agent:
     def stop(self) -> None:
         """Stops serving and leaves kernel state alone, so traffic keeps flowing across a restart."""
         self._stopping.set()
+        self._resync_now.set()
         self._notify()
         self._prober.stop()
         self._node_addrs.stop()
         self._dirty.set()
+        self._resolver_pool.shutdown(wait=False, cancel_futures=True)
         self._persist_thread.join(timeout=10)
 
     @property
@@ -149,10 +264,15 @@ class Agent:
             raise Transient("agent is starting")
         return self._device
 
+    def _effective(self, st: state.AgentState) -> AgentConfig:
+        return dataclasses.replace(
+            self.cfg, mtu=st.mtu or self.cfg.mtu, listen_port=st.listen_port or self.cfg.listen_port
+        )
+
     @property
     def effective_config(self) -> AgentConfig:
         """The configuration with what ConfigureDevice changed since start."""
-        return dataclasses.replace(self.cfg, mtu=self.mtu, listen_port=self.listen_port)
+        return self._effective(self._state)
 
     @property
     def listen_port(self) -> int:
@@ -172,47 +292,72 @@ class Agent:
         if mtu and not MIN_MTU <= mtu <= MAX_MTU:
             raise SpecError(f"mtu: {mtu} not in {MIN_MTU}..{MAX_MTU}")
         with self._lock:
-            mtu_changed = bool(mtu) and mtu != self.mtu
-            self._state.listen_port = listen_port or self.listen_port
-            self._state.mtu = mtu or self.mtu
-            self._timed("wireguard", lambda: self.device.ensure(private_key, self.listen_port, self.mtu))
+            old = self._state
+            new = _copy(old)
+            new.listen_port = listen_port or self.listen_port
+            new.mtu = mtu or self.mtu
+            mtu_changed = new.mtu != self.mtu
+            cfg = self._effective(new)
+            try:
+                self._timed("wireguard", lambda: self.device.ensure(private_key, cfg.listen_port, cfg.mtu))
+                if mtu_changed:  # the veth MTU and MSS clamping follow the device MTU
+                    self._timed("veth", lambda: veth.ensure_veth(cfg))
+                    self._converge_iptables(new)
+            except Exception:
+                self._restore_device(old, mtu_changed)
+                raise
             self._private_key_set = True
-            if mtu_changed:  # the veth MTU and MSS clamping follow the device MTU
-                self._timed("veth", lambda: veth.ensure_veth(self.effective_config))
-                self._converge_iptables()
+            self._state = new
             self._persist()
             key = self.device.public_key()
         assert key is not None
         return key
 
+    def _restore_device(self, old: state.AgentState, mtu_changed: bool) -> None:
+        """Puts the device (and the veth and clamping) back to `old`'s port and MTU after a failed
+        change; the key the call set stays (it is never persisted)."""
+        cfg = self._effective(old)
+        try:
+            self._timed("wireguard", lambda: self.device.ensure(None, cfg.listen_port, cfg.mtu))
+            if mtu_changed:
+                self._timed("veth", lambda: veth.ensure_veth(cfg))
+                self._iptables.invalidate()
+                self._converge_iptables(old)
+        except Exception as e:
+            log.error("restoring the device settings failed: resync scheduled", extra={"error": str(e)})
+            self._resync_now.set()
+
     def set_role(self, role: Role, epoch: int, ttl: float, reason: str) -> Grant:
-        with self._lock:
-            if role is Role.ACTIVE and not self._private_key_set:
-                raise NotConfigured("ACTIVE needs a configured device: call ConfigureDevice first")
+        """Never waits for `_lock`: a demotion is a fence update and a peer removal, nothing else."""
+        if role is Role.ACTIVE and not self._private_key_set:
+            raise NotConfigured("ACTIVE needs a configured device: call ConfigureDevice first")
+        with self._peer_lock:
+            before = self._fence.current()
             try:
-                before = self._fence.current()
                 grant = self._fence.set(role, epoch, ttl, reason)
             except ValueError as e:
                 raise SpecError(str(e)) from None
-            self._state.epoch = grant.epoch
-            self._state.active_until_wall = grant.expires_wall
-            if before.role is not grant.role:
-                log.info("role changed", extra={"role": grant.role.value, "epoch": epoch, "reason": reason})
-                self._sync_peers()
-                self._mark_all_changed()
-            self._persist()
+            try:
+                self._apply_peers_locked()
+            except Transient as e:  # the fence stands; the resync retries the peers
+                log.error("peers not updated after a role change", extra={"error": str(e)})
+                self._resync_now.set()
+        if before.role is not grant.role:
+            log.info("role changed", extra={"role": grant.role.value, "epoch": grant.epoch, "reason": reason})
+            self._mark_all_changed()
+        self._persist()
         self._notify()
         return grant
 
     def role(self) -> Grant:
         return self._fence.current()
 
-    def role_seconds_left(self) -> float | None:
-        return self._fence.seconds_left()
-
     def protection(self) -> Protection:
         """The protected address space now (docs/security.md): its checks raise SpecError."""
         return self._node_addrs.protection()
+
+    def role_seconds_left(self) -> float | None:
+        return self._fence.seconds_left()
 
     def _require_active(self) -> None:
         if self._fence.current().role is not Role.ACTIVE:
@@ -225,19 +370,29 @@ class Agent:
         while not self._stopping.is_set():
             left = self._fence.seconds_left()
             self._stopping.wait(0.5 if left is None else min(0.5, left + 0.001))
-            with self._lock:
+            expired = False
+            with self._peer_lock:
                 grant = self._fence.current()
-                if grant.role is Role.STANDBY and self._state.active_until_wall is not None:
+                if grant.role is Role.STANDBY and self._peers_role is Role.ACTIVE:
                     log.warning("role expired: removing WireGuard peers", extra={"epoch": grant.epoch})
-                    self._state.active_until_wall = None
-                    self._sync_peers()
-                    self._mark_all_changed()
-                    self._persist()
-                    self._notify()
+                    expired = True
+                    try:
+                        self._apply_peers_locked()
+                    except Transient as e:
+                        log.error("removing peers after expiry failed", extra={"error": str(e)})
+                        self._resync_now.set()
+            if expired:
+                self._mark_all_changed()
+                self._persist()
+                self._notify()
 
     def _resync_loop(self) -> None:
         """Repairs what others changed behind our back: the kernel is re-read, not trusted from cache."""
-        while not self._stopping.wait(self.cfg.resync_interval):
+        while not self._stopping.is_set():
+            self._resync_now.wait(self.cfg.resync_interval)
+            if self._stopping.is_set():
+                return
+            self._resync_now.clear()
             try:
                 self.resync()
             except Exception as e:  # the next round retries; a resync must never kill the agent
@@ -246,93 +401,115 @@ class Agent:
     def resync(self) -> bool:
         """Re-reads the kernel and converges it to the desired state; True when drift was repaired."""
         with self._lock:
+            st = self._state
             self._iptables.invalidate()
-            repaired = self._timed("veth", lambda: veth.ensure_veth(self.effective_config).created)
-            repaired = self._converge_all() or repaired
+            repaired = self._timed("veth", lambda: veth.ensure_veth(self._effective(st)).created)
+            repaired = self._converge_all(st) or repaired
         if repaired:
             log.warning("repaired drift in Liqo-owned kernel state")
         return repaired
 
     # ---- tunnels ---------------------------------------------------------------------------------
 
-    def ensure_tunnel(self, spec: TunnelSpec) -> tuple[TunnelView, bool]:
+    def ensure_tunnel(self, spec: TunnelSpec, owner: str) -> tuple[TunnelView, bool]:
+        check_owner(owner)
+        self._require_active()
+        cid = spec.cluster_id
+        protection = self.protection()
+        protection.check_tunnel(spec)
+        # Claims are checked before the (possibly slow) resolution too, so a refused call is cheap;
+        # and again under the lock, since another call may have claimed meanwhile.
+        st = self._state
+        claims.check_no_overlap(st.tunnels, spec)  # arguments first (INVALID_ARGUMENT), then claims
+        claims.check_claim(st.tunnels, st.owners, spec, owner)
+        # DNS is I/O that may never answer: resolved with no lock held, so it blocks only this call.
+        endpoint_ip = self._resolve_bounded(spec.endpoint, self._state.endpoints.get(cid))
+        protection.check_endpoint(endpoint_ip)
         with self._lock:
             self._require_active()
-            protection = self.protection()
-            protection.check_tunnel(spec)
-            self._check_no_overlap(spec)
-            old = self._state.tunnels.get(spec.cluster_id)
-            before = list(self._state.tunnels.values())
+            old_st = self._state
+            claims.check_no_overlap(old_st.tunnels, spec)
+            claims.check_claim(old_st.tunnels, old_st.owners, spec, owner)
+            claims.check_tunnel_room(old_st.tunnels, cid, self.cfg.max_tunnels)
+            old = old_st.tunnels.get(cid)
             if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
                 # Mappings are addresses of the old external CIDR: re-check them against the new one.
-                kept = self._state.nat_maps.get(spec.cluster_id, {})
+                kept = old_st.nat_maps.get(cid, {})
                 natrules.parse_nat_map(spec, {str(o): str(n) for o, n in kept.items()})
-            endpoint_ip = resolve_endpoint(spec.endpoint, self._state.endpoints.get(spec.cluster_id))
-            protection.check_endpoint(endpoint_ip)
-            changed = old != spec or self._state.endpoints.get(spec.cluster_id) != endpoint_ip
-            self._state.tunnels[spec.cluster_id] = spec
-            self._state.endpoints[spec.cluster_id] = endpoint_ip
+            changed = old != spec or old_st.endpoints.get(cid) != endpoint_ip
+            new = _copy(old_st)
+            new.tunnels[cid] = spec
+            new.endpoints[cid] = endpoint_ip
+            new.owners[cid] = owner
+            kernel_changed = self._commit(old_st, new)
             if changed:
-                self._state_since[spec.cluster_id] = time.time()
-            try:
-                kernel_changed = self._converge_all(before)
-            finally:
-                self._persist()
-            view = self._view(spec.cluster_id, self._peer_states())
+                self._state_since[cid] = time.time()
+            view = self._view(new, cid, self._peer_states())
         self._update_probe_targets()
         self._notify()
         return view, changed or kernel_changed
 
-    def _check_no_overlap(self, spec: TunnelSpec) -> None:
-        """Two tunnels routing the same addresses would steal each other's traffic."""
-        for other in self._state.tunnels.values():
-            if other.cluster_id == spec.cluster_id:
-                continue
-            for mine in spec.allowed_ips:
-                for theirs in other.allowed_ips:
-                    if mine.overlaps(theirs):
-                        raise SpecError(
-                            f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}"
-                        )
+    def _resolve_bounded(self, endpoint: str, current: IPv4Address | None) -> IPv4Address:
+        """Resolves with no lock held, in a bounded pool, waiting at most RESOLVE_TIMEOUT."""
+        if endpoint_literal(endpoint) is not None:
+            return self._resolve(endpoint, current)  # no I/O
+        if not self._resolving.acquire(blocking=False):
+            raise Transient(f"endpoint {endpoint!r}: {RESOLVE_WORKERS} names are being resolved already")
+        try:
+            future = self._resolver_pool.submit(self._resolve, endpoint, current)
+        except BaseException:
+            self._resolving.release()
+            raise
+        future.add_done_callback(lambda _: self._resolving.release())
+        try:
+            return future.result(timeout=RESOLVE_TIMEOUT)
+        except FutureTimeout:
+            raise Transient(
+                f"endpoint {endpoint!r} does not resolve: no DNS answer within {RESOLVE_TIMEOUT:.0f} s"
+            ) from None
 
-    def delete_tunnel(self, cluster_id: str) -> bool:
+    def delete_tunnel(self, cluster_id: str, owner: str) -> bool:
         check_cluster_id(cluster_id)
+        check_owner(owner)
         with self._lock:
             self._require_active()
-            if cluster_id not in self._state.tunnels:
+            old_st = self._state
+            if cluster_id not in old_st.tunnels:
                 return False
-            before = list(self._state.tunnels.values())
-            del self._state.tunnels[cluster_id]
-            self._state.endpoints.pop(cluster_id, None)
-            self._state.nat_maps.pop(cluster_id, None)
+            claims.check_delete(old_st.tunnels, old_st.owners, cluster_id, owner)
+            new = _copy(old_st)
+            for d in (new.tunnels, new.endpoints, new.nat_maps, new.owners):
+                d.pop(cluster_id, None)
+            self._commit(old_st, new)
             self._state_since.pop(cluster_id, None)
-            try:
-                self._converge_all(before)
-            finally:
-                self._persist()
         self._update_probe_targets()
         self._notify()
         return True
 
     def set_nat_mappings(self, cluster_id: str, mappings: Mapping[str, str]) -> tuple[int, bool]:
         check_cluster_id(cluster_id)
-        with self._lock:
-            spec = self._state.tunnels.get(cluster_id)
-            if spec is None:
-                self._require_active()
-                raise NotReady(f"tunnel for cluster {cluster_id!r} is not ready")
-            parsed = natrules.parse_nat_map(spec, mappings)
-            self.protection().check_nat_targets(
-                parsed.targets(), self._state.tunnels.values(), cluster_id=cluster_id
-            )
+        spec = self._state.tunnels.get(cluster_id)
+        if spec is None:
             self._require_active()
-            if self._state.nat_maps.get(cluster_id, {}) == parsed:
+            raise NotReady(f"tunnel for cluster {cluster_id!r} is not ready")
+        parsed = natrules.parse_nat_map(spec, mappings)  # CPU only: no lock held
+        with self._lock:
+            self._require_active()
+            old_st = self._state
+            now_spec = old_st.tunnels.get(cluster_id)
+            if now_spec is None:
+                raise NotReady(f"tunnel for cluster {cluster_id!r} is not ready")
+            if now_spec != spec:  # the tunnel changed meanwhile: validate against the new spec
+                parsed = natrules.parse_nat_map(now_spec, mappings)
+            self.protection().check_nat_targets(
+                parsed.targets(), old_st.tunnels.values(), cluster_id=cluster_id
+            )
+            if old_st.nat_maps.get(cluster_id, {}) == parsed:
                 return len(parsed), False
-            self._state.nat_maps[cluster_id] = parsed
-            try:
-                changed = self._converge_iptables()
-            finally:
-                self._persist()
+            claims.check_nat_room(old_st.nat_maps, cluster_id, len(parsed), self.cfg.max_nat_entries)
+            new = _copy(old_st)
+            new.nat_maps[cluster_id] = parsed
+            changed = self._commit(old_st, new, iptables_only=True)
         self._notify()
         return len(parsed), changed
 
@@ -340,21 +517,19 @@ class Agent:
         check_cluster_id(cluster_id)
         with self._lock:
             self._require_active()
-            if not self._state.nat_maps.get(cluster_id):
-                self._state.nat_maps.pop(cluster_id, None)
+            old_st = self._state
+            if cluster_id not in old_st.nat_maps:
                 return False
-            del self._state.nat_maps[cluster_id]
-            try:
-                self._converge_iptables()
-            finally:
-                self._persist()
+            new = _copy(old_st)
+            had = bool(new.nat_maps.pop(cluster_id))
+            self._commit(old_st, new, iptables_only=True)
         self._notify()
-        return True
+        return had
 
     def list_tunnels(self) -> list[TunnelView]:
-        with self._lock:
-            peers = self._peer_states()
-            return [self._view(cid, peers) for cid in sorted(self._state.tunnels)]
+        st = self._state  # committed, never edited: no lock needed
+        peers = self._peer_states()
+        return [self._view(st, cid, peers) for cid in sorted(st.tunnels)]
 
     def tunnel_count(self) -> int:
         return len(self._state.tunnels)
@@ -382,18 +557,43 @@ class Agent:
 
     def _mark_all_changed(self) -> None:
         now = time.time()
-        for cid in self._state.tunnels:
+        for cid in list(self._state.tunnels):
             self._state_since[cid] = now
 
     # ---- convergence -----------------------------------------------------------------------------
 
-    def _converge_all(self, before: list[TunnelSpec] | None = None) -> bool:
-        """Converges every layer. With `before` (the tunnels the kernel matched until this call),
-        routing is updated by difference instead of re-read and re-synced whole."""
-        specs = list(self._state.tunnels.values())
+    def _commit(self, old: state.AgentState, new: state.AgentState, *, iptables_only: bool = False) -> bool:
+        """Converges the kernel to `new` and makes it the committed state; on failure the kernel is
+        brought back to `old`, which stays committed, and the error is raised."""
+        try:
+            if iptables_only:
+                changed = self._converge_iptables(new)
+            else:
+                changed = self._converge_all(new, list(old.tunnels.values()))
+        except BaseException:
+            self._rollback(old)
+            raise
+        self._state = new
+        self._persist()
+        return changed
+
+    def _rollback(self, old: state.AgentState) -> None:
+        """Re-converges `old` in full (the kernel may match neither state now)."""
+        try:
+            self._routing_known = False
+            self._iptables.invalidate()
+            self._converge_all(old)
+        except Exception as e:
+            log.error("rolling back a failed call failed: full resync scheduled", extra={"error": str(e)})
+            self._resync_now.set()
+
+    def _converge_all(self, st: state.AgentState, before: list[TunnelSpec] | None = None) -> bool:
+        """Converges every layer to `st`. With `before` (the tunnels the kernel matched until this
+        call), routing is updated by difference instead of re-read and re-synced whole."""
+        specs = list(st.tunnels.values())
         changed = self._timed("routes", lambda: self._converge_routing(before, specs))
-        changed = self._converge_iptables() or changed
-        return self._sync_peers() or changed
+        changed = self._converge_iptables(st) or changed
+        return self._sync_peers(st) or changed
 
     def _converge_routing(self, before: list[TunnelSpec] | None, specs: list[TunnelSpec]) -> bool:
         if before is not None and self._routing_known:
@@ -408,17 +608,42 @@ class Agent:
         self._routing_known = True
         return changed
 
-    def _converge_iptables(self) -> bool:
-        desired = natrules.desired_state(
-            self._state.tunnels.values(), self._state.nat_maps, self.effective_config
-        )
+    def _converge_iptables(self, st: state.AgentState) -> bool:
+        desired = natrules.desired_state(st.tunnels.values(), st.nat_maps, self._effective(st))
         return self._timed("iptables", lambda: self._iptables.apply(desired))
 
-    def _sync_peers(self) -> bool:
-        """Programs exactly the peers of the desired tunnels when ACTIVE, none otherwise; removes
-        stale peers by the key actually programmed. Liqo removed a peer by the key of the new spec, so
-        after a remote key rotation the old peer was never removed."""
-        desired = self._desired_peers()
+    @staticmethod
+    def _peer_configs(st: state.AgentState) -> dict[str, PeerConfig]:
+        return {
+            spec.public_key: PeerConfig(
+                public_key=spec.public_key,
+                endpoint_ip=st.endpoints[cid],
+                endpoint_port=spec.endpoint_port,
+                allowed_ips=spec.allowed_ips,
+                persistent_keepalive=spec.persistent_keepalive,
+            )
+            for cid, spec in st.tunnels.items()
+        }
+
+    def _sync_peers(self, st: state.AgentState) -> bool:
+        """Makes `st`'s peers the wanted ones and programs them if (and only if) ACTIVE."""
+        wanted = self._peer_configs(st)
+        with self._peer_lock:
+            self._peers_wanted = wanted
+            return self._apply_peers_locked()
+
+    def _apply_peers_locked(self) -> bool:
+        """Under _peer_lock: programs exactly the wanted peers when the fence says ACTIVE, none
+        otherwise; removes stale peers by the key actually programmed (Liqo removed a peer by the key
+        of the new spec, so after a remote key rotation the old peer was never removed)."""
+        role = self._fence.current().role
+        if role is not Role.ACTIVE:
+            was_active = self._peers_role is Role.ACTIVE
+            self._peers_role = Role.STANDBY  # set first: even a failed removal is retried as a demotion
+            self._fresh_peers.clear()
+            self._timed("wireguard", self.device.remove_all_peers)  # one write, no read first
+            return was_active
+        desired = self._peers_wanted
 
         def apply() -> bool:
             current = {p.public_key: p for p in self.device.peers()}
@@ -437,40 +662,29 @@ class Agent:
                 del self._fresh_peers[key]
             return changed
 
-        return self._timed("wireguard", apply)
-
-    def _desired_peers(self) -> dict[str, PeerConfig]:
-        """The peers to program: every tunnel's when ACTIVE, none otherwise."""
-        if self._fence.current().role is not Role.ACTIVE:
-            return {}
-        return {
-            spec.public_key: PeerConfig(
-                public_key=spec.public_key,
-                endpoint_ip=self._state.endpoints[cid],
-                endpoint_port=spec.endpoint_port,
-                allowed_ips=spec.allowed_ips,
-                persistent_keepalive=spec.persistent_keepalive,
-            )
-            for cid, spec in self._state.tunnels.items()
-        }
+        changed = self._timed("wireguard", apply)
+        self._peers_role = Role.ACTIVE
+        return changed
 
     def _nudge_loop(self) -> None:
         while not self._stopping.wait(0.25):
             try:
-                with self._lock:
-                    self._nudge_fresh_peers()
+                with self._peer_lock:
+                    if self._fence.current().role is Role.ACTIVE:
+                        self._nudge_fresh_peers()
             except Exception as e:  # the next round retries
                 log.warning("handshake nudge failed", extra={"error": str(e)})
 
     def _nudge_fresh_peers(self) -> None:
-        """Re-programs new peers that have not handshaken in time: removing and re-adding a peer
-        resets WireGuard's handshake state, so the next packet starts a new handshake."""
+        """Under _peer_lock, while ACTIVE: re-programs new peers that have not handshaken in time:
+        removing and re-adding a peer resets WireGuard's handshake state, so the next packet starts a
+        new handshake."""
         now = time.monotonic()
         if not any(now - t0 >= HANDSHAKE_NUDGES[n] for t0, n in self._fresh_peers.values()):
             return
         peers = {p.public_key: p for p in self.device.peers()}
         handshaken = {k for k, p in peers.items() if p.last_handshake}
-        desired = self._desired_peers()
+        desired = self._peers_wanted
         nudge, self._fresh_peers = plan_nudges(
             self._fresh_peers, now, handshaken | (peers.keys() ^ desired.keys())
         )
@@ -483,7 +697,7 @@ class Agent:
         start = time.perf_counter()
         try:
             result = fn()
-        except (SpecError, NotActive, NotConfigured, NotReady, Transient):
+        except (SpecError, NotActive, NotConfigured, NotReady, NotOwner, ResourceExhausted, Transient):
             raise
         except (OSError, IptablesError, RuntimeError) as e:
             raise Transient(f"{what}: {e}") from e
@@ -492,7 +706,7 @@ class Agent:
         return bool(result)
 
     def _persist(self) -> None:
-        """Schedules a write of the desired state.
+        """Schedules a write of the committed state and the current grant.
 
         Written behind the reply, coalesced: rewriting a 10 000-entry NAT map on every call would
         double its latency. A crash in the few milliseconds before the write loses nothing that
@@ -505,12 +719,14 @@ class Agent:
             # Let the call that asked for the write answer first, and coalesce a burst of calls.
             self._stopping.wait(PERSIST_DELAY)
             self._dirty.clear()
-            with self._lock:  # a shallow copy: the values (specs, NAT maps, addresses) are immutable
-                st = self._state
-                snapshot = dataclasses.replace(
-                    st, tunnels=dict(st.tunnels), endpoints=dict(st.endpoints), nat_maps=dict(st.nat_maps)
-                )
-            text = snapshot.to_json()  # outside the lock: a 10 000-entry map takes ~10 ms
+            grant = self._fence.current()
+            snapshot = dataclasses.replace(
+                self._state,  # committed and never edited: no lock needed
+                epoch=grant.epoch,
+                active_until_wall=grant.expires_wall,
+                written_wall=time.time(),
+            )
+            text = snapshot.to_json()  # a 10 000-entry map takes ~10 ms
             try:
                 state.write_atomic(self.cfg.state_path, text)
             except OSError as e:  # losing the file only costs adoption after a restart
@@ -519,9 +735,8 @@ class Agent:
                 return
 
     def _update_probe_targets(self) -> None:
-        with self._lock:
-            targets = {cid: spec.probe_target for cid, spec in self._state.tunnels.items()}
-        self._prober.set_targets(targets)
+        st = self._state
+        self._prober.set_targets({cid: spec.probe_target for cid, spec in st.tunnels.items()})
 
     # ---- views -----------------------------------------------------------------------------------
 
@@ -532,31 +747,32 @@ class Agent:
             log.warning("cannot read WireGuard peers", extra={"error": str(e)})
             return {}
 
-    def _view(self, cluster_id: str, peers: Mapping[str, PeerState]) -> TunnelView:
-        spec = self._state.tunnels[cluster_id]
+    def _view(self, st: state.AgentState, cluster_id: str, peers: Mapping[str, PeerState]) -> TunnelView:
+        spec = st.tunnels[cluster_id]
         peer = peers.get(spec.public_key)
         probe = self._prober.status(cluster_id)
         if self._fence.current().role is not Role.ACTIVE:
-            st = TunnelState.FENCED
+            tstate = TunnelState.FENCED
         elif probe is None or probe.state is ProbeState.CONNECTING:
-            st = TunnelState.CONNECTING
+            tstate = TunnelState.CONNECTING
         elif probe.state is ProbeState.CONNECTED:
-            st = TunnelState.CONNECTED
+            tstate = TunnelState.CONNECTED
         else:
-            st = TunnelState.DISCONNECTED
+            tstate = TunnelState.DISCONNECTED
         handshake_age = None
         if peer is not None and peer.last_handshake:
             handshake_age = max(0.0, time.time() - peer.last_handshake)
         return TunnelView(
             spec=spec,
-            state=st,
+            state=tstate,
             state_since=self._state_since.get(cluster_id, time.time()),
-            endpoint_ip=self._state.endpoints.get(cluster_id),
-            latency=probe.latency if probe is not None and st == TunnelState.CONNECTED else None,
+            endpoint_ip=st.endpoints.get(cluster_id),
+            latency=probe.latency if probe is not None and tstate == TunnelState.CONNECTED else None,
             handshake_age=handshake_age,
             rx_bytes=peer.rx_bytes if peer else 0,
             tx_bytes=peer.tx_bytes if peer else 0,
-            nat_mapping_count=len(self._state.nat_maps.get(cluster_id, {})),
+            nat_mapping_count=len(st.nat_maps.get(cluster_id, {})),
+            owner=st.owners.get(cluster_id, ""),
         )
 
 

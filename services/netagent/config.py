@@ -57,3 +57,6 @@ class AgentConfig:
     service_cidr: IPv4Network | None = None
     min_remote_prefix: int = 8  # remote CIDRs wider than this are refused
     allow_privileged_ports: bool = False  # a WireGuard listen port below 1024
+    # Bounds (RESOURCE_EXHAUSTED beyond them): tunnels, and NAT entries in total across clusters.
+    max_tunnels: int = 256
+    max_nat_entries: int = 65536

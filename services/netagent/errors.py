@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from services.common.tunnelspec import SpecError
 
-__all__ = ["NotActive", "NotConfigured", "NotReady", "SpecError", "Transient"]
+__all__ = [
+    "NotActive",
+    "NotConfigured",
+    "NotOwner",
+    "NotReady",
+    "ResourceExhausted",
+    "SpecError",
+    "Transient",
+]
 
 
 class NotActive(Exception):
@@ -21,3 +29,12 @@ class NotReady(Exception):
 
 class Transient(Exception):
     """A kernel, wireguard-go or DNS failure worth retrying (UNAVAILABLE)."""
+
+
+class NotOwner(Exception):
+    """The cluster id (or the public key) is claimed by another TunnelEndpoint (FAILED_PRECONDITION).
+    The message names the owner: "... is owned by TunnelEndpoint <namespace>/<name>"."""
+
+
+class ResourceExhausted(Exception):
+    """A bound (--max-tunnels, --max-nat-entries) would be exceeded (RESOURCE_EXHAUSTED)."""

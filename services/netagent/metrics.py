@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -265,6 +265,11 @@ class NetagentMetrics:
             buckets=APPLY_BUCKETS,
             registry=self.registry,
         )
+        self.state_entries_skipped = Counter(
+            "liqo_netagent_state_entries_skipped",
+            "Entries of the state file skipped at start because they no longer validate.",
+            registry=self.registry,
+        )
         self._state = _StateCollector(device)
         self.registry.register(self._state)
 
@@ -273,6 +278,9 @@ class NetagentMetrics:
 
     def observe_apply(self, what: str, seconds: float) -> None:
         self.apply_duration.labels(what=what).observe(seconds)
+
+    def observe_state_skipped(self, entries: int) -> None:
+        self.state_entries_skipped.inc(entries)
 
     def bind_sources(
         self,

@@ -24,7 +24,14 @@ from services.common.tunnel_pb import duration, spec_from_pb, spec_to_pb
 from services.common.tunnelspec import SpecError, check_cluster_id
 from services.netagent.access import SocketRole, allowed, split_method
 from services.netagent.agent import VERSION, Agent, TunnelState, TunnelView
-from services.netagent.errors import NotActive, NotConfigured, NotReady, Transient
+from services.netagent.errors import (
+    NotActive,
+    NotConfigured,
+    NotOwner,
+    NotReady,
+    ResourceExhausted,
+    Transient,
+)
 from services.netagent.plan.role import Grant, Role, StaleEpoch
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,8 @@ _ERROR_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
     (NotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotOwner, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Transient, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -84,6 +93,7 @@ def status_to_pb(v: TunnelView) -> pb.TunnelStatus:
         allowed_ips=[str(c) for c in v.spec.allowed_ips],
         rx_bytes=v.rx_bytes,
         tx_bytes=v.tx_bytes,
+        owner=v.owner,
     )
     st.state_since.CopyFrom(_timestamp(v.state_since))
     if v.latency is not None:
@@ -199,7 +209,7 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         def run() -> pb.EnsureTunnelResponse:
             if not request.HasField("tunnel"):
                 raise SpecError("tunnel: required")
-            view, changed = self.agent.ensure_tunnel(spec_from_pb(request.tunnel))
+            view, changed = self.agent.ensure_tunnel(spec_from_pb(request.tunnel), request.owner)
             return pb.EnsureTunnelResponse(status=status_to_pb(view), changed=changed)
 
         return self._call("EnsureTunnel", context, run)
@@ -210,7 +220,9 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
         return self._call(
             "DeleteTunnel",
             context,
-            lambda: pb.DeleteTunnelResponse(deleted=self.agent.delete_tunnel(request.cluster_id)),
+            lambda: pb.DeleteTunnelResponse(
+                deleted=self.agent.delete_tunnel(request.cluster_id, request.owner)
+            ),
         )
 
     def ListTunnels(
@@ -223,6 +235,7 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
                         tunnel=spec_to_pb(v.spec),
                         status=status_to_pb(v),
                         nat_mapping_count=v.nat_mapping_count,
+                        owner=v.owner,
                     )
                     for v in self.agent.list_tunnels()
                 ]

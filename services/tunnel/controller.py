@@ -1,11 +1,16 @@
 """The TunnelEndpoint controller: CRs in, netagent calls out, status back.
 
 - reconcile(key): finalizer, validation (invalid -> status Error + Warning Event, no netagent call),
-  EnsureTunnel, DeleteTunnel on deletion; DNS endpoints are re-ensured every `dns_refresh` seconds
-  (the netagent re-resolves on each EnsureTunnel, keeping the current address while still valid).
+  EnsureTunnel with the TunnelEndpoint's "namespace/name" as owner, DeleteTunnel on deletion; DNS
+  endpoints are re-ensured every `dns_refresh` seconds (the netagent re-resolves on each
+  EnsureTunnel, keeping the current address while still valid).
+- Ownership is the netagent's: a cluster id belongs to the TunnelEndpoint that first claimed it. A
+  refusal naming another owner becomes status Error naming it and a Warning Event, and is not
+  retried until that owner goes away (its finalizer re-enqueues the others naming the cluster) or
+  the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff and an Event.
 - Runs only while the netagent's role is ACTIVE: the controller is paused at once when the role
   stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
-  tunnels that no TunnelEndpoint claims.
+  tunnels whose owner TunnelEndpoint is gone.
 - Status comes from the netagent's WatchTunnelStatus stream (the probe, with hysteresis there) and
   is merge-patched only when it changed; latency at most every `latency_interval` seconds.
 - The device keeper makes sure the netagent's device holds the shared key pair (also after a
@@ -44,6 +49,8 @@ from services.tunnel.keysecret import ensure_key_secret
 from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
 
 log = logging.getLogger(__name__)
+# The owner the orphan collector names when deleting a tunnel adopted without one (any owner may).
+ORPHAN_OWNER = "liqo/orphan-collector"
 
 
 @dataclass(frozen=True)
@@ -137,21 +144,25 @@ class TunnelController:
         except SpecError as e:
             self._fail(obj, "InvalidSpec", f"invalid TunnelEndpoint: {e}")
             return None
-        other = self._duplicate_of(key, tunnel.cluster_id)
-        if other:
-            self._fail(obj, "DuplicateCluster",
-                       f"clusterID {tunnel.cluster_id} is already used by TunnelEndpoint {other}")
-            return None
         old_cid = self._programmed.get(key)
         if old_cid and old_cid != tunnel.cluster_id:
-            self._call(obj, lambda: self.netagent.delete_tunnel(old_cid))
+            self._call(obj, lambda: self.netagent.delete_tunnel(old_cid, key))
         try:
-            resp = self.netagent.ensure_tunnel(tunnel)
+            resp = self.netagent.ensure_tunnel(tunnel, key)
         except NetAgentError as e:
             if e.invalid:
                 self._fail(obj, "Refused", f"the netagent refused the tunnel: {e.details}")
                 return None
-            if e.unavailable:
+            if e.not_owner:
+                # Another TunnelEndpoint owns the cluster (or the key): never retried in a loop; the
+                # owner's finalizer re-enqueues this one when it goes.
+                self._fail(obj, "ClusterOwned",
+                           f"clusterID {tunnel.cluster_id} is owned by TunnelEndpoint {e.owner or '?'}: "
+                           f"{e.details}")
+                return None
+            if e.exhausted:
+                self.events.warning(obj, "ResourceExhausted", f"the netagent has no room: {e.details}")
+            elif e.unavailable:
                 self.events.warning(obj, "Processing", f"tunnel not configured yet: {e.details}")
             raise RetryableError(str(e)) from None
         with self._lock:
@@ -172,9 +183,14 @@ class TunnelController:
         md = obj["metadata"]
         cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
         for cid in cids:
-            if self._duplicate_of(key, cid):
-                continue  # another TunnelEndpoint owns this cluster's tunnel
-            self._call(obj, lambda c=cid: self.netagent.delete_tunnel(c))
+            try:
+                self.netagent.delete_tunnel(cid, key)
+            except NetAgentError as e:
+                if e.not_owner:
+                    continue  # another TunnelEndpoint owns this cluster's tunnel: not ours to delete
+                if not e.invalid:
+                    raise RetryableError(str(e)) from None
+                self.events.warning(obj, "Processing", str(e))
         with self._lock:
             self._programmed.pop(key, None)
             self._refused.discard(key)
@@ -195,20 +211,6 @@ class TunnelController:
                 raise RetryableError(str(e)) from None
             self.events.warning(obj, "Processing", str(e))
             return None
-
-    def _duplicate_of(self, key: str, cid: str) -> str | None:
-        """The key of an older live TunnelEndpoint with the same clusterID, if any."""
-        me = self.informer.get(key)
-        mine = (me or {}).get("metadata", {})
-        mine_order = (mine.get("creationTimestamp") or "", key)
-        for other in self.informer.items():
-            omd = other["metadata"]
-            okey = f"{omd.get('namespace')}/{omd['name']}"
-            if okey == key or omd.get("deletionTimestamp") or cluster_id_of(other) != cid:
-                continue
-            if (omd.get("creationTimestamp") or "", okey) < mine_order:
-                return okey
-        return None
 
     def _fail(self, obj: JSON, reason: str, message: str) -> None:
         with self._lock:
@@ -242,7 +244,9 @@ class TunnelController:
             else:
                 self.events.normal(obj, after, desired["connection"]["statusMessage"])
 
-    def _key_for_cluster(self, cid: str) -> str | None:
+    def _key_for_cluster(self, cid: str, owner: str = "") -> str | None:
+        if owner:  # the netagent says whose tunnel it is
+            return owner
         with self._lock:
             for key, c in self._programmed.items():
                 if c == cid:
@@ -263,7 +267,7 @@ class TunnelController:
             self._last_status[cid] = msg.status
         if not self.role.active:
             return
-        key = self._key_for_cluster(cid)
+        key = self._key_for_cluster(cid, msg.status.owner)
         with self._lock:
             if key in self._refused:
                 return
@@ -307,14 +311,28 @@ class TunnelController:
                 stop.wait(2.0)
 
     def collect_orphans(self) -> list[str]:
-        """Deletes the netagent's tunnels whose cluster no TunnelEndpoint in the cache names."""
+        """Deletes the netagent's tunnels whose owner TunnelEndpoint no longer exists (or no longer
+        names the cluster). A tunnel without an owner (adopted from an old state) goes when no
+        TunnelEndpoint names its cluster. Another tenant's TunnelEndpoint naming the cluster never
+        keeps, nor removes, a tunnel it does not own."""
         removed = []
         for entry in self.netagent.list_tunnels():
-            cid = entry.tunnel.cluster_id
-            claimed = {cluster_id_of(o) for o in self.informer.items()}  # fresh for each decision
+            cid, owner = entry.tunnel.cluster_id, entry.owner
             with self._lock:
-                claimed |= set(self._programmed.values())
-            if cid not in claimed:
-                self.netagent.delete_tunnel(cid)
-                removed.append(cid)
+                programmed = dict(self._programmed)
+            if owner:
+                tep = self.informer.get(owner)  # fresh for each decision
+                if tep is not None and (cluster_id_of(tep) == cid or programmed.get(owner) == cid):
+                    continue
+            else:
+                claimed = {cluster_id_of(o) for o in self.informer.items()} | set(programmed.values())
+                if cid in claimed:
+                    continue
+            try:
+                self.netagent.delete_tunnel(cid, owner or ORPHAN_OWNER)
+            except NetAgentError as e:
+                if e.not_owner:  # claimed meanwhile by someone else
+                    continue
+                raise
+            removed.append(cid)
         return removed

@@ -33,6 +33,7 @@ if os.geteuid() != 0:
 SVC = "liqo.netagent.v1.NetAgentService"
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 CLUSTER = "c0ffee00-0000-4000-8000-000000000001"
+OWNER = "liqo-tenant-a/tep-a"  # the claiming TunnelEndpoint
 METRICS = "127.0.0.1:9100"  # inside the agent's node
 
 
@@ -163,8 +164,8 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert g.call("ConfigureDevice", {"private_key": priv}) == dev  # idempotent
 
     # Mutations while standby.
-    assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub)})[0] == "FailedPrecondition"
-    assert g.code("DeleteTunnel", {"cluster_id": CLUSTER})[0] == "FailedPrecondition"
+    assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub), "owner": OWNER})[0] == "FailedPrecondition"
+    assert g.code("DeleteTunnel", {"cluster_id": CLUSTER, "owner": OWNER})[0] == "FailedPrecondition"
     assert g.code("SetNatMappings", {"cluster_id": CLUSTER, "mappings": {}})[0] == "FailedPrecondition"
     assert g.code("DeleteNatMappings", {"cluster_id": CLUSTER})[0] == "FailedPrecondition"
 
@@ -172,6 +173,10 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert g.code("SetRole", {"epoch": 1})[0] == "InvalidArgument"  # role unspecified
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 1})[0] == "InvalidArgument"  # no ttl
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 1, "ttl": "7200s"})[0] == "InvalidArgument"
+    # Epochs are the Lease's int32: an epoch out of reach of every later caller is refused.
+    code, msg = g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2**31, "ttl": "60s"})
+    assert code == "InvalidArgument" and "epoch" in msg
+    assert g.code("SetRole", {"role": "ROLE_STANDBY", "epoch": 2**64 - 1})[0] == "InvalidArgument"
     role = g.call("SetRole", {"role": "ROLE_ACTIVE", "epoch": 3, "ttl": "600s", "reason": "contract"})
     assert role["role"] == "ROLE_ACTIVE" and role["epoch"] == "3" and role["expires_at"]
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2, "ttl": "600s"})[0] == "FailedPrecondition"
@@ -181,28 +186,54 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert '"ROLE_ACTIVE"' in r.stdout
 
     # EnsureTunnel
-    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, remote_nat_pod_cidr="10.60.0.1/16")})
+    code, msg = g.code(
+        "EnsureTunnel", {"tunnel": tunnel(peer_pub, remote_nat_pod_cidr="10.60.0.1/16"), "owner": OWNER}
+    )
     assert code == "InvalidArgument" and "remote_nat_pod_cidr" in msg
     assert g.code("EnsureTunnel", {})[0] == "InvalidArgument"
-    assert g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, public_key="AAAA")})[0] == "InvalidArgument"
-    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, endpoint="gw.does-not-resolve.invalid")})
+    assert (
+        g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub, public_key="AAAA"), "owner": OWNER})[0]
+        == "InvalidArgument"
+    )
+    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub)})  # no owner
+    assert code == "InvalidArgument" and "owner" in msg
+    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(peer_pub), "owner": "Bad/Owner\n"})
+    assert code == "InvalidArgument" and "owner" in msg
+    code, msg = g.code(
+        "EnsureTunnel",
+        {"tunnel": tunnel(peer_pub, endpoint="gw.does-not-resolve.invalid"), "owner": OWNER},
+    )
     assert code == "Unavailable" and "resolve" in msg
-    ok = g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub)})
+    ok = g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub), "owner": OWNER})
     assert ok["changed"] and ok["status"]["state"] == "TUNNEL_STATE_CONNECTING"
-    assert not g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub)}).get("changed", False)
+    assert ok["status"]["owner"] == OWNER
+    assert not g.call("EnsureTunnel", {"tunnel": tunnel(peer_pub), "owner": OWNER}).get("changed", False)
+    # Ownership: another TunnelEndpoint cannot take the cluster id, nor reuse the key elsewhere.
+    code, msg = g.code("EnsureTunnel", {"tunnel": tunnel(generate().public_key), "owner": "tenant-b/tep"})
+    assert code == "FailedPrecondition" and OWNER in msg
+    reuse = tunnel(
+        peer_pub,
+        cluster_id="key-thief",
+        remote_pod_cidr="10.70.0.0/16",
+        remote_nat_pod_cidr="None",
+        remote_external_cidr="10.71.0.0/16",
+    )
+    code, msg = g.code("EnsureTunnel", {"tunnel": reuse, "owner": "tenant-b/tep"})
+    assert code == "FailedPrecondition" and OWNER in msg and "public_key" in msg
     other = tunnel(
         peer_pub,
         cluster_id="other-cluster",
         remote_nat_pod_cidr="10.60.128.0/17",
         remote_external_cidr="10.203.0.0/16",
     )
-    code, msg = g.code("EnsureTunnel", {"tunnel": other})
+    code, msg = g.code("EnsureTunnel", {"tunnel": other, "owner": OWNER})
     assert code == "InvalidArgument" and "overlaps" in msg
 
     # ListTunnels / WatchTunnelStatus
     listed = g.call("ListTunnels")["tunnels"]
     assert [t["tunnel"]["cluster_id"] for t in listed] == [CLUSTER]
     assert listed[0]["tunnel"]["persistent_keepalive"] == "25s"
+    assert listed[0]["owner"] == OWNER and listed[0]["status"]["owner"] == OWNER
     r = g.raw(f"{SVC}/WatchTunnelStatus", data={"cluster_id": CLUSTER}, max_time=2)
     assert CLUSTER in r.stdout and "TUNNEL_STATE_CONNECTING" in r.stdout
     assert g.code("WatchTunnelStatus", {"cluster_id": "bad id"})[0] == "InvalidArgument"
@@ -225,9 +256,18 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert g.code("DeleteNatMappings", {"cluster_id": ""})[0] == "InvalidArgument"
 
     # DeleteTunnel
-    assert g.code("DeleteTunnel", {"cluster_id": "bad id"})[0] == "InvalidArgument"
-    assert g.call("DeleteTunnel", {"cluster_id": CLUSTER})["deleted"]
-    assert not g.call("DeleteTunnel", {"cluster_id": CLUSTER}).get("deleted", False)
+    assert g.code("DeleteTunnel", {"cluster_id": "bad id", "owner": OWNER})[0] == "InvalidArgument"
+    assert g.code("DeleteTunnel", {"cluster_id": CLUSTER})[0] == "InvalidArgument"  # no owner
+    code, msg = g.code("DeleteTunnel", {"cluster_id": CLUSTER, "owner": "tenant-b/tep"})
+    assert code == "FailedPrecondition" and OWNER in msg
+    assert g.call("DeleteTunnel", {"cluster_id": CLUSTER, "owner": OWNER})["deleted"]
+    assert not g.call("DeleteTunnel", {"cluster_id": CLUSTER, "owner": OWNER}).get("deleted", False)
+
+    # A demotion is always accepted, even with a lower epoch, and never lowers the epoch.
+    demoted = g.call("SetRole", {"role": "ROLE_STANDBY", "epoch": 1, "reason": "contract"})
+    assert demoted["role"] == "ROLE_STANDBY" and demoted["epoch"] == "3"
+    assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2, "ttl": "600s"})[0] == "FailedPrecondition"
+    assert g.call("SetRole", {"role": "ROLE_ACTIVE", "epoch": 3, "ttl": "600s"})["role"] == "ROLE_ACTIVE"
 
     final = g.call("GetInfo")
     assert final["role"] == "ROLE_ACTIVE" and final["device_configured"] and final.get("tunnel_count", 0) == 0

@@ -22,6 +22,7 @@ import pytest
 
 from sandbox.testkit.hosts import link_nodes
 from sandbox.testkit.lab import (
+    ID_B,
     NS_A,
     NS_B,
     WG_PORT,
@@ -36,6 +37,7 @@ from sandbox.testkit.netagent import snapshot_diff
 from sandbox.testkit.resources import tunnel_endpoint
 from sandbox.testkit.traffic import ping_ok
 from sandbox.testkit.wait import wait_for
+from services.common.keys import generate
 from services.common.vocabulary import TUNNEL_ENDPOINTS
 from services.tunnel import status as st
 
@@ -43,6 +45,7 @@ pytestmark = pytest.mark.root
 
 ID_C = "cccccccc-3333-4333-8333-0000000000c3"
 NS_C = "liqo-tenant-cluster-c"
+NS_EVIL = "liqo-tenant-intruder"
 A_UL, B_UL = "192.0.2.1", "192.0.2.2"  # the first underlay
 A_UL2, B_UL2 = "198.51.100.1", "198.51.100.2"  # the second underlay, where B moves
 POD_A, POD_B = "10.0.1.5", "10.0.2.7"
@@ -199,6 +202,52 @@ def test_invalid_tunnelendpoint_gets_error_and_changes_nothing(pair: Pair) -> No
     a.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.0/16"})
     a.wait_status("cluster-b", NS_B, st.CONNECTED)
     assert a.snapshot() == before
+
+
+def test_another_tenant_cannot_take_a_cluster_id_or_a_key(pair: Pair) -> None:
+    """A TunnelEndpoint in another tenant's namespace naming A's cluster id (then another cluster id
+    with A's peer key) gets status Error naming the owner and a Warning Event; A's tunnel stays
+    Connected and its kernel state is untouched. Deleting the intruder deletes nothing of A's."""
+    a = pair.a
+    owner = f"{NS_B}/cluster-b"
+    before = a.snapshot()
+    peers = a.wg_peers()
+    intruder = tunnel_endpoint(name="intruder", namespace=NS_EVIL, cluster_id=ID_B, local_pod="10.0.0.0/16",
+                               local_ext="10.201.0.0/16", remote_pod="10.0.0.0/16",
+                               remote_nat_pod="10.63.0.0/16", remote_ext="10.202.0.0/16",
+                               remote_nat_ext="10.73.0.0/16", endpoint="203.0.113.66",
+                               public_key=generate().public_key)
+    a.create_tep(intruder)
+    conn = a.wait_status("intruder", NS_EVIL, st.ERROR)
+    assert owner in conn["statusMessage"] and ID_B in conn["statusMessage"], conn
+    warnings = wait_for("a Warning Event", lambda: [
+        e for e in a.events_for("intruder", NS_EVIL, "Warning") if e["reason"] == "ClusterOwned"])
+    assert owner in warnings[0]["message"]
+    # Not retried in a tight loop: no status write over several seconds.
+    rv = a.tep("intruder", NS_EVIL)["metadata"]["resourceVersion"]  # type: ignore[index]
+    time.sleep(2.0)
+    assert a.tep("intruder", NS_EVIL)["metadata"]["resourceVersion"] == rv  # type: ignore[index]
+    # Another cluster id, with the key of A's peer: refused the same way.
+    a.patch_tep_spec("intruder", NS_EVIL, {
+        "clusterIdentity": {"clusterID": ID_C, "clusterName": "intruder"},
+        "backend_config": {"publicKey": pair.b.public_key, "port": str(WG_PORT)},
+    })
+    conn = a.wait_status("intruder", NS_EVIL, st.ERROR, where=lambda c: "public_key" in c["statusMessage"])
+    assert owner in conn["statusMessage"], conn
+    # A's tunnel: untouched and Connected all along.
+    assert a.connection("cluster-b", NS_B)["status"] == st.CONNECTED
+    assert a.wg_peers() == peers
+    assert pair.a_pings_b("10.61")
+    after = a.snapshot()
+    assert after == before, snapshot_diff(before, after)
+    entries = {e.tunnel.cluster_id: e for e in a.netagent.list_tunnels()}
+    assert set(entries) == {ID_B} and entries[ID_B].owner == owner
+    assert entries[ID_B].tunnel.public_key == pair.b.public_key
+    # The intruder goes: its finalizer deletes nothing of A's.
+    a.kube.delete(TUNNEL_ENDPOINTS, "intruder", NS_EVIL)
+    wait_for("the intruder to go", lambda: a.tep("intruder", NS_EVIL) is None)
+    assert a.snapshot() == before
+    assert a.connection("cluster-b", NS_B)["status"] == st.CONNECTED
 
 
 def test_delete_removes_every_trace_and_the_finalizer(pair: Pair) -> None:

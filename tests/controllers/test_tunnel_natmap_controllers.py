@@ -53,6 +53,8 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         self.private_key = ""
         self.public_key = ""
         self.tunnels: dict[str, pb.Tunnel] = {}
+        self.owners: dict[str, str] = {}  # clusterID -> the TunnelEndpoint that ensured it
+        self.exhausted: set[str] = set()  # methods answering RESOURCE_EXHAUSTED (a netagent bound)
         self.states: dict[str, int] = {}
         self.nat: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
@@ -104,6 +106,10 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         with self.lock:
             self._need_active(ctx)
             self.calls.append(f"EnsureTunnel {req.tunnel.cluster_id}")
+            assert req.owner, "EnsureTunnel without an owner"
+            if "EnsureTunnel" in self.exhausted:
+                ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "tunnels: 256 configured, at most 256")
+            self.owners[req.tunnel.cluster_id] = req.owner
             changed = self.tunnels.get(req.tunnel.cluster_id) != req.tunnel
             self.tunnels[req.tunnel.cluster_id] = req.tunnel
             self.states.setdefault(req.tunnel.cluster_id, pb.TUNNEL_STATE_CONNECTING)
@@ -124,6 +130,8 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         with self.lock:
             self._need_active(ctx)
             self.calls.append(f"DeleteTunnel {req.cluster_id}")
+            assert req.owner, "DeleteTunnel without an owner"
+            self.owners.pop(req.cluster_id, None)
             existed = self.tunnels.pop(req.cluster_id, None) is not None
             self.nat.pop(req.cluster_id, None)
             self._bump()
@@ -131,7 +139,10 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
 
     def ListTunnels(self, req: Any, ctx: Any) -> pb.ListTunnelsResponse:
         with self.lock:
-            return pb.ListTunnelsResponse(tunnels=[pb.TunnelEntry(tunnel=t) for t in self.tunnels.values()])
+            return pb.ListTunnelsResponse(
+                tunnels=[pb.TunnelEntry(tunnel=t, owner=self.owners.get(cid, ""))
+                         for cid, t in self.tunnels.items()]
+            )
 
     def WatchTunnelStatus(self, req: Any, ctx: Any) -> Iterator[pb.WatchTunnelStatusResponse]:
         seen = -1
@@ -148,6 +159,8 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         with self.lock:
             self._need_active(ctx)
             self.calls.append(f"SetNatMappings {req.cluster_id}")
+            if "SetNatMappings" in self.exhausted:
+                ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "mappings: exceed 65536 in total")
             if req.cluster_id not in self.tunnels:
                 ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no tunnel for cluster {req.cluster_id}")
             changed = self.nat.get(req.cluster_id) != dict(req.mappings)
@@ -332,5 +345,42 @@ def test_natmap_controller(env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, s
         wait_for("DeleteNatMappings", lambda: CID not in fake.nat, 10.0)
         assert ctl.controller.alive()
     finally:
+        mgr.shutdown()
+        agent.close()
+
+
+def test_resource_exhausted_is_retried_with_backoff_and_reported(
+    env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]
+) -> None:
+    """A netagent bound (--max-tunnels, --max-nat-entries): a Warning Event, retries with backoff
+    (not a tight loop), and the object is applied once there is room."""
+    api, kube, fake, sock = env
+    fake.set_role(pb.ROLE_ACTIVE)
+    fake.exhausted = {"EnsureTunnel", "SetNatMappings"}
+    mgr, _ctl, agent = start_tunnel(api, sock)
+    nm_mgr = Manager("liqo-natmap-controller", KubeClient(api.api_client(), timeout=3), watch_timeout=5)
+    nm_agent = NetAgentClient(sock, timeout=3, retry_deadline=2)
+    NatMappingController(nm_mgr, nm_agent, workers=2, resync_period=30, backoff=Backoff(base=0.2, cap=0.5))
+    nm_mgr.start()
+    try:
+        kube.create(TUNNEL_ENDPOINTS, TEP, NS)
+        wait_for("ResourceExhausted on the TunnelEndpoint",
+                 lambda: "ResourceExhausted" in reasons(kube, NS), 10.0)
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        with fake.lock:
+            ensures = sum(c.startswith("EnsureTunnel") for c in fake.calls)
+        assert 1 <= ensures <= 12, f"{ensures} EnsureTunnel calls in {time.monotonic() - t0:.1f} s"
+        fake.exhausted.discard("EnsureTunnel")
+        wait_for("EnsureTunnel once there is room", lambda: CID in fake.tunnels, 10.0)
+        kube.create(NAT_MAPPINGS, copy.deepcopy(NM))
+        wait_for("ResourceExhausted on the NatMapping",
+                 lambda: "ResourceExhausted" in reasons(kube, "default"), 10.0)
+        assert CID not in fake.nat
+        fake.exhausted.clear()
+        wait_for("mappings applied once there is room", lambda: CID in fake.nat, 10.0)
+    finally:
+        nm_mgr.shutdown()
+        nm_agent.close()
         mgr.shutdown()
         agent.close()

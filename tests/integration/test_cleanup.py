@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import ROLES, NetAgent, activate
+from sandbox.testkit.resources import SAMPLE_OWNER
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import generate
 
@@ -75,7 +76,8 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
                     endpoint="192.0.2.50",
                     endpoint_port=5871,
                     public_key=peer,
-                )
+                ),
+                owner=SAMPLE_OWNER,
             )
         )
         assert node_state(node) != before
@@ -96,3 +98,24 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
     # A second cleanup has nothing to do and still succeeds.
     again = node.run(*CLEANUP, "--state-path", str(agent.state))
     assert again.returncode == 0 and node_state(node) == before
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b'{"version": 1, "tunnels": [{"x": 1}]}'])
+def test_cleanup_works_with_an_unreadable_state_file(
+    tmp_path: Path, node_factory: Callable[[str], Node], content: bytes
+) -> None:
+    """Uninstall never depends on the state file: garbage in it (or a file it cannot parse) does not
+    stop `cleanup`, which removes the file too."""
+    node = node_factory("cleanbad")
+    agent = NetAgent(node, tmp_path)
+    try:
+        agent.start()
+        activate(agent, generate().private_key)
+        agent.stop(signal.SIGTERM)
+    finally:
+        agent.close()
+    Path(agent.state).write_bytes(content)
+    r = node.run(*CLEANUP, "--socket", str(agent.socket), "--state-path", str(agent.state), check=False)
+    assert r.returncode == 0, r.stderr
+    assert not Path(agent.state).exists()
+    assert "liqo-netns" not in node.run("ip", "netns", "list").stdout

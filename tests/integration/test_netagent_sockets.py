@@ -18,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import ROLES, NetAgent, activate
+from sandbox.testkit.resources import SAMPLE_OWNER
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import generate
@@ -44,7 +45,7 @@ def agent(tmp_path: Path, node_factory: Callable[[str], Node]) -> Iterator[NetAg
     try:
         a.start()
         activate(a, generate().private_key, epoch=1, ttl=600)
-        a.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=_tunnel(generate().public_key)))
+        a.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=_tunnel(generate().public_key), owner=SAMPLE_OWNER))
         yield a
     finally:
         a.close()
@@ -87,7 +88,8 @@ def test_role_sockets_serve_only_their_methods(agent: NetAgent) -> None:
                                             timeout=5)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as e:
-            stubs["labeler"].DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=CLUSTER), timeout=5)
+            stubs["labeler"].DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=CLUSTER, owner=SAMPLE_OWNER),
+                                          timeout=5)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
         # Nothing happened: still active, the tunnel still there.
         info = stubs["natmap"].GetInfo(pb.GetInfoRequest(), timeout=5)

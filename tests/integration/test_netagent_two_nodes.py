@@ -21,6 +21,7 @@ import pytest
 from sandbox.testkit.hosts import Node, Pod, link_nodes
 from sandbox.testkit.netagent import NetAgent, activate, kernel_snapshot
 from sandbox.testkit.nodes import NodeFactory
+from sandbox.testkit.resources import SAMPLE_OWNER
 from sandbox.testkit.traffic import Pinger, ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
@@ -87,8 +88,8 @@ class Pair:
         )
 
     def ensure_both(self) -> None:
-        self.a.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_a()))
-        self.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_b()))
+        self.a.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_a(), owner=SAMPLE_OWNER))
+        self.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_b(), owner=SAMPLE_OWNER))
 
 
 def tunnel_state(side: Side, cluster: str) -> int:
@@ -177,7 +178,7 @@ def test_repeated_calls_change_nothing(pair: Pair) -> None:
         pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"})
     )
     before = kernel_snapshot(pair.b.node)
-    r = pair.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_b()))
+    r = pair.b.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_b(), owner=SAMPLE_OWNER))
     assert not r.changed
     m = pair.b.agent.api.SetNatMappings(
         pb.SetNatMappingsRequest(cluster_id=ID_A, mappings={"10.0.2.7": "10.70.0.7"})
@@ -191,14 +192,18 @@ def test_spec_change_converges_in_place(pair: Pair) -> None:
     """A new remapping replaces the old routes, rules and allowed IPs; nothing of the old stays."""
     api = pair.a.agent.api
     try:
-        api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.61.0.0/16")))
+        api.EnsureTunnel(
+            pb.EnsureTunnelRequest(
+                tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.61.0.0/16"), owner=SAMPLE_OWNER
+            )
+        )
         snap = kernel_snapshot(pair.a.node)
         assert "10.61.0.0/16" in snap["netns routes"] and "10.60.0.0/16" not in snap["netns routes"]
         assert "10.61.0.0/16" in snap["host rules"] and "10.60.0.0/16" not in snap["host rules"]
         assert "10.61.0.0/16" in snap["wg"] and "10.60.0.0/16" not in snap["wg"]
         assert "10.60.0.0/16" not in snap["iptables"]
     finally:
-        api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
+        api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(), owner=SAMPLE_OWNER))
     wait_for("traffic back on the original remapping", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
 
 
@@ -206,7 +211,9 @@ def test_invalid_request_changes_nothing(pair: Pair) -> None:
     before = kernel_snapshot(pair.a.node)
     with pytest.raises(grpc.RpcError) as e:
         pair.a.agent.api.EnsureTunnel(
-            pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.60.0.1/16"))
+            pb.EnsureTunnelRequest(
+                tunnel=pair.tunnel_a(remote_nat_pod_cidr="10.60.0.1/16"), owner=SAMPLE_OWNER
+            )
         )
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "remote_nat_pod_cidr" in (e.value.details() or "")
@@ -221,7 +228,7 @@ def test_standby_refuses_mutations_and_demotion_removes_peers(pair: Pair) -> Non
         dump = pair.a.node.exec_in_netns("liqo-netns", ["wg", "show", "all", "peers"]).stdout
         assert dump.strip() == "", "a standby agent must hold no WireGuard peer"
         with pytest.raises(grpc.RpcError) as e:
-            api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
+            api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(), owner=SAMPLE_OWNER))
         assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         # Warm standby: device, routes, rules, chains stay.
         snap = kernel_snapshot(pair.a.node)
@@ -296,12 +303,12 @@ def test_delete_tunnel_removes_everything_it_created(
     with NetAgent(nc, tmp_path / "c") as agent:
         activate(agent, generate().private_key)
         empty = kernel_snapshot(nc)
-        agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a()))
+        agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=pair.tunnel_a(), owner=SAMPLE_OWNER))
         agent.api.SetNatMappings(
             pb.SetNatMappingsRequest(cluster_id=ID_B, mappings={"10.0.3.3": "10.90.0.9"})
         )
         with_tunnel = kernel_snapshot(nc)
         assert with_tunnel != empty
-        assert agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted
+        assert agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B, owner=SAMPLE_OWNER)).deleted
         assert kernel_snapshot(nc) == empty
-        assert not agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B)).deleted
+        assert not agent.api.DeleteTunnel(pb.DeleteTunnelRequest(cluster_id=ID_B, owner=SAMPLE_OWNER)).deleted

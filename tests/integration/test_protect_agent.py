@@ -78,6 +78,12 @@ def tunnel(**over: Any) -> pb.Tunnel:
     return pb.Tunnel(**args)
 
 
+def ensure_request(**over: Any) -> pb.EnsureTunnelRequest:
+    """EnsureTunnel of `tunnel(**over)`, claimed by a TunnelEndpoint of its own cluster's tenant."""
+    t = tunnel(**over)
+    return pb.EnsureTunnelRequest(tunnel=t, owner=f"liqo-tenant-{t.cluster_id}/tep")
+
+
 @pytest.fixture
 def agent(tmp_path: Path, node_factory: Callable[[str], Node]) -> Iterator[NetAgent]:
     node = node_factory("protect")
@@ -135,7 +141,7 @@ def test_attacks_are_refused_and_change_nothing(agent: NetAgent) -> None:
     assert in_liqo_table(node) == []
     before = snapshot(node)
     for over, field in ATTACK_TUNNELS:
-        request = pb.EnsureTunnelRequest(tunnel=tunnel(**over))
+        request = ensure_request(**over)
         details = refused(lambda request=request: agent.api.EnsureTunnel(request))
         assert field in details, (over, details)
     refused(lambda: agent.api.ConfigureDevice(pb.ConfigureDeviceRequest(private_key=generate().private_key,
@@ -145,10 +151,10 @@ def test_attacks_are_refused_and_change_nothing(agent: NetAgent) -> None:
     assert agent.api.ListTunnels(pb.ListTunnelsRequest()).tunnels == []
 
     # A legitimate tunnel still works, and its NAT map may not DNAT outside this cluster.
-    agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel()))
-    agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel(
+    agent.api.EnsureTunnel(ensure_request())
+    agent.api.EnsureTunnel(ensure_request(
         cluster_id="oslo", cluster_name="oslo", remote_nat_pod_cidr="10.80.0.0/16",
-        remote_nat_external_cidr="10.90.0.0/16", endpoint="172.31.0.3")))
+        remote_nat_external_cidr="10.90.0.0/16", endpoint="172.31.0.3"))
     assert in_liqo_table(node) == []
     before = snapshot(node)
     for target in ("169.254.169.254", "192.168.77.10", "169.254.0.1", "127.0.0.1", "10.80.0.5"):
@@ -167,9 +173,9 @@ POISON_NAMES = ("\U0001f600" * 63, "東京 ☃ \u200d", "x" * 63, "")
 def test_poison_pill_names_survive_resync_and_restart(agent: NetAgent) -> None:
     node = agent.node
     for i, name in enumerate(POISON_NAMES):
-        agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel(
+        agent.api.EnsureTunnel(ensure_request(
             cluster_id=f"c{i}", cluster_name=name, remote_nat_pod_cidr=f"10.{60 + i}.0.0/16",
-            remote_nat_external_cidr=f"10.{70 + i}.0.0/16", endpoint=f"172.31.0.{10 + i}")))
+            remote_nat_external_cidr=f"10.{70 + i}.0.0/16", endpoint=f"172.31.0.{10 + i}"))
     before = snapshot(node)
     assert all(line.isascii() for line in before["iptables"])
     time.sleep(1.5)  # several resyncs
@@ -190,7 +196,7 @@ def test_poison_pill_names_survive_resync_and_restart(agent: NetAgent) -> None:
 
 def test_odd_bytes_left_by_others_are_repaired_and_cleanup_works(agent: NetAgent) -> None:
     node = agent.node
-    agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=tunnel()))
+    agent.api.EnsureTunnel(ensure_request())
     good = snapshot(node)
 
     def ipt(*argv: str) -> None:

@@ -263,9 +263,21 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
         (grpc.StatusCode.INVALID_ARGUMENT, "endpoint: bad", {"invalid"}),
         (grpc.StatusCode.UNAVAILABLE, "", {"unavailable"}),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "", {"unavailable"}),
+        (FP, "cluster id 'b' is owned by TunnelEndpoint tenant-a/tep-a", {"precondition", "not_owner"}),
+        (
+            FP,
+            "public_key is already used by cluster 'a', which is owned by TunnelEndpoint t/x",
+            {"precondition", "not_owner"},
+        ),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "tunnels: 256 configured", {"exhausted"}),
     ],
 )
 def test_netagent_error_classes(code: grpc.StatusCode, details: str, classes: set[str]) -> None:
     e = NetAgentError("M", code, details)
-    got = {c for c in ("precondition", "stale_epoch", "invalid", "unavailable") if getattr(e, c)}
+    kinds = ("precondition", "stale_epoch", "invalid", "unavailable", "not_owner", "exhausted")
+    got = {c for c in kinds if getattr(e, c)}
     assert got == classes
+    if "not_owner" in classes:
+        assert e.owner == details.rsplit(" ", 1)[1]
+    else:
+        assert e.owner == ""

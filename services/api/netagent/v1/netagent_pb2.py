@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fliqo/netagent/v1/netagent.proto\x12\x10liqo.netagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xb6\x02\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12K\n\x18wireguard_implementation\x18\x02 \x01(\x0e\x32).liqo.netagent.v1.WireguardImplementation\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\npublic_key\x18\x06 \x01(\t\x12\x13\n\x0blisten_port\x18\x07 \x01(\r\x12\x0b\n\x03mtu\x18\x08 \x01(\r\x12\x19\n\x11\x64\x65vice_configured\x18\t \x01(\x08\x12\x14\n\x0ctunnel_count\x18\n \x01(\r\"O\n\x16\x43onfigureDeviceRequest\x12\x13\n\x0bprivate_key\x18\x01 \x01(\t\x12\x13\n\x0blisten_port\x18\x02 \x01(\r\x12\x0b\n\x03mtu\x18\x03 \x01(\r\"O\n\x17\x43onfigureDeviceResponse\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x13\n\x0blisten_port\x18\x02 \x01(\r\x12\x0b\n\x03mtu\x18\x03 \x01(\r\"}\n\x0eSetRoleRequest\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"v\n\x0fSetRoleResponse\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10WatchRoleRequest\"\x88\x01\n\x11WatchRoleResponse\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x90\x03\n\x06Tunnel\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63luster_name\x18\x02 \x01(\t\x12\x16\n\x0elocal_pod_cidr\x18\x03 \x01(\t\x12\x1a\n\x12local_nat_pod_cidr\x18\x04 \x01(\t\x12\x1b\n\x13local_external_cidr\x18\x05 \x01(\t\x12\x1f\n\x17local_nat_external_cidr\x18\x06 \x01(\t\x12\x17\n\x0fremote_pod_cidr\x18\x07 \x01(\t\x12\x1b\n\x13remote_nat_pod_cidr\x18\x08 \x01(\t\x12\x1c\n\x14remote_external_cidr\x18\t \x01(\t\x12 \n\x18remote_nat_external_cidr\x18\n \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x0b \x01(\t\x12\x15\n\rendpoint_port\x18\x0c \x01(\r\x12\x12\n\npublic_key\x18\r \x01(\t\x12\x37\n\x14persistent_keepalive\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd8\x02\n\x0cTunnelStatus\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.liqo.netagent.v1.TunnelState\x12\x13\n\x0b\x65ndpoint_ip\x18\x03 \x01(\t\x12\x15\n\rendpoint_port\x18\x04 \x01(\r\x12\x12\n\npublic_key\x18\x05 \x01(\t\x12\x13\n\x0b\x61llowed_ips\x18\x06 \x03(\t\x12*\n\x07latency\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rhandshake_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08rx_bytes\x18\t \x01(\x04\x12\x10\n\x08tx_bytes\x18\n \x01(\x04\x12/\n\x0bstate_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x13\x45nsureTunnelRequest\x12(\n\x06tunnel\x18\x01 \x01(\x0b\x32\x18.liqo.netagent.v1.Tunnel\"W\n\x14\x45nsureTunnelResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\")\n\x13\x44\x65leteTunnelRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteTunnelResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x14\n\x12ListTunnelsRequest\"E\n\x13ListTunnelsResponse\x12.\n\x07tunnels\x18\x01 \x03(\x0b\x32\x1d.liqo.netagent.v1.TunnelEntry\"\x82\x01\n\x0bTunnelEntry\x12(\n\x06tunnel\x18\x01 \x01(\x0b\x32\x18.liqo.netagent.v1.Tunnel\x12.\n\x06status\x18\x02 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x19\n\x11nat_mapping_count\x18\x03 \x01(\r\"_\n\x18WatchTunnelStatusRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12/\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\\\n\x19WatchTunnelStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\xa5\x01\n\x15SetNatMappingsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12G\n\x08mappings\x18\x02 \x03(\x0b\x32\x35.liqo.netagent.v1.SetNatMappingsRequest.MappingsEntry\x1a/\n\rMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x16SetNatMappingsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\".\n\x18\x44\x65leteNatMappingsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\",\n\x19\x44\x65leteNatMappingsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_ACTIVE\x10\x01\x12\x10\n\x0cROLE_STANDBY\x10\x02*\x90\x01\n\x17WireguardImplementation\x12(\n$WIREGUARD_IMPLEMENTATION_UNSPECIFIED\x10\x00\x12#\n\x1fWIREGUARD_IMPLEMENTATION_KERNEL\x10\x01\x12&\n\"WIREGUARD_IMPLEMENTATION_USERSPACE\x10\x02*\x9c\x01\n\x0bTunnelState\x12\x1c\n\x18TUNNEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TUNNEL_STATE_CONNECTING\x10\x01\x12\x1a\n\x16TUNNEL_STATE_CONNECTED\x10\x02\x12\x1d\n\x19TUNNEL_STATE_DISCONNECTED\x10\x03\x12\x17\n\x13TUNNEL_STATE_FENCED\x10\x04\x32\xce\x07\n\x0fNetAgentService\x12N\n\x07GetInfo\x12 .liqo.netagent.v1.GetInfoRequest\x1a!.liqo.netagent.v1.GetInfoResponse\x12\x66\n\x0f\x43onfigureDevice\x12(.liqo.netagent.v1.ConfigureDeviceRequest\x1a).liqo.netagent.v1.ConfigureDeviceResponse\x12N\n\x07SetRole\x12 .liqo.netagent.v1.SetRoleRequest\x1a!.liqo.netagent.v1.SetRoleResponse\x12V\n\tWatchRole\x12\".liqo.netagent.v1.WatchRoleRequest\x1a#.liqo.netagent.v1.WatchRoleResponse0\x01\x12]\n\x0c\x45nsureTunnel\x12%.liqo.netagent.v1.EnsureTunnelRequest\x1a&.liqo.netagent.v1.EnsureTunnelResponse\x12]\n\x0c\x44\x65leteTunnel\x12%.liqo.netagent.v1.DeleteTunnelRequest\x1a&.liqo.netagent.v1.DeleteTunnelResponse\x12Z\n\x0bListTunnels\x12$.liqo.netagent.v1.ListTunnelsRequest\x1a%.liqo.netagent.v1.ListTunnelsResponse\x12n\n\x11WatchTunnelStatus\x12*.liqo.netagent.v1.WatchTunnelStatusRequest\x1a+.liqo.netagent.v1.WatchTunnelStatusResponse0\x01\x12\x63\n\x0eSetNatMappings\x12\'.liqo.netagent.v1.SetNatMappingsRequest\x1a(.liqo.netagent.v1.SetNatMappingsResponse\x12l\n\x11\x44\x65leteNatMappings\x12*.liqo.netagent.v1.DeleteNatMappingsRequest\x1a+.liqo.netagent.v1.DeleteNatMappingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fliqo/netagent/v1/netagent.proto\x12\x10liqo.netagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xb6\x02\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12K\n\x18wireguard_implementation\x18\x02 \x01(\x0e\x32).liqo.netagent.v1.WireguardImplementation\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\npublic_key\x18\x06 \x01(\t\x12\x13\n\x0blisten_port\x18\x07 \x01(\r\x12\x0b\n\x03mtu\x18\x08 \x01(\r\x12\x19\n\x11\x64\x65vice_configured\x18\t \x01(\x08\x12\x14\n\x0ctunnel_count\x18\n \x01(\r\"O\n\x16\x43onfigureDeviceRequest\x12\x13\n\x0bprivate_key\x18\x01 \x01(\t\x12\x13\n\x0blisten_port\x18\x02 \x01(\r\x12\x0b\n\x03mtu\x18\x03 \x01(\r\"O\n\x17\x43onfigureDeviceResponse\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x13\n\x0blisten_port\x18\x02 \x01(\r\x12\x0b\n\x03mtu\x18\x03 \x01(\r\"}\n\x0eSetRoleRequest\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"v\n\x0fSetRoleResponse\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10WatchRoleRequest\"\x88\x01\n\x11WatchRoleResponse\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.liqo.netagent.v1.Role\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x90\x03\n\x06Tunnel\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63luster_name\x18\x02 \x01(\t\x12\x16\n\x0elocal_pod_cidr\x18\x03 \x01(\t\x12\x1a\n\x12local_nat_pod_cidr\x18\x04 \x01(\t\x12\x1b\n\x13local_external_cidr\x18\x05 \x01(\t\x12\x1f\n\x17local_nat_external_cidr\x18\x06 \x01(\t\x12\x17\n\x0fremote_pod_cidr\x18\x07 \x01(\t\x12\x1b\n\x13remote_nat_pod_cidr\x18\x08 \x01(\t\x12\x1c\n\x14remote_external_cidr\x18\t \x01(\t\x12 \n\x18remote_nat_external_cidr\x18\n \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x0b \x01(\t\x12\x15\n\rendpoint_port\x18\x0c \x01(\r\x12\x12\n\npublic_key\x18\r \x01(\t\x12\x37\n\x14persistent_keepalive\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe7\x02\n\x0cTunnelStatus\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.liqo.netagent.v1.TunnelState\x12\x13\n\x0b\x65ndpoint_ip\x18\x03 \x01(\t\x12\x15\n\rendpoint_port\x18\x04 \x01(\r\x12\x12\n\npublic_key\x18\x05 \x01(\t\x12\x13\n\x0b\x61llowed_ips\x18\x06 \x03(\t\x12*\n\x07latency\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rhandshake_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08rx_bytes\x18\t \x01(\x04\x12\x10\n\x08tx_bytes\x18\n \x01(\x04\x12/\n\x0bstate_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0c \x01(\t\"N\n\x13\x45nsureTunnelRequest\x12(\n\x06tunnel\x18\x01 \x01(\x0b\x32\x18.liqo.netagent.v1.Tunnel\x12\r\n\x05owner\x18\x02 \x01(\t\"W\n\x14\x45nsureTunnelResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"8\n\x13\x44\x65leteTunnelRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteTunnelResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x14\n\x12ListTunnelsRequest\"E\n\x13ListTunnelsResponse\x12.\n\x07tunnels\x18\x01 \x03(\x0b\x32\x1d.liqo.netagent.v1.TunnelEntry\"\x91\x01\n\x0bTunnelEntry\x12(\n\x06tunnel\x18\x01 \x01(\x0b\x32\x18.liqo.netagent.v1.Tunnel\x12.\n\x06status\x18\x02 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x19\n\x11nat_mapping_count\x18\x03 \x01(\r\x12\r\n\x05owner\x18\x04 \x01(\t\"_\n\x18WatchTunnelStatusRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12/\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\\\n\x19WatchTunnelStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.liqo.netagent.v1.TunnelStatus\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\xa5\x01\n\x15SetNatMappingsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12G\n\x08mappings\x18\x02 \x03(\x0b\x32\x35.liqo.netagent.v1.SetNatMappingsRequest.MappingsEntry\x1a/\n\rMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x16SetNatMappingsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\".\n\x18\x44\x65leteNatMappingsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\",\n\x19\x44\x65leteNatMappingsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_ACTIVE\x10\x01\x12\x10\n\x0cROLE_STANDBY\x10\x02*\x90\x01\n\x17WireguardImplementation\x12(\n$WIREGUARD_IMPLEMENTATION_UNSPECIFIED\x10\x00\x12#\n\x1fWIREGUARD_IMPLEMENTATION_KERNEL\x10\x01\x12&\n\"WIREGUARD_IMPLEMENTATION_USERSPACE\x10\x02*\x9c\x01\n\x0bTunnelState\x12\x1c\n\x18TUNNEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TUNNEL_STATE_CONNECTING\x10\x01\x12\x1a\n\x16TUNNEL_STATE_CONNECTED\x10\x02\x12\x1d\n\x19TUNNEL_STATE_DISCONNECTED\x10\x03\x12\x17\n\x13TUNNEL_STATE_FENCED\x10\x04\x32\xce\x07\n\x0fNetAgentService\x12N\n\x07GetInfo\x12 .liqo.netagent.v1.GetInfoRequest\x1a!.liqo.netagent.v1.GetInfoResponse\x12\x66\n\x0f\x43onfigureDevice\x12(.liqo.netagent.v1.ConfigureDeviceRequest\x1a).liqo.netagent.v1.ConfigureDeviceResponse\x12N\n\x07SetRole\x12 .liqo.netagent.v1.SetRoleRequest\x1a!.liqo.netagent.v1.SetRoleResponse\x12V\n\tWatchRole\x12\".liqo.netagent.v1.WatchRoleRequest\x1a#.liqo.netagent.v1.WatchRoleResponse0\x01\x12]\n\x0c\x45nsureTunnel\x12%.liqo.netagent.v1.EnsureTunnelRequest\x1a&.liqo.netagent.v1.EnsureTunnelResponse\x12]\n\x0c\x44\x65leteTunnel\x12%.liqo.netagent.v1.DeleteTunnelRequest\x1a&.liqo.netagent.v1.DeleteTunnelResponse\x12Z\n\x0bListTunnels\x12$.liqo.netagent.v1.ListTunnelsRequest\x1a%.liqo.netagent.v1.ListTunnelsResponse\x12n\n\x11WatchTunnelStatus\x12*.liqo.netagent.v1.WatchTunnelStatusRequest\x1a+.liqo.netagent.v1.WatchTunnelStatusResponse0\x01\x12\x63\n\x0eSetNatMappings\x12\'.liqo.netagent.v1.SetNatMappingsRequest\x1a(.liqo.netagent.v1.SetNatMappingsResponse\x12l\n\x11\x44\x65leteNatMappings\x12*.liqo.netagent.v1.DeleteNatMappingsRequest\x1a+.liqo.netagent.v1.DeleteNatMappingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._loaded_options = None
   _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=2742
-  _globals['_ROLE']._serialized_end=2805
-  _globals['_WIREGUARDIMPLEMENTATION']._serialized_start=2808
-  _globals['_WIREGUARDIMPLEMENTATION']._serialized_end=2952
-  _globals['_TUNNELSTATE']._serialized_start=2955
-  _globals['_TUNNELSTATE']._serialized_end=3111
+  _globals['_ROLE']._serialized_start=2802
+  _globals['_ROLE']._serialized_end=2865
+  _globals['_WIREGUARDIMPLEMENTATION']._serialized_start=2868
+  _globals['_WIREGUARDIMPLEMENTATION']._serialized_end=3012
+  _globals['_TUNNELSTATE']._serialized_start=3015
+  _globals['_TUNNELSTATE']._serialized_end=3171
   _globals['_GETINFOREQUEST']._serialized_start=118
   _globals['_GETINFOREQUEST']._serialized_end=134
   _globals['_GETINFORESPONSE']._serialized_start=137
@@ -60,35 +60,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TUNNEL']._serialized_start=1018
   _globals['_TUNNEL']._serialized_end=1418
   _globals['_TUNNELSTATUS']._serialized_start=1421
-  _globals['_TUNNELSTATUS']._serialized_end=1765
-  _globals['_ENSURETUNNELREQUEST']._serialized_start=1767
-  _globals['_ENSURETUNNELREQUEST']._serialized_end=1830
-  _globals['_ENSURETUNNELRESPONSE']._serialized_start=1832
-  _globals['_ENSURETUNNELRESPONSE']._serialized_end=1919
-  _globals['_DELETETUNNELREQUEST']._serialized_start=1921
-  _globals['_DELETETUNNELREQUEST']._serialized_end=1962
-  _globals['_DELETETUNNELRESPONSE']._serialized_start=1964
-  _globals['_DELETETUNNELRESPONSE']._serialized_end=2003
-  _globals['_LISTTUNNELSREQUEST']._serialized_start=2005
-  _globals['_LISTTUNNELSREQUEST']._serialized_end=2025
-  _globals['_LISTTUNNELSRESPONSE']._serialized_start=2027
-  _globals['_LISTTUNNELSRESPONSE']._serialized_end=2096
-  _globals['_TUNNELENTRY']._serialized_start=2099
-  _globals['_TUNNELENTRY']._serialized_end=2229
-  _globals['_WATCHTUNNELSTATUSREQUEST']._serialized_start=2231
-  _globals['_WATCHTUNNELSTATUSREQUEST']._serialized_end=2326
-  _globals['_WATCHTUNNELSTATUSRESPONSE']._serialized_start=2328
-  _globals['_WATCHTUNNELSTATUSRESPONSE']._serialized_end=2420
-  _globals['_SETNATMAPPINGSREQUEST']._serialized_start=2423
-  _globals['_SETNATMAPPINGSREQUEST']._serialized_end=2588
-  _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._serialized_start=2541
-  _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._serialized_end=2588
-  _globals['_SETNATMAPPINGSRESPONSE']._serialized_start=2590
-  _globals['_SETNATMAPPINGSRESPONSE']._serialized_end=2646
-  _globals['_DELETENATMAPPINGSREQUEST']._serialized_start=2648
-  _globals['_DELETENATMAPPINGSREQUEST']._serialized_end=2694
-  _globals['_DELETENATMAPPINGSRESPONSE']._serialized_start=2696
-  _globals['_DELETENATMAPPINGSRESPONSE']._serialized_end=2740
-  _globals['_NETAGENTSERVICE']._serialized_start=3114
-  _globals['_NETAGENTSERVICE']._serialized_end=4088
+  _globals['_TUNNELSTATUS']._serialized_end=1780
+  _globals['_ENSURETUNNELREQUEST']._serialized_start=1782
+  _globals['_ENSURETUNNELREQUEST']._serialized_end=1860
+  _globals['_ENSURETUNNELRESPONSE']._serialized_start=1862
+  _globals['_ENSURETUNNELRESPONSE']._serialized_end=1949
+  _globals['_DELETETUNNELREQUEST']._serialized_start=1951
+  _globals['_DELETETUNNELREQUEST']._serialized_end=2007
+  _globals['_DELETETUNNELRESPONSE']._serialized_start=2009
+  _globals['_DELETETUNNELRESPONSE']._serialized_end=2048
+  _globals['_LISTTUNNELSREQUEST']._serialized_start=2050
+  _globals['_LISTTUNNELSREQUEST']._serialized_end=2070
+  _globals['_LISTTUNNELSRESPONSE']._serialized_start=2072
+  _globals['_LISTTUNNELSRESPONSE']._serialized_end=2141
+  _globals['_TUNNELENTRY']._serialized_start=2144
+  _globals['_TUNNELENTRY']._serialized_end=2289
+  _globals['_WATCHTUNNELSTATUSREQUEST']._serialized_start=2291
+  _globals['_WATCHTUNNELSTATUSREQUEST']._serialized_end=2386
+  _globals['_WATCHTUNNELSTATUSRESPONSE']._serialized_start=2388
+  _globals['_WATCHTUNNELSTATUSRESPONSE']._serialized_end=2480
+  _globals['_SETNATMAPPINGSREQUEST']._serialized_start=2483
+  _globals['_SETNATMAPPINGSREQUEST']._serialized_end=2648
+  _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._serialized_start=2601
+  _globals['_SETNATMAPPINGSREQUEST_MAPPINGSENTRY']._serialized_end=2648
+  _globals['_SETNATMAPPINGSRESPONSE']._serialized_start=2650
+  _globals['_SETNATMAPPINGSRESPONSE']._serialized_end=2706
+  _globals['_DELETENATMAPPINGSREQUEST']._serialized_start=2708
+  _globals['_DELETENATMAPPINGSREQUEST']._serialized_end=2754
+  _globals['_DELETENATMAPPINGSRESPONSE']._serialized_start=2756
+  _globals['_DELETENATMAPPINGSRESPONSE']._serialized_end=2800
+  _globals['_NETAGENTSERVICE']._serialized_start=3174
+  _globals['_NETAGENTSERVICE']._serialized_end=4148
 # @@protoc_insertion_point(module_scope)

@@ -22,9 +22,17 @@ Conventions (every RPC):
   WatchRole, ListTunnels, WatchTunnelStatus), grpc.health.v1 and reflection. Any other method
   answers PERMISSION_DENIED naming the socket's role, before any validation: the caller is on the
   wrong socket; do not retry.
-- Streams are bounded per socket (each socket has its own threads, some kept for unary calls, so
-  SetRole and GetInfo always answer). A stream over the bound answers RESOURCE_EXHAUSTED: close
-  unused streams and retry with exponential back off.
+- RESOURCE_EXHAUSTED means a bound of the agent would be exceeded: --max-tunnels, --max-nat-entries,
+  or the streams one socket serves at once (each socket has its own threads, some kept for unary
+  calls, so SetRole and GetInfo always answer). Retry with exponential back off.
+- The protected address space: no request can route, DNAT or send to the node's own addresses,
+  subnets and routes, this cluster's pod, external and service CIDRs, 0.0.0.0/8, 127.0.0.0/8,
+  169.254.0.0/16 (every Liqo next hop and the probe address), 224.0.0.0/4 or 240.0.0.0/4; such a
+  request answers INVALID_ARGUMENT and changes nothing.
+- A call that fails part-way leaves the kernel, ListTunnels and the persisted state as they were.
+- Tunnels are owned: a cluster id belongs to the TunnelEndpoint ("namespace/name") that first
+  claimed it, and a WireGuard public key to one cluster id. Another owner gets FAILED_PRECONDITION
+  whose message names the owner ("... is owned by TunnelEndpoint <namespace>/<name>").
 
 Private keys travel only inside ConfigureDeviceRequest and are never returned or logged.
 """
@@ -245,7 +253,9 @@ class SetRoleRequest(_message.Message):
     role: Global___Role.ValueType
     """REQUIRED."""
     epoch: _builtins.int
-    """The lease's leaseTransitions. Must not be lower than the highest epoch the agent has seen."""
+    """The lease's leaseTransitions, 0..2147483647 (an int32). For ROLE_ACTIVE it must not be lower
+    than the highest epoch the agent has seen; ROLE_STANDBY accepts any.
+    """
     reason: _builtins.str
     """Free text for logs (for example "lease renewed", "lease lost to pod-b")."""
     @_builtins.property
@@ -435,6 +445,7 @@ class TunnelStatus(_message.Message):
     RX_BYTES_FIELD_NUMBER: _builtins.int
     TX_BYTES_FIELD_NUMBER: _builtins.int
     STATE_SINCE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     state: Global___TunnelState.ValueType
     endpoint_ip: _builtins.str
@@ -444,6 +455,10 @@ class TunnelStatus(_message.Message):
     """The remote's public key as programmed."""
     rx_bytes: _builtins.int
     tx_bytes: _builtins.int
+    owner: _builtins.str
+    """The TunnelEndpoint ("namespace/name") that owns the tunnel; empty for a tunnel adopted from a
+    state written before owners were kept.
+    """
     @_builtins.property
     def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Effective remote pod CIDR and external CIDR routed into the tunnel."""
@@ -474,10 +489,11 @@ class TunnelStatus(_message.Message):
         rx_bytes: _builtins.int = ...,
         tx_bytes: _builtins.int = ...,
         state_since: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["handshake_age", b"handshake_age", "latency", b"latency", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_ips", b"allowed_ips", "cluster_id", b"cluster_id", "endpoint_ip", b"endpoint_ip", "endpoint_port", b"endpoint_port", "handshake_age", b"handshake_age", "latency", b"latency", "public_key", b"public_key", "rx_bytes", b"rx_bytes", "state", b"state", "state_since", b"state_since", "tx_bytes", b"tx_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_ips", b"allowed_ips", "cluster_id", b"cluster_id", "endpoint_ip", b"endpoint_ip", "endpoint_port", b"endpoint_port", "handshake_age", b"handshake_age", "latency", b"latency", "owner", b"owner", "public_key", b"public_key", "rx_bytes", b"rx_bytes", "state", b"state", "state_since", b"state_since", "tx_bytes", b"tx_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,6 +504,11 @@ class EnsureTunnelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TUNNEL_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """REQUIRED. The claiming TunnelEndpoint as "namespace/name" (a DNS-1123 label, a DNS-1123
+    subdomain). The first owner of a cluster id keeps it until it deletes the tunnel.
+    """
     @_builtins.property
     def tunnel(self) -> Global___Tunnel:
         """REQUIRED."""
@@ -496,10 +517,11 @@ class EnsureTunnelRequest(_message.Message):
         self,
         *,
         tunnel: Global___Tunnel | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tunnel", b"tunnel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tunnel", b"tunnel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "tunnel", b"tunnel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,16 +556,20 @@ class DeleteTunnelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     """REQUIRED."""
+    owner: _builtins.str
+    """REQUIRED. The TunnelEndpoint ("namespace/name") deleting the tunnel: it must be the owner."""
     def __init__(
         self,
         *,
         cluster_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,7 +639,10 @@ class TunnelEntry(_message.Message):
     TUNNEL_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     NAT_MAPPING_COUNT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     nat_mapping_count: _builtins.int
+    owner: _builtins.str
+    """The TunnelEndpoint ("namespace/name") that owns the tunnel (as in `status.owner`)."""
     @_builtins.property
     def tunnel(self) -> Global___Tunnel: ...
     @_builtins.property
@@ -624,10 +653,11 @@ class TunnelEntry(_message.Message):
         tunnel: Global___Tunnel | None = ...,
         status: Global___TunnelStatus | None = ...,
         nat_mapping_count: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nat_mapping_count", b"nat_mapping_count", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nat_mapping_count", b"nat_mapping_count", "owner", b"owner", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

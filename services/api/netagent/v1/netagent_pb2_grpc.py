@@ -109,7 +109,9 @@ class NetAgentServiceServicer:
         | Condition                              | Code              | Recovery                          |
         |----------------------------------------|-------------------|-----------------------------------|
         | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
-        | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+        | in 1..65535 (1024..65535 unless        |                   |                                   |
+        | --allow-privileged-ports), MTU not in  |                   |                                   |
+        | 1280..9000                             |                   |                                   |
         | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
         | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
         |                                        |                   | the operator's socket.            |
@@ -130,12 +132,16 @@ class NetAgentServiceServicer:
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
         | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE                      |                     |                                 |
-        | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-        |                                         |                     | lease; do not retry as is.      |
+        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | 0..2147483647 (the Lease's int32)       |                     |                                 |
+        | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+        | highest seen                            |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
         | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
         |                                         |                     | operator's socket.              |
+
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+        answers without waiting for any other call in flight; the peers are gone when it returns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,9 +169,21 @@ class NetAgentServiceServicer:
         |---------------------------------------------|---------------------|-----------------------------|
         | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
         | or remote CIDRs overlap another tunnel's    |                     |                             |
+        | remote CIDRs (after remapping) overlap the  | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
+        | protected address space or are wider than   |                     |                             |
+        | --min-remote-prefix; local CIDRs differ     |                     |                             |
+        | from --pod-cidr / --external-cidr           |                     |                             |
+        | endpoint (also a resolved name) loopback,   | INVALID_ARGUMENT    | Caller MUST fix the         |
+        | link-local, unspecified, broadcast,         |                     | endpoint.                   |
+        | multicast or the node's own address         |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+        | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
-        | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+        | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+        | or public_key used by another cluster_id    |                     | names the owner.            |
+        | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+        | or 4 names are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
         |                                             |                     | or the operator's socket.   |
@@ -181,8 +199,10 @@ class NetAgentServiceServicer:
 
         | Condition                   | Code                | Recovery                        |
         |-----------------------------|---------------------|---------------------------------|
-        | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+        | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+        | TunnelEndpoint              |                     | the owner.                      |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
         | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
         |                             |                     | the operator's socket.          |
@@ -224,8 +244,13 @@ class NetAgentServiceServicer:
         |---------------------------------------------|---------------------|-----------------------------|
         | an address is invalid, a new address is     | INVALID_ARGUMENT    | Caller MUST fix the map.    |
         | repeated, or the map exceeds 65536 entries  |                     |                             |
+        | a target is link-local, loopback, the probe | INVALID_ARGUMENT    | Caller MUST fix the map.    |
+        | address, a node address, or in another      |                     |                             |
+        | tunnel's remote CIDRs                       |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+        | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | exceed --max-nat-entries (65536)            |                     |                             |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
         |                                             |                     | the operator's socket.      |

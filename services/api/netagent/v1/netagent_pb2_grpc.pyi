@@ -22,9 +22,17 @@ Conventions (every RPC):
   WatchRole, ListTunnels, WatchTunnelStatus), grpc.health.v1 and reflection. Any other method
   answers PERMISSION_DENIED naming the socket's role, before any validation: the caller is on the
   wrong socket; do not retry.
-- Streams are bounded per socket (each socket has its own threads, some kept for unary calls, so
-  SetRole and GetInfo always answer). A stream over the bound answers RESOURCE_EXHAUSTED: close
-  unused streams and retry with exponential back off.
+- RESOURCE_EXHAUSTED means a bound of the agent would be exceeded: --max-tunnels, --max-nat-entries,
+  or the streams one socket serves at once (each socket has its own threads, some kept for unary
+  calls, so SetRole and GetInfo always answer). Retry with exponential back off.
+- The protected address space: no request can route, DNAT or send to the node's own addresses,
+  subnets and routes, this cluster's pod, external and service CIDRs, 0.0.0.0/8, 127.0.0.0/8,
+  169.254.0.0/16 (every Liqo next hop and the probe address), 224.0.0.0/4 or 240.0.0.0/4; such a
+  request answers INVALID_ARGUMENT and changes nothing.
+- A call that fails part-way leaves the kernel, ListTunnels and the persisted state as they were.
+- Tunnels are owned: a cluster id belongs to the TunnelEndpoint ("namespace/name") that first
+  claimed it, and a WireGuard public key to one cluster id. Another owner gets FAILED_PRECONDITION
+  whose message names the owner ("... is owned by TunnelEndpoint <namespace>/<name>").
 
 Private keys travel only inside ConfigureDeviceRequest and are never returned or logged.
 """
@@ -73,7 +81,9 @@ class NetAgentServiceStub:
     | Condition                              | Code              | Recovery                          |
     |----------------------------------------|-------------------|-----------------------------------|
     | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
-    | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+    | in 1..65535 (1024..65535 unless        |                   |                                   |
+    | --allow-privileged-ports), MTU not in  |                   |                                   |
+    | 1280..9000                             |                   |                                   |
     | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
@@ -90,12 +100,16 @@ class NetAgentServiceStub:
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
     | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE                      |                     |                                 |
-    | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-    |                                         |                     | lease; do not retry as is.      |
+    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | 0..2147483647 (the Lease's int32)       |                     |                                 |
+    | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+    | highest seen                            |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
     | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
     |                                         |                     | operator's socket.              |
+
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+    answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]
     """WatchRole streams the current role at once, then every change (including expiry). Served on every
@@ -115,9 +129,21 @@ class NetAgentServiceStub:
     |---------------------------------------------|---------------------|-----------------------------|
     | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
     | or remote CIDRs overlap another tunnel's    |                     |                             |
+    | remote CIDRs (after remapping) overlap the  | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
+    | protected address space or are wider than   |                     |                             |
+    | --min-remote-prefix; local CIDRs differ     |                     |                             |
+    | from --pod-cidr / --external-cidr           |                     |                             |
+    | endpoint (also a resolved name) loopback,   | INVALID_ARGUMENT    | Caller MUST fix the         |
+    | link-local, unspecified, broadcast,         |                     | endpoint.                   |
+    | multicast or the node's own address         |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+    | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
-    | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+    | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+    | or public_key used by another cluster_id    |                     | names the owner.            |
+    | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+    | or 4 names are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -129,8 +155,10 @@ class NetAgentServiceStub:
 
     | Condition                   | Code                | Recovery                        |
     |-----------------------------|---------------------|---------------------------------|
-    | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+    | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+    | TunnelEndpoint              |                     | the owner.                      |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
     | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
     |                             |                     | the operator's socket.          |
@@ -160,8 +188,13 @@ class NetAgentServiceStub:
     |---------------------------------------------|---------------------|-----------------------------|
     | an address is invalid, a new address is     | INVALID_ARGUMENT    | Caller MUST fix the map.    |
     | repeated, or the map exceeds 65536 entries  |                     |                             |
+    | a target is link-local, loopback, the probe | INVALID_ARGUMENT    | Caller MUST fix the map.    |
+    | address, a node address, or in another      |                     |                             |
+    | tunnel's remote CIDRs                       |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+    | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | exceed --max-nat-entries (65536)            |                     |                             |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
     |                                             |                     | the operator's socket.      |
@@ -199,7 +232,9 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | Condition                              | Code              | Recovery                          |
     |----------------------------------------|-------------------|-----------------------------------|
     | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
-    | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+    | in 1..65535 (1024..65535 unless        |                   |                                   |
+    | --allow-privileged-ports), MTU not in  |                   |                                   |
+    | 1280..9000                             |                   |                                   |
     | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
@@ -216,12 +251,16 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
     | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE                      |                     |                                 |
-    | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-    |                                         |                     | lease; do not retry as is.      |
+    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | 0..2147483647 (the Lease's int32)       |                     |                                 |
+    | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+    | highest seen                            |                     | lease; do not retry as is.      |
     | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
     | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
     |                                         |                     | operator's socket.              |
+
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+    answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]  # type: ignore[assignment]
     """WatchRole streams the current role at once, then every change (including expiry). Served on every
@@ -241,9 +280,21 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     |---------------------------------------------|---------------------|-----------------------------|
     | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
     | or remote CIDRs overlap another tunnel's    |                     |                             |
+    | remote CIDRs (after remapping) overlap the  | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
+    | protected address space or are wider than   |                     |                             |
+    | --min-remote-prefix; local CIDRs differ     |                     |                             |
+    | from --pod-cidr / --external-cidr           |                     |                             |
+    | endpoint (also a resolved name) loopback,   | INVALID_ARGUMENT    | Caller MUST fix the         |
+    | link-local, unspecified, broadcast,         |                     | endpoint.                   |
+    | multicast or the node's own address         |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+    | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
     | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
-    | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+    | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+    | or public_key used by another cluster_id    |                     | names the owner.            |
+    | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+    | or 4 names are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -255,8 +306,10 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
 
     | Condition                   | Code                | Recovery                        |
     |-----------------------------|---------------------|---------------------------------|
-    | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
     | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+    | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+    | TunnelEndpoint              |                     | the owner.                      |
     | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
     | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
     |                             |                     | the operator's socket.          |
@@ -286,8 +339,13 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     |---------------------------------------------|---------------------|-----------------------------|
     | an address is invalid, a new address is     | INVALID_ARGUMENT    | Caller MUST fix the map.    |
     | repeated, or the map exceeds 65536 entries  |                     |                             |
+    | a target is link-local, loopback, the probe | INVALID_ARGUMENT    | Caller MUST fix the map.    |
+    | address, a node address, or in another      |                     |                             |
+    | tunnel's remote CIDRs                       |                     |                             |
     | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
     | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+    | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+    | exceed --max-nat-entries (65536)            |                     |                             |
     | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
     |                                             |                     | the operator's socket.      |
@@ -334,7 +392,9 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | Condition                              | Code              | Recovery                          |
         |----------------------------------------|-------------------|-----------------------------------|
         | key not 32 bytes of base64, port not   | INVALID_ARGUMENT  | Caller MUST fix the arguments.    |
-        | in 1..65535, MTU not in 1280..9000     |                   |                                   |
+        | in 1..65535 (1024..65535 unless        |                   |                                   |
+        | --allow-privileged-ports), MTU not in  |                   |                                   |
+        | 1280..9000                             |                   |                                   |
         | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
         | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
         |                                        |                   | the operator's socket.            |
@@ -357,12 +417,16 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
         | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE                      |                     |                                 |
-        | epoch lower than the highest seen       | FAILED_PRECONDITION | Caller is stale: re-read the    |
-        |                                         |                     | lease; do not retry as is.      |
+        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | 0..2147483647 (the Lease's int32)       |                     |                                 |
+        | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
+        | highest seen                            |                     | lease; do not retry as is.      |
         | ACTIVE requested before ConfigureDevice | FAILED_PRECONDITION | Call ConfigureDevice first.     |
         | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
         |                                         |                     | operator's socket.              |
+
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
+        answers without waiting for any other call in flight; the peers are gone when it returns.
         """
 
     @_abc_1.abstractmethod
@@ -394,9 +458,21 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         |---------------------------------------------|---------------------|-----------------------------|
         | a CIDR, key, port, name or size is invalid, | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
         | or remote CIDRs overlap another tunnel's    |                     |                             |
+        | remote CIDRs (after remapping) overlap the  | INVALID_ARGUMENT    | Caller MUST fix the spec.   |
+        | protected address space or are wider than   |                     |                             |
+        | --min-remote-prefix; local CIDRs differ     |                     |                             |
+        | from --pod-cidr / --external-cidr           |                     |                             |
+        | endpoint (also a resolved name) loopback,   | INVALID_ARGUMENT    | Caller MUST fix the         |
+        | link-local, unspecified, broadcast,         |                     | endpoint.                   |
+        | multicast or the node's own address         |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
+        | owner missing or not "namespace/name"       | INVALID_ARGUMENT    | Caller MUST fix the owner.  |
         | device not configured                       | FAILED_PRECONDITION | Call ConfigureDevice first. |
-        | endpoint name does not resolve              | UNAVAILABLE         | Retry with back off.        |
+        | cluster_id owned by another TunnelEndpoint, | FAILED_PRECONDITION | Do not retry: the message   |
+        | or public_key used by another cluster_id    |                     | names the owner.            |
+        | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
+        | or 4 names are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
         |                                             |                     | or the operator's socket.   |
@@ -414,8 +490,10 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
 
         | Condition                   | Code                | Recovery                        |
         |-----------------------------|---------------------|---------------------------------|
-        | cluster_id invalid          | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | cluster_id or owner invalid | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
         | agent is not ACTIVE         | FAILED_PRECONDITION | Wait for the ACTIVE role.       |
+        | tunnel owned by another     | FAILED_PRECONDITION | Do not retry: the message names |
+        | TunnelEndpoint              |                     | the owner.                      |
         | kernel write failed         | UNAVAILABLE         | Retry with back off.            |
         | on another role's socket    | PERMISSION_DENIED   | Use the tunnel controller's or  |
         |                             |                     | the operator's socket.          |
@@ -463,8 +541,13 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         |---------------------------------------------|---------------------|-----------------------------|
         | an address is invalid, a new address is     | INVALID_ARGUMENT    | Caller MUST fix the map.    |
         | repeated, or the map exceeds 65536 entries  |                     |                             |
+        | a target is link-local, loopback, the probe | INVALID_ARGUMENT    | Caller MUST fix the map.    |
+        | address, a node address, or in another      |                     |                             |
+        | tunnel's remote CIDRs                       |                     |                             |
         | agent is not ACTIVE                         | FAILED_PRECONDITION | Wait for the ACTIVE role.   |
         | no tunnel for the cluster (not ready)       | FAILED_PRECONDITION | Retry after EnsureTunnel.   |
+        | the entries of every cluster together would | RESOURCE_EXHAUSTED  | Retry with back off.        |
+        | exceed --max-nat-entries (65536)            |                     |                             |
         | kernel write failed                         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the NAT controller's or |
         |                                             |                     | the operator's socket.      |
