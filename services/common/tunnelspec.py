@@ -208,22 +208,29 @@ class TunnelSpec:
             and self.local_nat_external_cidr.prefixlen != self.local_external_cidr.prefixlen
         ):
             raise SpecError("local_nat_external_cidr: must have the prefix length of local_external_cidr")
+        # Messages name the request field the effective CIDR comes from.
+        pod_field = "remote_nat_pod_cidr" if self.remote_nat_pod_cidr else "remote_pod_cidr"
+        ext_field = "remote_nat_external_cidr" if self.remote_nat_external_cidr else "remote_external_cidr"
         if self.eff_remote_pod_cidr.overlaps(self.eff_remote_external_cidr):
-            raise SpecError("remote pod and external CIDRs (after remapping) overlap")
+            raise SpecError(
+                f"{pod_field}: {self.eff_remote_pod_cidr} overlaps {ext_field} {self.eff_remote_external_cidr}"
+                " (remote pod and external CIDRs, after remapping)"
+            )
         for name, net in (
-            ("remote pod CIDR", self.eff_remote_pod_cidr),
-            ("remote external CIDR", self.eff_remote_external_cidr),
+            (pod_field, self.eff_remote_pod_cidr),
+            (ext_field, self.eff_remote_external_cidr),
         ):
             for lname, lnet in (
                 ("local_pod_cidr", self.local_pod_cidr),
                 ("local_external_cidr", self.local_external_cidr),
             ):
                 if net.overlaps(lnet):
-                    raise SpecError(f"{name} {net} (after remapping) overlaps {lname} {lnet}: set a NAT CIDR")
+                    raise SpecError(f"{name}: {net} (after remapping) overlaps {lname} {lnet}: set a NAT CIDR")
         if self.eff_remote_external_cidr.num_addresses < 4:
-            raise SpecError("remote external CIDR: needs at least 4 addresses (.1 is the probe address)")
+            raise SpecError(f"{ext_field}: needs at least 4 addresses (.1 is the probe address)")
         if self.local_remapped_external_cidr.num_addresses < 4:
-            raise SpecError("local external CIDR: needs at least 4 addresses (.1 is the probe address)")
+            local_field = "local_nat_external_cidr" if self.local_nat_external_cidr else "local_external_cidr"
+            raise SpecError(f"{local_field}: needs at least 4 addresses (.1 is the probe address)")
 
     # Effective CIDRs, as Liqo's utils define them.
     @property

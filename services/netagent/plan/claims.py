@@ -45,13 +45,20 @@ def check_delete(tunnels: Mapping[str, TunnelSpec], owners: Mapping[str, str], c
 
 def check_no_overlap(tunnels: Mapping[str, TunnelSpec], spec: TunnelSpec) -> None:
     """Two tunnels routing the same addresses would steal each other's traffic."""
+    mine_fields = (
+        ("remote_nat_pod_cidr" if spec.remote_nat_pod_cidr else "remote_pod_cidr", spec.eff_remote_pod_cidr),
+        ("remote_nat_external_cidr" if spec.remote_nat_external_cidr else "remote_external_cidr",
+         spec.eff_remote_external_cidr),
+    )
     for other in tunnels.values():
         if other.cluster_id == spec.cluster_id:
             continue
-        for mine in spec.allowed_ips:
+        for fname, mine in mine_fields:
             for theirs in other.allowed_ips:
                 if mine.overlaps(theirs):
-                    raise SpecError(f"remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}")
+                    raise SpecError(
+                        f"{fname}: remote CIDR {mine} overlaps {theirs} of tunnel {other.cluster_id!r}"
+                    )
 
 
 def check_tunnel_room(tunnels: Mapping[str, TunnelSpec], cid: str, max_tunnels: int) -> None:
