@@ -213,7 +213,8 @@ class TunnelSpec:
         ext_field = "remote_nat_external_cidr" if self.remote_nat_external_cidr else "remote_external_cidr"
         if self.eff_remote_pod_cidr.overlaps(self.eff_remote_external_cidr):
             raise SpecError(
-                f"{pod_field}: {self.eff_remote_pod_cidr} overlaps {ext_field} {self.eff_remote_external_cidr}"
+                f"{pod_field}: {self.eff_remote_pod_cidr} overlaps {ext_field}"
+                f" {self.eff_remote_external_cidr}"
                 " (remote pod and external CIDRs, after remapping)"
             )
         for name, net in (
@@ -225,7 +226,9 @@ class TunnelSpec:
                 ("local_external_cidr", self.local_external_cidr),
             ):
                 if net.overlaps(lnet):
-                    raise SpecError(f"{name}: {net} (after remapping) overlaps {lname} {lnet}: set a NAT CIDR")
+                    raise SpecError(
+                        f"{name}: {net} (after remapping) overlaps {lname} {lnet}: set a NAT CIDR"
+                    )
         if self.eff_remote_external_cidr.num_addresses < 4:
             raise SpecError(f"{ext_field}: needs at least 4 addresses (.1 is the probe address)")
         if self.local_remapped_external_cidr.num_addresses < 4:

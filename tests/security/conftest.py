@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +110,8 @@ def node_baseline(node: Node) -> dict[str, list[str]]:
     def out(*argv: str) -> list[str]:
         return sorted(node.run(*argv).stdout.splitlines())
 
-    saved = [line for line in node.run("iptables-legacy-save").stdout.splitlines() if not line.startswith("#")]
+    saved = [line for line in node.run("iptables-legacy-save").stdout.splitlines()
+             if not line.startswith("#")]
     return {
         **non_liqo_state(node),
         "all rules": out("ip", "rule", "show"),

@@ -57,7 +57,8 @@ if os.geteuid() != 0:
 
 MAX_TUNNELS = 3
 MAX_NAT_ENTRIES = 4
-ARGS = ("--resync-interval", "0.3", "--max-tunnels", str(MAX_TUNNELS), "--max-nat-entries", str(MAX_NAT_ENTRIES))
+ARGS = ("--resync-interval", "0.3", "--max-tunnels", str(MAX_TUNNELS),
+        "--max-nat-entries", str(MAX_NAT_ENTRIES))
 OSLO_OWNER = "liqo-tenant-oslo/tep-oslo"
 EVIL_OWNER = "liqo-tenant-evil/tep-evil"
 EMOJI_NAME = "\U0001f600" * 63
@@ -212,7 +213,8 @@ class Row:
 ROWS = [
     # (1) traffic capture
     Row("capture-8.0.0.0/5+128.0.0.0/2", ensure(remote_pod_cidr="8.0.0.0/5", remote_nat_pod_cidr="",
-                                              remote_external_cidr="128.0.0.0/2", remote_nat_external_cidr=""),
+                                              remote_external_cidr="128.0.0.0/2",
+                                              remote_nat_external_cidr=""),
         INVALID, "remote_pod_cidr"),
     Row("capture-remapped-8.0.0.0/5+128.0.0.0/2", ensure(remote_nat_pod_cidr="8.0.0.0/5",
                                                        remote_nat_external_cidr="128.0.0.0/2"),
@@ -240,7 +242,8 @@ ROWS = [
     Row("poison-name-\\x0b", ensure(cluster_name="a\x0bb"), INVALID, "cluster_name"),
     Row("poison-name-\\x1c", ensure(cluster_name="a\x1cb"), INVALID, "cluster_name"),
     Row("poison-name-\\u2028", ensure(cluster_name="a\u2028b"), INVALID, "cluster_name"),
-    Row("poison-remote-external-0.0.0.0/8", ensure(remote_external_cidr="0.0.0.0/8", remote_nat_external_cidr=""),
+    Row("poison-remote-external-0.0.0.0/8",
+        ensure(remote_external_cidr="0.0.0.0/8", remote_nat_external_cidr=""),
         INVALID, "remote_external_cidr"),
     Row("poison-remote-nat-external-0.0.0.0/8", ensure(remote_nat_external_cidr="0.0.0.0/8"),
         INVALID, "remote_nat_external_cidr"),
@@ -248,7 +251,8 @@ ROWS = [
     Row("takeover-cluster-id-by-another-owner", ensure(cluster_id="rome", cluster_name="rome"),
         PRECONDITION, LEGIT_OWNER),
     Row("takeover-public-key-reused", ensure(legit_key=True, remote_nat_pod_cidr="10.62.0.0/16",
-                                             remote_nat_external_cidr="10.72.0.0/16"), PRECONDITION, LEGIT_OWNER),
+                                             remote_nat_external_cidr="10.72.0.0/16"),
+        PRECONDITION, LEGIT_OWNER),
     Row("takeover-other-tenant-remote-cidr", ensure(remote_nat_pod_cidr="10.60.0.0/16"), INVALID,
         "remote_nat_pod_cidr"),
     Row("takeover-delete-by-non-owner", delete("rome", EVIL_OWNER), PRECONDITION, LEGIT_OWNER),
@@ -268,16 +272,19 @@ ROWS = [
     Row("caps-nat-entries-over-max", nat("oslo", {f"10.0.1.{i}": f"10.201.1.{i}" for i in range(1, 5)}),
         EXHAUSTED, "--max-nat-entries", setup=one_rome_entry, check=nat_counts(rome=1, oslo=0),
         undo=drop_nat_maps),
-    Row("caps-control-nat-entries-within-max", nat("oslo", {f"10.0.1.{i}": f"10.201.1.{i}" for i in range(1, 4)}),
+    Row("caps-control-nat-entries-within-max",
+        nat("oslo", {f"10.0.1.{i}": f"10.201.1.{i}" for i in range(1, 4)}),
         OK, setup=one_rome_entry, check=nat_counts(rome=1, oslo=3), undo=drop_nat_maps),
     # (8) fencing and roles
     Row("fencing-epoch-2^64-1", set_role(pb.ROLE_ACTIVE, 2**64 - 1, 3600), INVALID, "epoch"),
     Row("fencing-epoch-2^31", set_role(pb.ROLE_ACTIVE, 2**31, 3600), INVALID, "epoch"),
     Row("fencing-demotion-lower-epoch-accepted", set_role(pb.ROLE_STANDBY, 0), OK, check=demoted,
         undo=reactivate),
-    Row("roles-natmap-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="natmap"), DENIED, "natmap socket"),
+    Row("roles-natmap-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="natmap"), DENIED,
+        "natmap socket"),
     Row("roles-natmap-socket-ConfigureDevice", configure(socket="natmap"), DENIED, "natmap socket"),
-    Row("roles-tunnel-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="tunnel"), DENIED, "tunnel socket"),
+    Row("roles-tunnel-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="tunnel"), DENIED,
+        "tunnel socket"),
     Row("roles-labeler-socket-DeleteTunnel", delete("rome", LEGIT_OWNER, socket="labeler"), DENIED,
         "labeler socket"),
     # (10) the rest
@@ -312,7 +319,7 @@ def test_attack(target: Secure, row: Row) -> None:
             row.attack(s)
             code, details = OK, ""
         except grpc.RpcError as e:
-            code, details = e.code(), str(e.details())  # type: ignore[attr-defined]
+            code, details = e.code(), str(e.details())
         assert code == row.code, details
         assert row.names in details, details
         assert route_gets(s.node) == routes
@@ -397,7 +404,8 @@ def test_poison_pill_names_survive_resync_and_restart(agent: Secure) -> None:
     log = a.log_tail(100_000)
     assert DRIFT not in log and RESYNC_FAILED not in log, log
     assert snapshot(node) == before
-    names = {t.tunnel.cluster_id: t.tunnel.cluster_name for t in a.api.ListTunnels(pb.ListTunnelsRequest()).tunnels}
+    listed = a.api.ListTunnels(pb.ListTunnelsRequest()).tunnels
+    names = {t.tunnel.cluster_id: t.tunnel.cluster_name for t in listed}
     assert names == {"rome": "rome", **{f"c{i}": name for i, name in enumerate(POISON_NAMES)}}
 
 
