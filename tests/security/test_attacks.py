@@ -1,5 +1,5 @@
 """Issue 8's attacks, replayed as one table against a real netagent on a node with a realistic uplink
-(tests/security/conftest.py: 192.168.77.10/24, default via .1, a CNI route 10.0.1.0/24; the agent
+(sandbox/testkit/uplink.py: 192.168.77.10/24, default via .1, a CNI route 10.0.1.0/24; the agent
 knows the cluster's pod, external and service CIDRs and runs with --max-tunnels 3 and
 --max-nat-entries 4), each from the socket the compromised controller would hold.
 
@@ -32,10 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import LIQO_NETNS
 from sandbox.testkit.nodes import NodeFactory
-from services.api.netagent.v1 import netagent_pb2 as pb
-from services.common.keys import generate
-from services.common.tunnel_pb import spec_from_pb
-from tests.security.conftest import (
+from sandbox.testkit.uplink import (
     DRIFT,
     LEGIT_OWNER,
     NODE_ADDRESS,
@@ -50,6 +47,9 @@ from tests.security.conftest import (
     start_secure,
     tunnel,
 )
+from services.api.netagent.v1 import netagent_pb2 as pb
+from services.common.keys import generate
+from services.common.tunnel_pb import spec_from_pb
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:

@@ -1,5 +1,5 @@
 """Fencing is never delayed and nothing starves (issue 8's attacks 4 and 5): a real netagent in a node
-with a realistic uplink (tests/security/conftest.py), with an EnsureTunnel stuck in a resolver that
+with a realistic uplink (sandbox/testkit/uplink.py), with an EnsureTunnel stuck in a resolver that
 never answers, and either large NAT maps being written or floods of streams on every controller's
 socket, still demotes at once.
 
@@ -32,6 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from sandbox.testkit.hosts import Node, dies_with_us
 from sandbox.testkit.netagent import ROLES, NetAgent, activate
 from sandbox.testkit.resources import SAMPLE_OWNER, SAMPLE_TUNNEL
+from sandbox.testkit.uplink import PROTECTED_ARGS, agent_pid, cpu_seconds, uplink
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
@@ -39,7 +40,6 @@ from services.common.keys import generate
 from services.common.tunnel_pb import spec_to_pb
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.server import MAX_STREAMS
-from tests.security.conftest import PROTECTED_ARGS, agent_pid, cpu_seconds, uplink
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sandbox.testkit.nodes import NodeFactory
+from sandbox.testkit.uplink import DRIFT, RESYNC_FAILED, Secure, snapshot, start_secure
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.tunnel_pb import spec_from_pb, spec_to_pb
 from services.common.tunnelspec import CLUSTER_ID_RE, SpecError, TunnelSpec
-from tests.security.conftest import DRIFT, RESYNC_FAILED, Secure, snapshot, start_secure
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0:
