@@ -670,8 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"missing tools: {', '.join(missing)} (run `make install`)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    # SIGINT too: a process started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler of its own (a Ctrl-C to such a
+    # demo did nothing, and the clean-up never ran).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     return run(args, Report(quiet=args.quiet))
 
 

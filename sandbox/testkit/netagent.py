@@ -244,12 +244,13 @@ def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, di
 
 
 def wg_dump(dump: str) -> str:
-    """`wg show all dump` without the private key and without the columns that move on their own."""
-    lines = []
+    """`wg show all dump` without the private key and without the columns that move on their own;
+    peers sorted, since WireGuard lists them in the order they were (re)added."""
+    interfaces, peers = [], []
     for line in dump.splitlines():
         f = line.split("\t")
         if len(f) == 5:  # interface: name, private key, public key, port, fwmark
-            lines.append("\t".join([f[0], *f[2:]]))
+            interfaces.append("\t".join([f[0], *f[2:]]))
         else:  # peer: name, key, psk, endpoint, allowed ips, handshake, rx, tx, keepalive
-            lines.append("\t".join([*f[:5], f[8]]))
-    return "\n".join(lines)
+            peers.append("\t".join([*f[:5], f[8]]))
+    return "\n".join([*sorted(interfaces), *sorted(peers)])
