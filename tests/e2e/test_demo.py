@@ -325,6 +325,12 @@ def demo_run() -> Iterator[DemoRun]:
         yield run
     finally:
         run.kill()
+        # A demo killed before its clean-up (a failed test) leaves daemons such as wireguard-go,
+        # reparented to init, holding its namespaces: they carry the tag. A passing test has
+        # already asserted that none is left.
+        for pid in tagged(run.tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
