@@ -23,6 +23,7 @@ import grpc
 
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import LIQO_NETNS, NetAgent, activate, kernel_snapshot
+from sandbox.testkit.resources import SAMPLE_TUNNEL
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import generate
@@ -61,22 +62,10 @@ def uplink(node: Node) -> None:
 
 
 def tunnel(**over: Any) -> pb.Tunnel:
-    """A valid tunnel of cluster "rome" (pods and external CIDR overlapping ours, remapped), fields
-    overridden by `over`; a fresh public key unless given."""
-    args: dict[str, Any] = dict(
-        cluster_id="rome",
-        cluster_name="rome",
-        local_pod_cidr="10.0.0.0/16",
-        local_external_cidr="10.201.0.0/16",
-        remote_pod_cidr="10.0.0.0/16",
-        remote_nat_pod_cidr="10.60.0.0/16",
-        remote_external_cidr="10.201.0.0/16",
-        remote_nat_external_cidr="10.70.0.0/16",
-        endpoint="172.31.0.2",
-        endpoint_port=5871,
-        public_key=generate().public_key,
-    )
-    args.update(over)
+    """`SAMPLE_TUNNEL` as cluster "rome" behind 172.31.0.2 (pods and external CIDR overlapping ours,
+    remapped), fields overridden by `over`; a fresh public key unless given."""
+    args = {**SAMPLE_TUNNEL, "cluster_id": "rome", "endpoint": "172.31.0.2",
+            "public_key": generate().public_key, **over}
     return pb.Tunnel(**args)
 
 
