@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.tunnelspec import TunnelSpec
 from services.common.vocabulary import (
     CLUSTER_ID_LABEL,
     NAMESPACES,
@@ -43,6 +44,15 @@ SAMPLE_TUNNEL: dict[str, Any] = dict(
     public_key=SAMPLE_KEY,
 )
 
+
+
+def sample_spec(**over: Any) -> TunnelSpec:
+    """A valid TunnelSpec for pure tests: cluster "remote-1" behind 172.31.0.2, its pods (10.0.0.0/16)
+    remapped to 10.60.0.0/16 and its external CIDR 10.70.0.0/16 reached as is; fields overridden by
+    `over` (raw strings, validated by `TunnelSpec.parse`)."""
+    return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "cluster_id": "remote-1", "endpoint": "172.31.0.2",
+                               "remote_external_cidr": "10.70.0.0/16", "remote_nat_external_cidr": "",
+                               **over})
 
 def tunnel_endpoint(
     *,

@@ -3,13 +3,11 @@ to the same structure, and the iptables-save parser never raises on bytes it did
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sandbox.testkit.resources import SAMPLE_KEY
+from sandbox.testkit.resources import SAMPLE_KEY, sample_spec
 from services.common.tunnelspec import SpecError, TunnelSpec
 from services.netagent.config import AgentConfig
 from services.netagent.plan.iptables import parse_save, render_delete, render_rule, table_script
@@ -17,23 +15,6 @@ from services.netagent.plan.natrules import Ruleset, comment_label, desired_stat
 
 CFG = AgentConfig()
 MAX_COMMENT_BYTES = 255  # XT_MAX_COMMENT_LEN - 1: iptables cuts longer comments
-
-
-def spec(**over: Any) -> TunnelSpec:
-    args: dict[str, Any] = dict(
-        cluster_id="remote-1",
-        cluster_name="rome",
-        local_pod_cidr="10.0.0.0/16",
-        local_external_cidr="10.201.0.0/16",
-        remote_pod_cidr="10.0.0.0/16",
-        remote_nat_pod_cidr="10.60.0.0/16",
-        remote_external_cidr="10.70.0.0/16",
-        endpoint="172.31.0.2",
-        endpoint_port=5871,
-        public_key=SAMPLE_KEY,
-    )
-    args.update(over)
-    return TunnelSpec.parse(**args)
 
 
 def save_text(rs: Ruleset) -> str:
@@ -66,7 +47,7 @@ POISON_NAMES = [
 @pytest.mark.parametrize("name", POISON_NAMES)
 def test_any_accepted_name_renders_ascii_and_parses_back(name: str) -> None:
     try:
-        s = spec(cluster_name=name)
+        s = sample_spec(cluster_name=name)
     except SpecError as e:
         assert str(e).startswith("cluster_name: ")
         assert any(c in name for c in "'\x0b\x1c\u2028\x85\r\t\ud800")
@@ -124,7 +105,7 @@ def test_property_every_accepted_spec_round_trips(cluster_id: str, cluster_name:
 @given(name=st.text(max_size=63))
 def test_property_names_only_fail_with_a_cluster_name_error(name: str) -> None:
     try:
-        s = spec(cluster_name=name)
+        s = sample_spec(cluster_name=name)
     except SpecError as e:
         assert str(e).startswith("cluster_name: ")
         return

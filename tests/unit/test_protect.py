@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.testkit.resources import SAMPLE_KEY
-from services.common.tunnelspec import SpecError, TunnelSpec
+from sandbox.testkit.resources import sample_spec
+from services.common.tunnelspec import SpecError
 from services.netagent.plan.protect import NodeAddresses, Protection
 
 N, A = IPv4Network, IPv4Address
@@ -25,24 +25,6 @@ BARE = Protection(node=NODE)
 CONFIGURED = Protection(
     node=NODE, pod_cidr=N("10.0.0.0/16"), external_cidr=N("10.201.0.0/16"), service_cidr=N("10.96.0.0/12")
 )
-
-
-def spec(**over: Any) -> TunnelSpec:
-    args: dict[str, Any] = dict(
-        cluster_id="remote-1",
-        cluster_name="rome",
-        local_pod_cidr="10.0.0.0/16",
-        local_nat_pod_cidr="None",
-        local_external_cidr="10.201.0.0/16",
-        remote_pod_cidr="10.0.0.0/16",
-        remote_nat_pod_cidr="10.60.0.0/16",
-        remote_external_cidr="10.70.0.0/16",
-        endpoint="172.31.0.2",
-        endpoint_port=5871,
-        public_key=SAMPLE_KEY,
-    )
-    args.update(over)
-    return TunnelSpec.parse(**args)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +60,7 @@ def spec(**over: Any) -> TunnelSpec:
     ],
 )
 def test_tunnels_reaching_protected_space_are_refused(over: dict[str, Any], field: str) -> None:
-    s = spec(**over)
+    s = sample_spec(**over)
     with pytest.raises(SpecError, match=f"^{field}: "):
         BARE.check_tunnel(s)
     with pytest.raises(SpecError):  # possibly naming a local CIDR first
@@ -95,7 +77,7 @@ def test_tunnels_reaching_protected_space_are_refused(over: dict[str, Any], fiel
     ],
 )
 def test_local_cidrs_must_be_the_configured_ones(over: dict[str, Any], field: str) -> None:
-    s = spec(**over)
+    s = sample_spec(**over)
     with pytest.raises(SpecError, match=f"^{field}: "):
         CONFIGURED.check_tunnel(s)
 
@@ -114,15 +96,15 @@ def test_local_cidrs_must_be_the_configured_ones(over: dict[str, Any], field: st
     ],
 )
 def test_this_clusters_own_cidrs_are_protected(protection: Protection, remote: str, why: str) -> None:
-    s = spec(local_pod_cidr="10.9.0.0/16", local_external_cidr="10.8.0.0/16", remote_nat_pod_cidr="None",
-             remote_pod_cidr=remote)
+    s = sample_spec(local_pod_cidr="10.9.0.0/16", local_external_cidr="10.8.0.0/16",
+                    remote_nat_pod_cidr="None", remote_pod_cidr=remote)
     Protection().check_tunnel(s)  # nothing known about this cluster: nothing to refuse
     with pytest.raises(SpecError, match=why):
         protection.check_tunnel(s)
 
 
 def test_min_remote_prefix_is_configurable() -> None:
-    s = spec(remote_external_cidr="10.64.0.0/10", remote_nat_pod_cidr="10.128.0.0/16")
+    s = sample_spec(remote_external_cidr="10.64.0.0/10", remote_nat_pod_cidr="10.128.0.0/16")
     BARE.check_tunnel(s)
     with pytest.raises(SpecError, match=r"remote_external_cidr: 10.64.0.0/10 is wider than /12"):
         Protection(node=NODE, min_remote_prefix=12).check_tunnel(s)
@@ -143,7 +125,7 @@ def test_min_remote_prefix_is_configurable() -> None:
     ],
 )
 def test_legitimate_tunnels_pass(over: dict[str, Any]) -> None:
-    s = spec(**over)
+    s = sample_spec(**over)
     BARE.check_tunnel(s)
     CONFIGURED.check_tunnel(s)
     Protection().check_tunnel(s)
@@ -185,7 +167,8 @@ def test_listen_port(port: int, ok: bool) -> None:
     Protection(allow_privileged_ports=True).check_listen_port(port)
 
 
-OTHER = spec(cluster_id="other", remote_nat_pod_cidr="10.80.0.0/16", remote_external_cidr="10.90.0.0/16")
+OTHER = sample_spec(cluster_id="other", remote_nat_pod_cidr="10.80.0.0/16",
+                    remote_external_cidr="10.90.0.0/16")
 
 
 @pytest.mark.parametrize(
@@ -204,7 +187,7 @@ OTHER = spec(cluster_id="other", remote_nat_pod_cidr="10.80.0.0/16", remote_exte
 )
 def test_nat_targets_outside_this_cluster_are_refused(ip: str, why: str) -> None:
     with pytest.raises(SpecError, match=rf"^mappings\['{ip}'\]: DNAT to {ip} refused: .*{why}"):
-        BARE.check_nat_target(A(ip), [spec(), OTHER], cluster_id="remote-1")
+        BARE.check_nat_target(A(ip), [sample_spec(), OTHER], cluster_id="remote-1")
 
 
 def test_probe_address_is_protected_when_moved() -> None:
@@ -215,13 +198,13 @@ def test_probe_address_is_protected_when_moved() -> None:
 @pytest.mark.parametrize("ip", ["10.0.0.5", "10.0.1.7", "192.168.77.11", "10.60.0.9"])
 def test_workload_nat_targets_pass(ip: str) -> None:
     # 10.60.0.9 is in the cluster's own remote CIDR: only other tunnels' are refused
-    BARE.check_nat_target(A(ip), [spec(), OTHER], cluster_id="remote-1")
+    BARE.check_nat_target(A(ip), [sample_spec(), OTHER], cluster_id="remote-1")
 
 
 def test_many_nat_targets_are_checked_in_bulk_quickly() -> None:
     targets = [int(A("10.0.0.0")) + i for i in range(10_000)]
     t0 = time.perf_counter()
-    BARE.check_nat_targets(targets, [spec(), OTHER], cluster_id="remote-1")
+    BARE.check_nat_targets(targets, [sample_spec(), OTHER], cluster_id="remote-1")
     assert time.perf_counter() - t0 < 0.05
     with pytest.raises(SpecError, match=r"mappings\['192.168.77.10'\]"):
         BARE.check_nat_targets([*targets, int(A("192.168.77.10"))], [OTHER], cluster_id="remote-1")
