@@ -17,7 +17,7 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,17 @@ class NetAgent:
                 raise NetAgentError(f"{self.node.name}: netagent ignored signal {sig} for {timeout:g}s:\n"
                                     f"{self.log_tail()}") from None
         return self.proc.returncode
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freezes the agent (SIGSTOP) for the block, so a test can plant kernel state and look at it
+        before the agent's resync repairs it; SIGCONT on the way out, even on error."""
+        assert self.proc is not None and self.proc.poll() is None, "the agent is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: nothing is cleaned up."""

@@ -417,13 +417,18 @@ def test_odd_bytes_left_by_others_are_repaired_and_cleanup_works(agent: Secure) 
         node.exec_in_netns(LIQO_NETNS, ["iptables-legacy", *argv])
 
     cut = "x" + "\U0001f600" * 64  # 257 bytes: iptables cuts it inside a character
-    ipt("-t", "filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
-    ipt("-t", "nat", "-A", "LIQO-POSTROUTING", "-m", "comment", "--comment", 'q"u\\o\x0bte', "-j", "RETURN")
-    ipt("-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", 'a "b"\x1c', "-j", "LIQO-PREROUTING")
-    saved = subprocess.run(["nsenter", "-t", str(node.pid), "-n", "-m", "ip", "netns", "exec", LIQO_NETNS,
-                            "iptables-legacy-save"], capture_output=True, check=True).stdout
-    with pytest.raises(UnicodeDecodeError):
-        saved.decode()  # the kernel now holds bytes that are not UTF-8
+
+    def poison() -> None:
+        ipt("-t", "filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
+        ipt("-t", "nat", "-A", "LIQO-POSTROUTING", "-m", "comment", "--comment", 'q"u\\o\x0bte', "-j", "RETURN")
+        ipt("-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", 'a "b"\x1c', "-j", "LIQO-PREROUTING")
+        saved = subprocess.run(["nsenter", "-t", str(node.pid), "-n", "-m", "ip", "netns", "exec", LIQO_NETNS,
+                                "iptables-legacy-save"], capture_output=True, check=True).stdout
+        with pytest.raises(UnicodeDecodeError):
+            saved.decode()  # the kernel now holds bytes that are not UTF-8
+
+    with a.paused():  # else a resync may repair the first rule before the check sees it
+        poison()
 
     def repaired() -> bool:
         try:
@@ -438,13 +443,12 @@ def test_odd_bytes_left_by_others_are_repaired_and_cleanup_works(agent: Secure) 
     log = a.log_tail(100_000)
     assert DRIFT in log and RESYNC_FAILED not in log, log
 
-    # Poison again, then a restart adopts and repairs it, and cleanup removes everything.
-    ipt("-t", "filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
-    ipt("-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", 'a "b"\x1c', "-j", "LIQO-PREROUTING")
+    # Poison a stopped agent's state: a restart adopts and repairs it, and cleanup removes everything.
     a.stop()
+    poison()
     a.start()
     assert repaired()
-    ipt("-t", "filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
     a.stop()
+    poison()
     run_cleanup(a)
     assert node_baseline(node) == agent.baseline
