@@ -413,15 +413,15 @@ def test_odd_bytes_left_by_others_are_repaired_and_cleanup_works(agent: Secure) 
     node, a = agent.node, agent.agent
     good = snapshot(node)
 
-    def ipt(*argv: str) -> None:
-        node.exec_in_netns(LIQO_NETNS, ["iptables-legacy", *argv])
+    def ipt(table: str, *argv: str) -> None:
+        node.exec_in_netns(LIQO_NETNS, ["iptables-legacy", "-t", table, *argv])
 
     cut = "x" + "\U0001f600" * 64  # 257 bytes: iptables cuts it inside a character
 
     def poison() -> None:
-        ipt("-t", "filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
-        ipt("-t", "nat", "-A", "LIQO-POSTROUTING", "-m", "comment", "--comment", 'q"u\\o\x0bte', "-j", "RETURN")
-        ipt("-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", 'a "b"\x1c', "-j", "LIQO-PREROUTING")
+        ipt("filter", "-I", "LIQO-FORWARD", "1", "-m", "comment", "--comment", cut, "-j", "DROP")
+        ipt("nat", "-A", "LIQO-POSTROUTING", "-m", "comment", "--comment", 'q"u\\o\x0bte', "-j", "RETURN")
+        ipt("nat", "-A", "PREROUTING", "-m", "comment", "--comment", 'a "b"\x1c', "-j", "LIQO-PREROUTING")
         saved = subprocess.run(["nsenter", "-t", str(node.pid), "-n", "-m", "ip", "netns", "exec", LIQO_NETNS,
                                 "iptables-legacy-save"], capture_output=True, check=True).stdout
         with pytest.raises(UnicodeDecodeError):
