@@ -4,15 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := wireguard-go wireguard-tools iptables iproute2 iputils-ping conntrack \
 	util-linux procps netcat-openbsd kmod
+# The container engine and the image's base: `make image` (run by `make test` and `make demo`).
+CONTAINER_PACKAGES := podman buildah runc catatonit mmdebstrap
 PROTO_OUT := services/api
 
-.PHONY: install apt venv proto lint test test-unit bench demo clean-host
+.PHONY: install apt venv proto lint image image-clean test test-unit bench demo clean-host
 
 install: apt venv
 
 # Installs only what is missing, so a second run touches nothing.
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(CONTAINER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
@@ -37,7 +39,18 @@ lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --diff --exit-code
 
-test: install
+# localhost/liqo-gateway:dev (Containerfile) in the project's own podman store, build/podman/.
+# A second run with no change reuses every cached layer.
+image: install
+	./scripts/build-image.sh $(PY)
+
+# Removes the project's podman store (images, build cache, the mmdebstrap base) and the build context.
+image-clean:
+	. scripts/podman-env.sh && { [ ! -d "$$PODMAN_DIR/storage" ] || pm system reset -f >/dev/null; } \
+	  && rm -rf "$$PODMAN_DIR" build/image build/base
+
+# The image first: the root tests in tests/containers run it.
+test: install image
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: venv
@@ -51,7 +64,7 @@ bench: install
 
 # The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
 DEMO_ARGS ?=
-demo: install
+demo: install $(if $(findstring --pods,$(DEMO_ARGS)),image)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m sandbox.demo $(DEMO_ARGS)
 
 # Removes every Liqo object this machine's netagent created (uninstall); touches nothing else.
