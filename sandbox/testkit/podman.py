@@ -316,7 +316,18 @@ class NodePodman:
         self.run("restart", "-t", str(timeout), container, timeout=timeout + 60)
 
     def kill(self, container: str, signal: str = "KILL") -> None:
+        """`podman kill`: podman counts it as stopped by the user, so the restart policy does NOT restart
+        it (use crash() for that)."""
         self.run("kill", "--signal", signal, container)
+
+    def crash(self, container: str) -> int:
+        """SIGKILLs the container's main process from outside (as a crash or the OOM killer would): the
+        pod's restartPolicy then applies (Always: podman starts it again). Returns the killed PID."""
+        pid = self.pid(container)
+        if pid <= 0:
+            raise PodmanError(f"{container} is not running")
+        os.kill(pid, 9)
+        return pid
 
     def exec(self, container: str, *argv: str, user: str | None = None, check: bool = False,
              timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -467,9 +478,11 @@ def mounts_matching(pattern: str, pid: int | str = "self") -> list[str]:
 
 
 def iter_conmons() -> Iterator[int]:
-    """PIDs of every conmon process on the machine."""
+    """PIDs of every live (not zombie) conmon process on the machine."""
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if Path(entry.path, "comm").read_text().strip() == "conmon":
+                stat = Path(entry.path, "stat").read_text()
+                comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
+                if comm == "conmon" and rest.split()[0] not in ("Z", "X"):
                     yield int(entry.name)

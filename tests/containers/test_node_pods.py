@@ -1,0 +1,167 @@
+"""`podman kube play` of a hostNetwork pod inside an emulated node (sandbox/testkit/podman.py): the pod is
+the node's (its addresses, its /run/netns both ways through a Bidirectional hostPath, its hostPath files),
+its containers can be stopped, started, restarted, killed and exec'd into, and nothing is left behind:
+neither after a clean removal nor after the node crashed (every process SIGKILLed, then the node gone)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Any
+
+import pytest
+
+from sandbox.testkit.hosts import Node
+from sandbox.testkit.podman import IMAGE, NodePodman
+from sandbox.testkit.wait import wait_for
+from tests.containers.conftest import node_mounts
+
+pytestmark = pytest.mark.root
+
+NODE_IP = "192.0.2.77"
+# PID 1 has no default signal handlers: trap TERM so that a stop is immediate.
+IDLE = "trap 'exit 0' TERM; echo started; sleep infinity & wait"
+
+
+def pod(name: str = "gw") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "hostNetwork": True,
+            "restartPolicy": "Always",
+            "containers": [
+                {
+                    "name": "agent",
+                    "image": IMAGE,
+                    "command": ["sh", "-c", IDLE],
+                    "securityContext": {"privileged": True, "runAsUser": 0},
+                    "volumeMounts": [
+                        {"name": "netns", "mountPath": "/run/netns", "mountPropagation": "Bidirectional"},
+                        {"name": "wg", "mountPath": "/var/run/wireguard"},
+                    ],
+                },
+                {
+                    "name": "ctl",
+                    "image": IMAGE,
+                    "command": ["sh", "-c", IDLE],
+                    "securityContext": {
+                        "runAsUser": 10001, "runAsGroup": 10001, "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                    },
+                },
+            ],
+            "volumes": [
+                {"name": "netns", "hostPath": {"path": "/run/netns", "type": "DirectoryOrCreate"}},
+                {"name": "wg", "hostPath": {"path": "/run/wireguard", "type": "DirectoryOrCreate"}},
+            ],
+        },
+    }
+
+
+def _machine_addresses() -> set[str]:
+    import subprocess
+
+    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"inet (\S+)/", out)) - {"127.0.0.1"}
+
+
+def test_pod_is_the_nodes(node_engine: tuple[Node, NodePodman]) -> None:
+    node, engine = node_engine
+    node.run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")  # no dummy links here (no modules)
+    mounts_before = node_mounts(node)
+
+    played = engine.play(pod())
+    agent, ctl = played.container("agent"), played.container("ctl")
+
+    # The node's network namespace: its address, none of the machine's.
+    seen = set(re.findall(r"inet (\S+)/", engine.exec(agent, "ip", "-o", "-4", "addr", check=True).stdout))
+    assert NODE_IP in seen
+    assert not seen & _machine_addresses()
+
+    # A netns made by the container under the Bidirectional /run/netns is the node's, and usable there.
+    engine.exec(agent, "ip", "netns", "add", "lgt-from-pod", check=True)
+    assert "lgt-from-pod" in node.run("ip", "netns", "list").stdout
+    node.run("ip", "netns", "exec", "lgt-from-pod", "ip", "link", "set", "lo", "up")
+    # ... and one made by the node is visible in the container (both ways).
+    node.run("ip", "netns", "add", "lgt-from-node")
+    assert "lgt-from-node" in engine.exec(agent, "ip", "netns", "list", check=True).stdout
+
+    # A hostPath file is the node's (/var/run is /run).
+    engine.exec(agent, "sh", "-c", "echo hi > /var/run/wireguard/probe", check=True)
+    assert node.path("/run/wireguard/probe").read_text() == "hi\n"
+
+    # The restricted container runs as the pod says.
+    sec = engine.security(ctl)
+    assert (sec.uid, sec.gid, sec.cap_effective, sec.read_only_root) == (10001, 10001, 0, True)
+    assert sec.no_new_privs and not sec.privileged
+    assert engine.security(agent).privileged
+
+    # Stop, remove: nothing of the pod stays in the node (the netns it made is the node's: deleted here).
+    engine.stop_pod(played.name, timeout=5)
+    assert {engine.state(agent), engine.state(ctl)} <= {"exited", "stopped"}
+    engine.remove_pod(played.name)
+    assert engine.containers() == []
+    node.run("ip", "netns", "del", "lgt-from-pod")
+    node.run("ip", "netns", "del", "lgt-from-node")
+    assert node.pids(comm="conmon") == []
+    leftover = [m for m in node_mounts(node) if m not in mounts_before]
+    assert leftover == [], leftover
+
+
+def test_container_lifecycle(node_engine: tuple[Node, NodePodman]) -> None:
+    _node, engine = node_engine
+    ctl = engine.play(pod()).container("ctl")
+    assert engine.state(ctl) == "running"
+    cp = engine.exec(ctl, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (cp.returncode, cp.stdout, cp.stderr, cp.args) == (3, "out\n", "err\n",
+                                                            ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert engine.exec(ctl, "cat", input="piped").stdout == "piped"
+    assert engine.exec(ctl, "id", "-u", user="0").stdout.strip() == "0"
+    assert "started" in engine.logs(ctl)
+
+    engine.stop(ctl, timeout=5)
+    assert engine.state(ctl) == "exited"
+    engine.start(ctl)
+    assert engine.state(ctl) == "running"
+    first = engine.pid(ctl)
+    engine.restart(ctl, timeout=5)
+    assert engine.state(ctl) == "running" and engine.pid(ctl) != first
+
+    # restartPolicy Always: podman restarts a crashed container by itself (as the kubelet would) ...
+    before = engine.crash(ctl)
+    wait_for("the crashed container to be restarted",
+             lambda: engine.state(ctl) == "running" and engine.pid(ctl) not in (0, before), timeout=30)
+    assert engine.logs(ctl).count("started") >= 4
+    assert engine.inspect(ctl)["RestartCount"] >= 1
+    restarts = engine.inspect(ctl)["RestartCount"]
+    # ... but not one stopped by `podman kill` (podman counts it as stopped by the user).
+    engine.kill(ctl)
+    wait_for("the killed container to be exited", lambda: engine.state(ctl) == "exited", timeout=30)
+    assert engine.inspect(ctl)["RestartCount"] == restarts
+    engine.start(ctl)
+    assert engine.state(ctl) == "running"
+
+
+def test_node_crash_leaves_nothing(node_engine: tuple[Node, NodePodman]) -> None:
+    """What the sandbox's node crash does: SIGKILL every process of the node, then the node goes; the
+    engine's close() still cleans the machine (checked by the `nothing_left` fixture)."""
+    node, engine = node_engine
+    played = engine.play(pod())
+    engine.exec(played.container("agent"), "ip", "netns", "add", "lgt-crash", check=True)
+    assert node.pids(comm="conmon")
+
+    def all_dead() -> bool:
+        victims = node.pids()
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return not victims
+
+    wait_for("every process of the node to be dead", all_dead, timeout=30)
+    node.stop()
+    engine.close()
