@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from sandbox.testkit.hosts import Node
-from sandbox.testkit.wait import wait_for
 from sandbox.testkit.podman import IMAGE, NodePodman, Podman, iter_conmons, mounts_matching, podman_cgroups
+from sandbox.testkit.wait import wait_for
 
 _MACHINE_PATHS = ("/var/lib/containers", "/run/runc", "/run/libpod", "/run/containers")
 
@@ -50,10 +49,10 @@ def nothing_left() -> Iterator[None]:
         return {k: [x for x in after[k] if x not in before[k]] for k in after if after[k] != before[k]}
 
     # An exec's conmon exits on its own, shortly after the exec returned: give it a moment.
-    left = new()
     with contextlib.suppress(AssertionError):
-        wait_for("podman's leftovers to go", lambda: not (left := new()) or None, timeout=10)
-    assert not new(), f"left behind on the machine: {left}"
+        wait_for("podman's leftovers to go", lambda: not new(), timeout=10)
+    left = new()
+    assert not left, f"left behind on the machine: {left}"
 
 
 @pytest.fixture
@@ -68,7 +67,3 @@ def node_engine(podman: Podman, nothing_left: None,
     finally:
         engine.close()
 
-
-def node_mounts(node: Node) -> list[str]:
-    """The node's mount points (its own mount namespace), for before/after comparisons."""
-    return sorted(line.split()[4] for line in Path(f"/proc/{node.pid}/mountinfo").read_text().splitlines())

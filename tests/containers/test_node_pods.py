@@ -5,6 +5,7 @@ neither after a clean removal nor after the node crashed (every process SIGKILLe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,9 +14,8 @@ from typing import Any
 import pytest
 
 from sandbox.testkit.hosts import Node
-from sandbox.testkit.podman import IMAGE, NodePodman
+from sandbox.testkit.podman import IMAGE, NodePodman, mounts_matching
 from sandbox.testkit.wait import wait_for
-from tests.containers.conftest import node_mounts
 
 pytestmark = pytest.mark.root
 
@@ -71,7 +71,7 @@ def _machine_addresses() -> set[str]:
 def test_pod_is_the_nodes(node_engine: tuple[Node, NodePodman]) -> None:
     node, engine = node_engine
     node.run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")  # no dummy links here (no modules)
-    mounts_before = node_mounts(node)
+    mounts_before = sorted(mounts_matching('', node.pid))
 
     played = engine.play(pod())
     agent, ctl = played.container("agent"), played.container("ctl")
@@ -107,7 +107,7 @@ def test_pod_is_the_nodes(node_engine: tuple[Node, NodePodman]) -> None:
     node.run("ip", "netns", "del", "lgt-from-pod")
     node.run("ip", "netns", "del", "lgt-from-node")
     assert node.pids(comm="conmon") == []
-    leftover = [m for m in node_mounts(node) if m not in mounts_before]
+    leftover = [m for m in sorted(mounts_matching('', node.pid)) if m not in mounts_before]
     assert leftover == [], leftover
 
 
@@ -156,10 +156,8 @@ def test_node_crash_leaves_nothing(node_engine: tuple[Node, NodePodman]) -> None
     def all_dead() -> bool:
         victims = node.pids()
         for pid in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return not victims
 
     wait_for("every process of the node to be dead", all_dead, timeout=30)
