@@ -43,11 +43,17 @@ EOF
 
 # podman on the project's store, in a private mount namespace: as root, podman 4.3 writes its blob cache
 # to /var/lib/containers/cache and runc its state to /run/runc whatever the configuration says; here
-# those writes land in an overlay of ours and a tmpfs, both gone with the namespace. For image
+# those writes land in an overlay of ours (one per call: concurrent calls may not share an upper dir)
+# and a tmpfs, both gone with the call. For image
 # operations only: a container started this way dies with the command.
 pm() {
 	D=$PODMAN_DIR unshare --mount --propagation private -- sh -c '
-		mkdir -p "$D/varlib/upper" "$D/varlib/work" && mount -n -t tmpfs -o mode=0755 tmpfs /run &&
-		mount -n -t overlay overlay -o "lowerdir=/var/lib,upperdir=$D/varlib/upper,workdir=$D/varlib/work" /var/lib &&
-		exec podman --root "$D/storage" --runroot "$D/run" --tmpdir "$D/tmp" "$@"' sh "$@"
+		mkdir -p "$D/varlib" && V=$(mktemp -d "$D/varlib/XXXXXX") && mkdir "$V/upper" "$V/work" &&
+		mount -n -t tmpfs -o mode=0755 tmpfs /run &&
+		mount -n -t overlay overlay -o "lowerdir=/var/lib,upperdir=$V/upper,workdir=$V/work" /var/lib ||
+		exit 125
+		podman --root "$D/storage" --runroot "$D/run" --tmpdir "$D/tmp" "$@"
+		rc=$?
+		umount -n /var/lib && rm -rf "$V"
+		exit $rc' sh "$@"
 }

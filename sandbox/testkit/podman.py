@@ -31,6 +31,7 @@ node was killed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
 import os
@@ -106,13 +107,18 @@ def _check(cp: subprocess.CompletedProcess[str], what: str) -> subprocess.Comple
     return cp
 
 
-# A private mount namespace for image operations: writes to /var/lib land in an overlay of ours, /run is
-# a fresh tmpfs (runc's state dir), both vanishing with the namespace.
-_PRIVATE_NS_SCRIPT = (
-    'mkdir -p "$D/varlib/upper" "$D/varlib/work" && mount -n -t tmpfs -o mode=0755 tmpfs /run'
-    ' && mount -n -t overlay overlay -o "lowerdir=/var/lib,upperdir=$D/varlib/upper,workdir=$D/varlib/work"'
-    ' /var/lib && exec "$@"'
-)
+# A private mount namespace for image operations: writes to /var/lib land in an overlay of ours (one
+# per call: concurrent calls may not share an upper dir), /run is a fresh tmpfs (runc's state dir); both
+# are gone after the call. Kept in step with scripts/podman-env.sh's pm().
+_PRIVATE_NS_SCRIPT = """
+mkdir -p "$D/varlib" && V=$(mktemp -d "$D/varlib/XXXXXX") && mkdir "$V/upper" "$V/work" &&
+mount -n -t tmpfs -o mode=0755 tmpfs /run &&
+mount -n -t overlay overlay -o "lowerdir=/var/lib,upperdir=$V/upper,workdir=$V/work" /var/lib || exit 125
+"$@"
+rc=$?
+umount -n /var/lib && rm -rf "$V"
+exit $rc
+"""
 
 
 class Podman:
@@ -266,15 +272,23 @@ class NodePodman:
 
     # ---- pods -------------------------------------------------------------------------------------------
 
-    def play(self, pod_yaml: str | dict[str, Any], timeout: float = 120) -> PlayedPod:
+    def play(self, pod_yaml: str | dict[str, Any], timeout: float = 120,
+             drop_ports: bool = True) -> PlayedPod:
         """`podman kube play` of one Pod (YAML text or a manifest dict) in the node; returns it once
-        every container was started. The pod should be `hostNetwork: true` (else podman would make a
-        network of its own, with links in the machine's root namespace): refused otherwise."""
-        manifest = yaml.safe_load(pod_yaml) if isinstance(pod_yaml, str) else pod_yaml
+        every container was started. The pod must be `hostNetwork: true` (else podman would make a
+        network of its own, with links in the machine's root namespace): refused otherwise.
+
+        `drop_ports`: podman 4.3 refuses any containerPort unless it makes the network ("PortMappings
+        can only be used with Bridge or slirp4netns networking"); on a hostNetwork pod they only inform
+        the scheduler, so they are dropped from what is played (the caller's manifest is untouched)."""
+        manifest = yaml.safe_load(pod_yaml) if isinstance(pod_yaml, str) else copy.deepcopy(pod_yaml)
         if manifest.get("kind") != "Pod":
             raise ValueError(f"play takes one Pod, not {manifest.get('kind')!r}")
         if not manifest.get("spec", {}).get("hostNetwork"):
             raise ValueError("play takes hostNetwork pods only (podman's own networks touch the machine)")
+        if drop_ports:
+            for container in manifest["spec"].get("containers", []):
+                container.pop("ports", None)
         name = manifest["metadata"]["name"]
         path = f"{self.dir}/pods/{name}.yaml"
         self.node.path(path).write_text(yaml.safe_dump(manifest))
@@ -382,6 +396,31 @@ class NodePodman:
             privileged=bool(info["HostConfig"].get("Privileged")),
             config_user=str(info["Config"].get("User", "")),
         )
+
+    def probe(self, container: str, probe: dict[str, Any], timeout: float = 10) -> bool:
+        """Runs a Kubernetes probe (httpGet, tcpSocket or exec, as in the pod's YAML) once, from inside
+        the container; True when it succeeds. Podman 4.3 does not run them here: it turns a liveness
+        probe into a healthcheck that needs systemd timers (absent on these machines) and, for httpGet,
+        curl (absent from the image); readiness probes it ignores."""
+        if "exec" in probe:
+            return self.exec(container, *probe["exec"]["command"], timeout=timeout).returncode == 0
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            url = f"{get.get('scheme', 'HTTP').lower()}://{get.get('host', '127.0.0.1')}:{get['port']}"
+            code = ("import sys, urllib.request as u\n"
+                    "try:\n"
+                    f"    r = u.urlopen({url + get.get('path', '/')!r}, timeout={timeout})\n"
+                    "    sys.exit(0 if 200 <= r.status < 400 else 1)\n"
+                    "except Exception:\n"
+                    "    sys.exit(1)\n")
+            return self.exec(container, "python3", "-c", code, timeout=timeout + 5).returncode == 0
+        if "tcpSocket" in probe:
+            sock = probe["tcpSocket"]
+            code = ("import socket\n"
+                    f"socket.create_connection(({sock.get('host', '127.0.0.1')!r}, {sock['port']}), "
+                    f"timeout={timeout}).close()\n")
+            return self.exec(container, "python3", "-c", code, timeout=timeout + 5).returncode == 0
+        raise ValueError(f"unsupported probe: {sorted(probe)}")
 
     def containers(self, all_: bool = True) -> list[dict[str, Any]]:
         """`podman ps` as JSON (every container of this node's store with `all_`)."""

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.root
 NODE_IP = "192.0.2.77"
 # PID 1 has no default signal handlers: trap TERM so that a stop is immediate.
 IDLE = "trap 'exit 0' TERM; echo started; sleep infinity & wait"
+HTTP_PORT = 5999
+SERVE = (f"trap 'exit 0' TERM; python3 -m http.server {HTTP_PORT} --bind 127.0.0.1 --directory /run/netns"
+         " >/dev/null 2>&1 & sleep infinity & wait")
 
 
 def pod(name: str = "gw") -> dict[str, Any]:
@@ -36,7 +39,9 @@ def pod(name: str = "gw") -> dict[str, Any]:
                 {
                     "name": "agent",
                     "image": IMAGE,
-                    "command": ["sh", "-c", IDLE],
+                    "command": ["sh", "-c", SERVE],
+                    # podman 4.3 refuses containerPorts on a host-network pod: play() drops them.
+                    "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
                     "securityContext": {"privileged": True, "runAsUser": 0},
                     "volumeMounts": [
                         {"name": "netns", "mountPath": "/run/netns", "mountPropagation": "Bidirectional"},
@@ -143,6 +148,22 @@ def test_container_lifecycle(node_engine: tuple[Node, NodePodman]) -> None:
     assert engine.inspect(ctl)["RestartCount"] == restarts
     engine.start(ctl)
     assert engine.state(ctl) == "running"
+
+
+def test_probes(node_engine: tuple[Node, NodePodman]) -> None:
+    """Podman runs no probe here (see NodePodman.probe): the kit runs them from inside the container."""
+    _node, engine = node_engine
+    played = engine.play(pod())
+    agent, ctl = played.container("agent"), played.container("ctl")
+    http = {"httpGet": {"host": "127.0.0.1", "port": HTTP_PORT, "path": "/"}}
+    # The server is up once it answers: wait, then every form of probe both ways.
+    wait_for("the agent's HTTP server", lambda: engine.probe(agent, http), timeout=30)
+    assert engine.probe(ctl, http)  # another container of the pod: the pod's (node's) loopback
+    assert not engine.probe(ctl, {"httpGet": {"port": HTTP_PORT + 1, "path": "/"}})
+    assert engine.probe(ctl, {"tcpSocket": {"port": HTTP_PORT}})
+    assert not engine.probe(ctl, {"tcpSocket": {"port": HTTP_PORT + 1}})
+    assert engine.probe(ctl, {"exec": {"command": ["true"]}})
+    assert not engine.probe(ctl, {"exec": {"command": ["false"]}})
 
 
 def test_node_crash_leaves_nothing(node_engine: tuple[Node, NodePodman]) -> None:
