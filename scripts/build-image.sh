@@ -68,7 +68,10 @@ if [ "$(cat "$CTX/debs/.for" 2>/dev/null)" != "$want" ]; then
 	step "packages: downloading ${PACKAGES[*]} (and what the base lacks of their dependencies)"
 	rm -rf "$CTX/debs" && mkdir -p "$CTX/debs/partial"
 	status=$CTX/debs/partial/status
-	pm run --rm --network=none --pull=never "$BASE" cat /var/lib/dpkg/status >"$status"
+	# Read from a created, never started, container: nothing runs, no cgroup is made.
+	ctr=$(pm create --pull=never "$BASE")
+	pm cp "$ctr:/var/lib/dpkg/status" - | tar -xO >"$status"
+	pm rm -f "$ctr" >/dev/null
 	apt_get() {
 		apt-get -qq -o Dir::State::status="$status" -o Dir::Cache::archives="$CTX/debs/" \
 			-o Debug::NoLocking=1 "$@"
@@ -136,8 +139,9 @@ took "$t"
 # finds it in this store instead of building it.
 if [ -z "$(pm images -q --filter reference=localhost/podman-pause)" ]; then
 	pm pod create --name liqo-pause-image >/dev/null && pm pod rm -f liqo-pause-image >/dev/null
-	for d in /sys/fs/cgroup/*/libpod_parent; do rmdir "$d" 2>/dev/null || true; done
 fi
+# Podman's (empty) cgroup parent on the machine; one in use by anyone else stays.
+for d in /sys/fs/cgroup/*/libpod_parent; do rmdir "$d/conmon" "$d" 2>/dev/null || true; done
 size=$(pm image inspect --format '{{.Size}}' "$IMAGE")
 echo "image: $IMAGE $(pm image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12)" \
 	"size $((size / 1000000)) MB"

@@ -9,12 +9,13 @@ import contextlib
 import os
 import re
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sandbox.testkit.hosts import Node
-from sandbox.testkit.podman import IMAGE, NodePodman, mounts_matching
+from sandbox.testkit.podman import IMAGE, NodePodman, Podman, mounts_matching
 from sandbox.testkit.wait import wait_for
 
 pytestmark = pytest.mark.root
@@ -184,3 +185,28 @@ def test_node_crash_leaves_nothing(node_engine: tuple[Node, NodePodman]) -> None
     wait_for("every process of the node to be dead", all_dead, timeout=30)
     node.stop()
     engine.close()
+
+
+def test_two_nodes_play_the_same_pod_apart(podman: Podman, nothing_left: None,
+                                           node_factory: Callable[[str], Node]) -> None:
+    """Two replicas, each in its own node: same pod and volume names, separate stores, addresses and
+    emptyDirs (one store per node: podman would otherwise share an emptyDir between same-named pods)."""
+    nodes = [node_factory("r0"), node_factory("r1")]
+    engines = [podman.in_node(n) for n in nodes]
+    try:
+        for i, (node, engine) in enumerate(zip(nodes, engines, strict=True)):
+            node.run("ip", "addr", "add", f"192.0.2.{10 + i}/32", "dev", "lo")
+            manifest = pod()
+            manifest["spec"]["containers"][1]["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
+            manifest["spec"]["volumes"].append({"name": "scratch", "emptyDir": {}})
+            ctl = engine.play(manifest).container("ctl")
+            engine.exec(ctl, "sh", "-c", f"echo {i} > /scratch/who", check=True)
+        for i, engine in enumerate(engines):
+            ctl = engine.pods[0].container("ctl")
+            assert engine.exec(ctl, "cat", "/scratch/who").stdout == f"{i}\n"
+            addrs = engine.exec(ctl, "ip", "-o", "-4", "addr").stdout
+            assert f"192.0.2.{10 + i}/" in addrs and f"192.0.2.{11 - i}/" not in addrs
+            assert len(engine.containers()) == 3  # infra + 2: the other node's are not in this store
+    finally:
+        for engine in engines:
+            engine.close()
