@@ -57,6 +57,8 @@ __all__ = [
     "Podman",
     "PodmanError",
     "default_podman_dir",
+    "leaves_nothing",
+    "machine_state",
 ]
 
 IMAGE = "localhost/liqo-gateway:dev"
@@ -514,6 +516,38 @@ def mounts_matching(pattern: str, pid: int | str = "self") -> list[str]:
     """Mount points in `pid`'s mount namespace whose line matches `pattern` (a regular expression)."""
     lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
     return [line.split()[4] for line in lines if re.search(pattern, line)]
+
+
+_MACHINE_PATHS = ("/var/lib/containers", "/run/runc", "/run/libpod", "/run/containers",
+                  "/dev/shm/libpod_lock")
+
+
+def machine_state() -> dict[str, list[str]]:
+    """What podman could leave on the machine: live conmon processes, cgroups under podman's parent,
+    mounts (overlays, podman's, /run/netns) in this mount namespace, and podman's default paths."""
+    return {
+        "conmon": sorted(str(p) for p in iter_conmons()),
+        "cgroups": podman_cgroups(),
+        "mounts": mounts_matching(r"overlay|podman|liqo-podman|/run/netns"),
+        "paths": [p for p in _MACHINE_PATHS if os.path.exists(p)],
+    }
+
+
+@contextlib.contextmanager
+def leaves_nothing(grace: float = 10.0) -> Iterator[None]:
+    """Raises AssertionError when the block left anything of podman's on the machine (machine_state()
+    grew). An exec's conmon exits on its own shortly after the exec returned: `grace` seconds for that."""
+    before = machine_state()
+    yield
+
+    def new() -> dict[str, list[str]]:
+        after = machine_state()
+        return {k: [x for x in after[k] if x not in before[k]] for k in after if after[k] != before[k]}
+
+    with contextlib.suppress(AssertionError):
+        wait_for("podman's leftovers to go", lambda: not new(), timeout=grace)
+    left = new()
+    assert not left, f"left behind on the machine: {left}"
 
 
 def iter_conmons() -> Iterator[int]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from sandbox.testkit.nodes import NodeFactory
-from sandbox.testkit.podman import IMAGE, NodePodman, Podman
+from sandbox.testkit.podman import IMAGE, NodePodman, Podman, leaves_nothing
 
 pytestmark = pytest.mark.root
 
@@ -39,7 +39,7 @@ POD = {
 
 @pytest.fixture(scope="module")
 def app(podman: Podman) -> Iterator[NodePodman]:
-    with NodeFactory() as nodes:
+    with leaves_nothing(), NodeFactory() as nodes:
         node = nodes.make("img")
         with podman.in_node(node) as engine:
             engine.play(POD)
