@@ -59,6 +59,7 @@ __all__ = [
     "default_podman_dir",
     "leaves_nothing",
     "machine_state",
+    "pod_from_template",
 ]
 
 IMAGE = "localhost/liqo-gateway:dev"
@@ -315,6 +316,10 @@ class NodePodman:
         """Stops every container of the pod (SIGTERM, SIGKILL after `timeout` s); the pod stays."""
         self.run("pod", "stop", "-t", str(timeout), pod, timeout=timeout + 60)
 
+    def start_pod(self, pod: str) -> None:
+        """Starts every container of a stopped pod again."""
+        self.run("pod", "start", pod)
+
     def remove_pod(self, pod: str, timeout: int = 10) -> None:
         """Stops (SIGTERM, then SIGKILL after `timeout` s) and removes the pod and its containers."""
         self.run("pod", "rm", "-f", "-t", str(timeout), pod, timeout=timeout + 60)
@@ -365,6 +370,11 @@ class NodePodman:
     def state(self, container: str) -> str:
         """"running", "exited", "created", ... (podman's State.Status)."""
         return str(self.inspect(container)["State"]["Status"])
+
+    def wait_state(self, container: str, state: str = "running", timeout: float = 30) -> None:
+        """Waits until the container's State.Status is `state` (e.g. after a crash, for the restart)."""
+        wait_for(f"{self.node.name}: {container} to be {state}", lambda: self.state(container) == state,
+                 timeout=timeout, interval=0.1)
 
     def pid(self, container: str) -> int:
         """The container's main process, as the machine sees it (0 when not running)."""
@@ -451,6 +461,21 @@ class NodePodman:
             remove_cgroups(sorted(self._ids), sweep_parent=True)
             self._ids.clear()
             self.pods.clear()
+
+
+def pod_from_template(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    """A Pod manifest named `name` from a Deployment's (or any workload's) pod template, with the
+    template's labels and annotations: what `play` takes, one replica per node."""
+    template = copy.deepcopy(workload["spec"]["template"])
+    meta = template.get("metadata", {})
+    namespace = workload.get("metadata", {}).get("namespace")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {}),
+                     "labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})},
+        "spec": template["spec"],
+    }
 
 
 def _unmount_below(node: Node, prefix: str) -> None:

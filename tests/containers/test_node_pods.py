@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from sandbox.testkit.hosts import Node
-from sandbox.testkit.podman import IMAGE, NodePodman, Podman, leaves_nothing, mounts_matching
+from sandbox.testkit.podman import (
+    IMAGE,
+    NodePodman,
+    Podman,
+    leaves_nothing,
+    mounts_matching,
+    pod_from_template,
+)
 from sandbox.testkit.wait import wait_for
 
 pytestmark = pytest.mark.root
@@ -119,7 +126,16 @@ def test_pod_is_the_nodes(node_engine: tuple[Node, NodePodman]) -> None:
 
 def test_container_lifecycle(node_engine: tuple[Node, NodePodman]) -> None:
     _node, engine = node_engine
-    ctl = engine.play(pod()).container("ctl")
+    manifest = pod()
+    deployment = {"kind": "Deployment", "metadata": {"name": "gw", "namespace": "liqo"},
+                  "spec": {"template": {"metadata": {"labels": {"app": "gw"}}, "spec": manifest["spec"]}}}
+    played = engine.play(pod_from_template(deployment, "gw-0"))
+    ctl = played.container("ctl")
+    assert ctl == "gw-0-ctl"
+    assert engine.pod_inspect("gw-0")["Labels"] == {"app": "gw"}
+    engine.stop_pod(played.name, timeout=5)
+    engine.wait_state(ctl, "exited")
+    engine.start_pod(played.name)
     assert engine.state(ctl) == "running"
     cp = engine.exec(ctl, "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (cp.returncode, cp.stdout, cp.stderr, cp.args) == (3, "out\n", "err\n",
@@ -140,12 +156,13 @@ def test_container_lifecycle(node_engine: tuple[Node, NodePodman]) -> None:
     before = engine.crash(ctl)
     wait_for("the crashed container to be restarted",
              lambda: engine.state(ctl) == "running" and engine.pid(ctl) not in (0, before), timeout=30)
+    engine.wait_state(ctl, "running")
     assert engine.logs(ctl).count("started") >= 4
     assert engine.inspect(ctl)["RestartCount"] >= 1
     restarts = engine.inspect(ctl)["RestartCount"]
     # ... but not one stopped by `podman kill` (podman counts it as stopped by the user).
     engine.kill(ctl)
-    wait_for("the killed container to be exited", lambda: engine.state(ctl) == "exited", timeout=30)
+    engine.wait_state(ctl, "exited")
     assert engine.inspect(ctl)["RestartCount"] == restarts
     engine.start(ctl)
     assert engine.state(ctl) == "running"
