@@ -208,8 +208,8 @@ class PlayedPod:
 
 @dataclass(frozen=True)
 class ContainerSecurity:
-    """What a container's main process really runs with, read from inside it (/proc/1/status, a write
-    attempt to /) and from podman's inspect."""
+    """What a container's main process really runs with, read from inside it (/proc/1/status and
+    /proc/1/mounts), plus podman's inspect for `privileged` and the configured user."""
 
     uid: int
     gid: int
@@ -217,7 +217,7 @@ class ContainerSecurity:
     cap_effective: int  # bit mask, as in /proc/PID/status
     no_new_privs: bool
     seccomp: int  # 0 off, 2 filter
-    read_only_root: bool  # a write to / failed with EROFS
+    read_only_root: bool  # the root mount is "ro" in the container's /proc/1/mounts
     privileged: bool  # podman's inspect
     config_user: str  # the image's or the pod's user, as podman sees it
 
@@ -391,12 +391,12 @@ class NodePodman:
         info = self.inspect(container)
         status = self.exec(container, "cat", "/proc/1/status", check=True).stdout
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        probe = self.exec(container, "sh", "-c", "touch /.liqo-ro-probe && rm -f /.liqo-ro-probe")
-        read_only = probe.returncode != 0 and "Read-only file system" in probe.stderr
-        if probe.returncode != 0 and not read_only and "Permission denied" not in probe.stderr:
-            raise PodmanError(f"{container}: write probe failed oddly: {probe.stderr.strip()}")
-        if "Permission denied" in probe.stderr:
-            read_only = bool(info["HostConfig"].get("ReadonlyRootfs"))  # non-root cannot tell
+        # The root mount's options as the container's own process sees them (any user can read them).
+        mounts = self.exec(container, "cat", "/proc/1/mounts", check=True).stdout.splitlines()
+        root = [line.split() for line in mounts if len(line.split()) > 3 and line.split()[1] == "/"]
+        if not root:
+            raise PodmanError(f"{container}: no root mount in /proc/1/mounts")
+        read_only = "ro" in root[-1][3].split(",")  # the last mount on / is the one in effect
         return ContainerSecurity(
             uid=int(fields["Uid"].split()[1]),  # effective
             gid=int(fields["Gid"].split()[1]),

@@ -110,7 +110,9 @@ def test_pod_is_the_nodes(node_engine: tuple[Node, NodePodman]) -> None:
     sec = engine.security(ctl)
     assert (sec.uid, sec.gid, sec.cap_effective, sec.read_only_root) == (10001, 10001, 0, True)
     assert sec.no_new_privs and not sec.privileged
-    assert engine.security(agent).privileged
+    agent_sec = engine.security(agent)
+    assert agent_sec.privileged and not agent_sec.read_only_root and agent_sec.uid == 0
+    assert agent_sec.has_cap(12)  # CAP_NET_ADMIN
 
     # Stop, remove: nothing of the pod stays in the node (the netns it made is the node's: deleted here).
     engine.stop_pod(played.name, timeout=5)
