@@ -30,6 +30,11 @@ took() { printf '    (%ss)\n' "$(($(date +%s) - $1))"; }
 
 podman_write_config
 mkdir -p "$CTX"
+# A store made with another configuration (run root, tmp dir) is refused by podman: it is only a cache.
+if ! err=$(pm images -q 2>&1 >/dev/null) && [[ $err == *"database configuration mismatch"* ]]; then
+	echo "the store under $PODMAN_DIR was made with another configuration: starting it anew"
+	rm -rf "$PODMAN_DIR/storage" && mkdir -p "$PODMAN_DIR/storage"
+fi
 
 # ---- 1. the base --------------------------------------------------------------------------------
 t=$(date +%s)
@@ -137,11 +142,15 @@ pm build --pull=never --network=none --layers -f "$ROOT/Containerfile" -t "$IMAG
 took "$t"
 # Podman builds its pod infra image on first use; made here, a node's podman (sandbox/testkit/podman.py)
 # finds it in this store instead of building it.
+pause_pod=
 if [ -z "$(pm images -q --filter reference=localhost/podman-pause)" ]; then
-	pm pod create --name liqo-pause-image >/dev/null && pm pod rm -f liqo-pause-image >/dev/null
+	pause_pod=$(pm pod create --name liqo-pause-image) && pm pod rm -f liqo-pause-image >/dev/null
 fi
-# Podman's (empty) cgroup parent on the machine; one in use by anyone else stays.
-for d in /sys/fs/cgroup/*/libpod_parent; do rmdir "$d/conmon" "$d" 2>/dev/null || true; done
+# The cgroups that pod left, and podman's cgroup parent on the machine when empty (one in use by anyone
+# else stays).
+for d in /sys/fs/cgroup/*/libpod_parent; do
+	rmdir ${pause_pod:+"$d/$pause_pod"} "$d/conmon" "$d" 2>/dev/null || true
+done
 size=$(pm image inspect --format '{{.Size}}' "$IMAGE")
 echo "image: $IMAGE $(pm image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12)" \
 	"size $((size / 1000000)) MB"

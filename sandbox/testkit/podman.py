@@ -79,8 +79,9 @@ def default_podman_dir() -> Path:
     return Path(os.environ.get("LIQO_PODMAN_DIR") or _REPO / "build" / "podman")
 
 
-def containers_conf(base: str) -> str:
-    """containers.conf for a podman whose state lives under `base`.
+def containers_conf(base: str, run: str | None = None) -> str:
+    """containers.conf for a podman whose state lives under `base` (its tmp dir under `run`, default
+    `base`).
 
     ulimits: the session has no CAP_SYS_RESOURCE, so the runtime may not raise them; runc: crun refuses
     a hybrid cgroup v1/v2 host; file events and file locks: nothing in journald or /dev/shm; the network
@@ -95,7 +96,7 @@ def containers_conf(base: str) -> str:
         'cgroup_manager = "cgroupfs"\n'
         'events_logger = "file"\n'
         'lock_type = "file"\n'
-        f'tmp_dir = "{base}/tmp"\n'
+        f'tmp_dir = "{run or base}/tmp"\n'
         f'image_copy_tmp_dir = "{base}/tmp/copy"\n'
     )
 
@@ -111,11 +112,13 @@ def _check(cp: subprocess.CompletedProcess[str], what: str) -> subprocess.Comple
 
 
 # A private mount namespace for image operations: writes to /var/lib land in an overlay of ours (one
-# per call: concurrent calls may not share an upper dir), /run is a fresh tmpfs (runc's state dir); both
-# are gone after the call. Kept in step with scripts/podman-env.sh's pm().
+# per call: concurrent calls may not share an upper dir), /run is a fresh tmpfs (runc's state dir, and
+# the store's run root and tmp dir: a checkout's path may be too long for a run root); all are gone after
+# the call. Kept in step with scripts/podman-env.sh's pm().
+_STORE_RUN = "/run/liqo-podman"
 _PRIVATE_NS_SCRIPT = """
 mkdir -p "$D/varlib" && V=$(mktemp -d "$D/varlib/XXXXXX") && mkdir "$V/upper" "$V/work" &&
-mount -n -t tmpfs -o mode=0755 tmpfs /run &&
+mount -n -t tmpfs -o mode=0755 tmpfs /run && mkdir -p "$R/run" "$R/tmp" &&
 mount -n -t overlay overlay -o "lowerdir=/var/lib,upperdir=$V/upper,workdir=$V/work" /var/lib || exit 125
 "$@"
 rc=$?
@@ -135,10 +138,10 @@ class Podman:
     # ---- configuration -----------------------------------------------------------------------------
 
     def write_config(self) -> None:
-        for sub in ("storage", "run", "tmp/copy", "networks"):
+        for sub in ("storage", "tmp/copy", "networks"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.dir / "containers.conf").write_text(containers_conf(str(self.dir)))
-        (self.dir / "storage.conf").write_text(storage_conf(str(self.storage), str(self.dir / "run")))
+        (self.dir / "containers.conf").write_text(containers_conf(str(self.dir), _STORE_RUN))
+        (self.dir / "storage.conf").write_text(storage_conf(str(self.storage), f"{_STORE_RUN}/run"))
 
     def env(self) -> dict[str, str]:
         return {
@@ -149,8 +152,9 @@ class Podman:
         }
 
     def argv(self, *args: str) -> list[str]:
-        return ["podman", "--root", str(self.storage), "--runroot", str(self.dir / "run"),
-                "--tmpdir", str(self.dir / "tmp"), *args]
+        """podman on the project's store (run it in run()'s private namespace: see _STORE_RUN)."""
+        return ["podman", "--root", str(self.storage), "--runroot", f"{_STORE_RUN}/run",
+                "--tmpdir", f"{_STORE_RUN}/tmp", *args]
 
     # ---- commands on the project's store -----------------------------------------------------------
 
@@ -161,7 +165,7 @@ class Podman:
             self.write_config()
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _PRIVATE_NS_SCRIPT,
                 "sh", *self.argv(*args)]
-        env = {**self.env(), "D": str(self.dir)}
+        env = {**self.env(), "D": str(self.dir), "R": _STORE_RUN}
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         return _check(cp, f"podman {' '.join(args)}") if check else cp
 
@@ -176,9 +180,9 @@ class Podman:
         /var/lib/containers)."""
         listed = self.run("images", "-q", "--filter", "reference=localhost/podman-pause").stdout.strip()
         if not listed:
-            self.run("pod", "create", "--name", "liqo-pause-image")
+            pod_id = self.run("pod", "create", "--name", "liqo-pause-image").stdout.strip()
             self.run("pod", "rm", "-f", "liqo-pause-image")
-            remove_cgroups([], sweep_parent=True)
+            remove_cgroups([pod_id], sweep_parent=True)
 
     def in_node(self, node: Node) -> NodePodman:
         """A podman running in `node`'s network and mount namespaces (see NodePodman)."""
