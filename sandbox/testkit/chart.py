@@ -85,7 +85,8 @@ def render(
     }
     with helm.Chart.load(chart) as ch:
         try:
-            out = _native.call_string("helm_render", ch._raw(), json.dumps(dict(values or {})), json.dumps(opts))
+            out = _native.call_string("helm_render", ch._raw(), json.dumps(dict(values or {})),
+                                      json.dumps(opts))
         except helm.HelmValuesError as e:
             raise ChartValuesError(str(e)) from None
         except helm.HelmError as e:

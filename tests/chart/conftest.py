@@ -12,7 +12,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """`over` deep-merged onto a copy of `base`."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge(out[k], v) if nested else copy.deepcopy(v)
     return out
 
 

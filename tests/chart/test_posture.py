@@ -80,7 +80,8 @@ def test_controllers_are_distinct_unprivileged_users(objects: list[dict[str, Any
 def test_netagent_privileged_or_only_its_capabilities() -> None:
     priv = chart.containers(chart.render(values()))["netagent"]["securityContext"]
     assert priv["privileged"] is True and priv["runAsUser"] == 0
-    caps = chart.containers(chart.render(values(netagent={"privileged": False})))["netagent"]["securityContext"]
+    capsmode = chart.render(values(netagent={"privileged": False}))
+    caps = chart.containers(capsmode)["netagent"]["securityContext"]
     assert caps["privileged"] is False and caps["allowPrivilegeEscalation"] is False
     assert caps["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
     assert caps["seccompProfile"] == {"type": "RuntimeDefault"} and caps["readOnlyRootFilesystem"] is True
@@ -112,7 +113,8 @@ def test_only_the_controllers_hold_credentials(objects: list[dict[str, Any]]) ->
         vol = volume(spec, "kube-api-access")["projected"]
         sources = vol["sources"]
         assert sources[0]["serviceAccountToken"]["path"] == "token"
-        assert sources[1]["configMap"] == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        assert sources[1]["configMap"] == {"name": "kube-root-ca.crt",
+                                           "items": [{"key": "ca.crt", "path": "ca.crt"}]}
         assert sources[2]["downwardAPI"]["items"] == [{"path": "namespace",
                                                        "fieldRef": {"fieldPath": "metadata.namespace"}}]
         assert set(mounts["kube-api-access"]) == set(CONTROLLERS)
@@ -188,7 +190,8 @@ def test_host_network_and_host_paths() -> None:
     assert volume(spec, "host-netns")["hostPath"] == {"path": "/var/run/netns", "type": "DirectoryOrCreate"}
     assert mounts["host-netns"] == {"netagent": {"name": "host-netns", "mountPath": "/run/netns",
                                                  "mountPropagation": "Bidirectional"}}
-    assert volume(spec, "host-modules")["hostPath"] == {"path": "/usr/lib/modules", "type": "DirectoryOrCreate"}
+    assert volume(spec, "host-modules")["hostPath"] == {"path": "/usr/lib/modules",
+                                                        "type": "DirectoryOrCreate"}
     assert mounts["host-modules"] == {"netagent": {"name": "host-modules", "mountPath": "/lib/modules",
                                                    "readOnly": True}}
     defaults = pod_spec(chart.render(values()))
@@ -199,8 +202,10 @@ def test_host_network_and_host_paths() -> None:
 def test_controllers_get_the_downward_api_and_a_tmp_of_their_own(objects: list[dict[str, Any]]) -> None:
     mounts = mounts_of(pod_spec(objects))
     for name in CONTROLLERS:
-        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in chart.containers(objects)[name]["env"]}
-        assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP"}
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+               for e in chart.containers(objects)[name]["env"]}
+        assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                       "POD_IP": "status.podIP"}
         assert set(mounts[f"tmp-{name}"]) == {name}
         assert mounts[f"tmp-{name}"][name]["mountPath"] == "/tmp"
 
@@ -223,15 +228,18 @@ def test_probes_and_resources_on_every_container(objects: list[dict[str, Any]]) 
     for probe in ("livenessProbe", "readinessProbe"):
         command = wg[probe]["exec"]["command"]
         # Kernel mode has no wireguard-go socket: the probe must pass on the idle container.
-        assert command[:2] == ["/bin/sh", "-c"] and "if [ -S /var/run/wireguard/liqo.tunnel.sock ]" in command[2]
+        assert command[:2] == ["/bin/sh", "-c"]
+        assert "if [ -S /var/run/wireguard/liqo.tunnel.sock ]" in command[2]
 
 
 def test_scheduling(objects: list[dict[str, Any]]) -> None:
     dep = chart.deployment(objects)
     spec = dep["spec"]
     labels = spec["template"]["metadata"]["labels"]
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -294,8 +302,8 @@ def test_the_metrics_service_selects_every_replica() -> None:
     assert [p["port"] for p in svc["spec"]["ports"]] == list(METRICS.values())
     assert not (GATEWAY_SELECTOR.items() <= svc["metadata"]["labels"].items()), \
         "the labeler must not mistake it for the gateway Service"
-    assert not [s for s in chart.by_kind(chart.render(values(metrics={"service": {"enabled": False}})), "Service")
-                if s["metadata"]["name"].endswith("-metrics")]
+    off = chart.render(values(metrics={"service": {"enabled": False}}))
+    assert not [s for s in chart.by_kind(off, "Service") if s["metadata"]["name"].endswith("-metrics")]
 
 
 def test_notes_name_the_pod_security_label() -> None:

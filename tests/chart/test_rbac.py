@@ -26,8 +26,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -70,7 +68,8 @@ TEP = yaml.safe_load((REPO / "examples/tunnelendpoint.yaml").read_text())
 NM = yaml.safe_load((REPO / "examples/natmapping.yaml").read_text())
 TENANT = TEP["metadata"]["namespace"]
 CID = TEP["spec"]["clusterIdentity"]["clusterID"]
-MODULES = {"tunnel": "services.tunnel.main", "natmap": "services.natmap.main", "labeler": "services.labeler.main"}
+MODULES = {"tunnel": "services.tunnel.main", "natmap": "services.natmap.main",
+           "labeler": "services.labeler.main"}
 PARSERS = {"tunnel": tunnel_parser, "natmap": natmap_parser, "labeler": labeler_parser}
 
 # Scope of a request or a grant: the release namespace (a Role suffices) or cluster-wide.
@@ -86,7 +85,8 @@ class Access:
     name: str  # ANY for a grant without resourceNames; "" for a request without a name
 
     def __str__(self) -> str:
-        return f"{self.verb} {self.resource} ({self.scope}{'' if self.name in ('', ANY) else ' ' + self.name})"
+        name = "" if self.name in ("", ANY) else f" {self.name}"
+        return f"{self.verb} {self.resource} ({self.scope}{name})"
 
 
 def covers(grant: Access, req: Access) -> bool:
@@ -168,7 +168,8 @@ class Controllers:
         self.tmp, self.kubeconfig = tmp, kubeconfig
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, role: str, socket: str, *extra: str, pod: str = "gw-a", pod_ip: str = "10.0.0.11") -> None:
+    def start(self, role: str, socket: str, *extra: str, pod: str = "gw-a",
+              pod_ip: str = "10.0.0.11") -> None:
         env = {**os.environ, "POD_NAME": pod, "POD_NAMESPACE": NS, "POD_IP": pod_ip, "PYTHONPATH": str(REPO)}
         env.pop("KUBECONFIG", None)
         cmd = [sys.executable, "-m", MODULES[role], *controller_argv(role, socket, self.kubeconfig), *extra]
@@ -306,7 +307,7 @@ def run_tunnel_and_natmap(env: Env) -> None:
              <= {e["reason"] for e in kube.list(EVENTS, "default")["items"]})
     kube.delete(NAT_MAPPINGS, nm["metadata"]["name"])
     env.wait("the NatMapping gone (finalizer removed)",
-             lambda: nm["metadata"]["name"] not in {o["metadata"]["name"] for o in kube.list(NAT_MAPPINGS)["items"]})
+             lambda: not kube.list(NAT_MAPPINGS)["items"])
     env.ctl.stop("natmap")
 
     kube.delete(TUNNEL_ENDPOINTS, name, TENANT)
@@ -337,7 +338,8 @@ def test_rendered_rbac_grants_exactly_what_the_controllers_call(env: Env) -> Non
         ", ".join(map(str, missing)) + report
     unused = sorted(g for g in granted if not any(covers(g, r) for r in needed))
     assert not unused, "the chart grants what no controller calls: " + ", ".join(map(str, unused)) + report
-    redundant = sorted(g for g in granted if g.scope == NAMESPACED and any(covers(c, g) for c in cluster_grants))
+    redundant = sorted(g for g in granted
+                       if g.scope == NAMESPACED and any(covers(c, g) for c in cluster_grants))
     assert not redundant, "Role rules the ClusterRole already grants: " + ", ".join(map(str, redundant))
 
     # A name-limited grant where the code uses one fixed name (the Lease, the gateway Service, the
@@ -348,7 +350,8 @@ def test_rendered_rbac_grants_exactly_what_the_controllers_call(env: Env) -> Non
             if g.resource == resource and g.verb != "create":
                 assert g.name == name, f"{g} is not limited to {name}"
     for g in granted:
-        assert not (g.resource == "/secrets" and g.verb in ("list", "watch")), f"{g}: never list/watch Secrets"
+        assert not (g.resource == "/secrets" and g.verb in ("list", "watch")), \
+            f"{g}: never list/watch Secrets"
 
 
 def test_no_rule_grants_list_or_watch_on_secrets() -> None:
@@ -360,6 +363,3 @@ def test_no_rule_grants_list_or_watch_on_secrets() -> None:
                         assert not {"list", "watch", "*"} & set(rule["verbs"]), rule
                         assert rule.get("resourceNames") or rule["verbs"] == ["create"], rule
 
-
-_ = threading  # the fakes' servers run threads of their own
-_ = time
