@@ -13,6 +13,7 @@ Used by tests/chart and by the sandbox when it plays the rendered pod with podma
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from helm_python import _native
 
 __all__ = [
     "CHART",
+    "PODMAN_VALUES",
     "REQUIRED_VALUES",
     "ChartError",
     "ChartLintError",
@@ -33,7 +35,10 @@ __all__ = [
     "containers",
     "deployment",
     "lint",
+    "merge",
+    "notes",
     "render",
+    "values",
 ]
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "liqo-gateway"
@@ -42,6 +47,33 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "liqo-gateway"
 REQUIRED_VALUES: dict[str, Any] = {
     "networking": {"podCIDR": "10.0.0.0/16", "externalCIDR": "10.201.0.0/16", "serviceCIDR": "10.96.0.0/12"},
 }
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` deep-merged onto a copy of `base` (mappings merge, anything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = merge(out[k], v) if nested else copy.deepcopy(v)
+    return out
+
+
+def values(**over: Any) -> dict[str, Any]:
+    """REQUIRED_VALUES with `over` deep-merged onto them."""
+    return merge(REQUIRED_VALUES, over)
+
+
+# What podman 4.3's `kube play` needs (no containerPorts without a bridge network, no projected
+# volume: a kubeconfig file instead) and what the sandbox wants to see (the wireguard-go socket
+# directory on the emulated node; short election timings). The paths are examples.
+PODMAN_VALUES: dict[str, Any] = values(
+    ports={"declare": False},
+    kubeconfig={"hostPath": "/var/lib/lgw/kubeconfig"},
+    wireguard={"socketHostPath": "/var/lib/lgw/wireguard", "implementation": "userspace"},
+    labeler={"extraArgs": ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5"]},
+    tunnel={"extraArgs": ["--status-min-interval=0.5"]},
+    netagent={"extraArgs": ["--probe-interval=0.5"]},
+)
 
 
 class ChartError(Exception):

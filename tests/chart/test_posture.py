@@ -11,7 +11,6 @@ import pytest
 
 from sandbox.testkit import chart
 from services.common.vocabulary import ACTIVE, GATEWAY_LABEL, GATEWAY_SELECTOR, netagent_socket
-from tests.chart.conftest import SANDBOX, values
 
 CONTROLLERS = {"tunnel": 10001, "natmap": 10002, "labeler": 10003}
 ALL = ["netagent", "wireguard", "tunnel", "natmap", "labeler"]
@@ -49,8 +48,8 @@ def volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.fixture(params=["defaults", "capabilities", "sandbox", "replicas-3"])
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    v = {"defaults": values(), "capabilities": values(netagent={"privileged": False}), "sandbox": SANDBOX,
-         "replicas-3": values(replicas=3)}[request.param]
+    v = {"defaults": chart.values(), "capabilities": chart.values(netagent={"privileged": False}),
+         "sandbox": chart.PODMAN_VALUES, "replicas-3": chart.values(replicas=3)}[request.param]
     return chart.render(v)
 
 
@@ -78,9 +77,9 @@ def test_controllers_are_distinct_unprivileged_users(objects: list[dict[str, Any
 
 
 def test_netagent_privileged_or_only_its_capabilities() -> None:
-    priv = chart.containers(chart.render(values()))["netagent"]["securityContext"]
+    priv = chart.containers(chart.render(chart.values()))["netagent"]["securityContext"]
     assert priv["privileged"] is True and priv["runAsUser"] == 0
-    capsmode = chart.render(values(netagent={"privileged": False}))
+    capsmode = chart.render(chart.values(netagent={"privileged": False}))
     caps = chart.containers(capsmode)["netagent"]["securityContext"]
     assert caps["privileged"] is False and caps["allowPrivilegeEscalation"] is False
     assert caps["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
@@ -170,7 +169,7 @@ def test_the_netagent_private_directory(objects: list[dict[str, Any]]) -> None:
 
 
 def test_the_wireguard_socket_directory() -> None:
-    for v, host in ((values(), None), (SANDBOX, "/var/lib/lgw/wireguard")):
+    for v, host in ((chart.values(), None), (chart.PODMAN_VALUES, "/var/lib/lgw/wireguard")):
         spec = pod_spec(chart.render(v))
         mounts = mounts_of(spec)["wireguard-sockets"]
         assert set(mounts) == {"netagent", "wireguard"}
@@ -183,7 +182,7 @@ def test_the_wireguard_socket_directory() -> None:
 
 
 def test_host_network_and_host_paths() -> None:
-    spec = pod_spec(chart.render(values(netagent={"netnsHostPath": "/var/run/netns",
+    spec = pod_spec(chart.render(chart.values(netagent={"netnsHostPath": "/var/run/netns",
                                                   "modulesHostPath": "/usr/lib/modules"})))
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     mounts = mounts_of(spec)
@@ -194,7 +193,7 @@ def test_host_network_and_host_paths() -> None:
                                                         "type": "DirectoryOrCreate"}
     assert mounts["host-modules"] == {"netagent": {"name": "host-modules", "mountPath": "/lib/modules",
                                                    "readOnly": True}}
-    defaults = pod_spec(chart.render(values()))
+    defaults = pod_spec(chart.render(chart.values()))
     assert volume(defaults, "host-netns")["hostPath"]["path"] == "/run/netns"
     assert volume(defaults, "host-modules")["hostPath"]["path"] == "/lib/modules"
 
@@ -255,30 +254,30 @@ def test_scheduling(objects: list[dict[str, Any]]) -> None:
 
 def test_scheduling_values_reach_the_pod() -> None:
     tol = [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]
-    spec = pod_spec(chart.render(values(priorityClassName="system-node-critical", nodeSelector={"a": "b"},
-                                        tolerations=tol)))
+    spec = pod_spec(chart.render(chart.values(priorityClassName="system-node-critical",
+                                              nodeSelector={"a": "b"}, tolerations=tol)))
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["nodeSelector"] == {"a": "b"} and spec["tolerations"] == tol
-    assert "priorityClassName" not in pod_spec(chart.render(values()))
+    assert "priorityClassName" not in pod_spec(chart.render(chart.values()))
 
 
 def test_ports_declared_and_distinct() -> None:
-    cs = chart.containers(chart.render(values()))
+    cs = chart.containers(chart.render(chart.values()))
     declared = [(p["containerPort"], p["protocol"]) for c in cs.values() for p in c.get("ports") or []]
     assert len(declared) == len(set(declared)) == 9
     names = [p["name"] for c in cs.values() for p in c.get("ports") or []]
     assert len(names) == len(set(names)) and all(len(n) <= 15 for n in names)
     assert set(declared) == {(5871, "UDP"), *((p, "TCP") for p in (*HEALTH.values(), *METRICS.values()))}
-    off = chart.containers(chart.render(values(ports={"declare": False})))
+    off = chart.containers(chart.render(chart.values(ports={"declare": False})))
     assert not any(c.get("ports") for c in off.values())
-    moved = chart.containers(chart.render(values(ports={"metrics": {"tunnel": 15873}})))["tunnel"]
+    moved = chart.containers(chart.render(chart.values(ports={"metrics": {"tunnel": 15873}})))["tunnel"]
     assert flag(moved, "--metrics-bind-address") == ":15873"
     assert {"name": "m-tunnel", "containerPort": 15873, "protocol": "TCP"} in moved["ports"]
 
 
 @pytest.mark.parametrize("kind", ["LoadBalancer", "NodePort"])
 def test_the_gateway_service(kind: str) -> None:
-    v = values(service={"type": kind, **({"nodePort": 31871} if kind == "NodePort" else {})},
+    v = chart.values(service={"type": kind, **({"nodePort": 31871} if kind == "NodePort" else {})},
                wireguard={"listenPort": 51820})
     objects = chart.render(v)
     (svc,) = [s for s in chart.by_kind(objects, "Service") if not s["metadata"]["name"].endswith("-metrics")]
@@ -296,17 +295,17 @@ def test_the_gateway_service(kind: str) -> None:
 
 
 def test_the_metrics_service_selects_every_replica() -> None:
-    objects = chart.render(values())
+    objects = chart.render(chart.values())
     (svc,) = [s for s in chart.by_kind(objects, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert GATEWAY_LABEL not in svc["spec"]["selector"], "standbys are scraped too"
     assert [p["port"] for p in svc["spec"]["ports"]] == list(METRICS.values())
     assert not (GATEWAY_SELECTOR.items() <= svc["metadata"]["labels"].items()), \
         "the labeler must not mistake it for the gateway Service"
-    off = chart.render(values(metrics={"service": {"enabled": False}}))
+    off = chart.render(chart.values(metrics={"service": {"enabled": False}}))
     assert not [s for s in chart.by_kind(off, "Service") if s["metadata"]["name"].endswith("-metrics")]
 
 
 def test_notes_name_the_pod_security_label() -> None:
-    text = chart.notes(values())
+    text = chart.notes(chart.values())
     assert "pod-security.kubernetes.io/enforce=privileged" in text
     assert "-L net.liqo.io/gateway" in text and "grpcurl" in text and "get tunnelendpoints -A -o wide" in text

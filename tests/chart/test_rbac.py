@@ -6,7 +6,7 @@ each do everything it does: the labeler wins, renews and releases the Lease, lab
 annotates the Service; the tunnel controller creates the key Secret (and reads it after a restart),
 adds its finalizer, writes the status, emits Events in the tenant namespace, and removes the
 finalizer on deletion; the NatMapping controller does the same for a NatMapping. Their netagents
-are fakes (the controllers' tests' `FakeNetAgent`, the election tests' `RecordingNetAgent`): the
+are fakes (the testkit's `FakeNetAgent`, the election tests' `RecordingNetAgent`): the
 netagent holds no Kubernetes credentials, so a fake changes nothing on the API side, and this
 test needs no root.
 
@@ -40,6 +40,7 @@ from sandbox.kubeapi import KubeAPIServer
 from sandbox.testkit import chart
 from sandbox.testkit.election import RecordingNetAgent
 from sandbox.testkit.election import serve as serve_election_agent
+from sandbox.testkit.fakeagent import FakeNetAgent
 from sandbox.testkit.resources import namespace
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
@@ -58,7 +59,6 @@ from services.common.vocabulary import (
 from services.labeler.main import build_parser as labeler_parser
 from services.natmap.main import build_parser as natmap_parser
 from services.tunnel.main import build_parser as tunnel_parser
-from tests.controllers.test_tunnel_natmap_controllers import FakeNetAgent
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "liqo"

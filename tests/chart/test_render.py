@@ -17,23 +17,22 @@ from services.natmap.main import build_parser as natmap_parser
 from services.netagent.main import build_parser as netagent_parser
 from services.netagent.main import config_from_args, socket_specs
 from services.tunnel.main import build_parser as tunnel_parser
-from tests.chart.conftest import SANDBOX, values
 
 KUBE_VERSIONS = ["1.27.0", "1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
 MONITORING = "monitoring.coreos.com/v1"
 
 MATRIX: dict[str, dict[str, Any]] = {
-    "defaults": values(),
-    "nodeport": values(service={"type": "NodePort", "nodePort": 31871}),
-    "nodeport-any": values(service={"type": "NodePort"}),
-    "replicas-1": values(replicas=1),
-    "replicas-3": values(replicas=3),
-    "capabilities": values(netagent={"privileged": False}),
-    "kernel": values(wireguard={"implementation": "kernel"}),
-    "userspace": values(wireguard={"implementation": "userspace"}),
-    "auto": values(wireguard={"implementation": "auto"}),
-    "sandbox": SANDBOX,
-    "everything": values(
+    "defaults": chart.values(),
+    "nodeport": chart.values(service={"type": "NodePort", "nodePort": 31871}),
+    "nodeport-any": chart.values(service={"type": "NodePort"}),
+    "replicas-1": chart.values(replicas=1),
+    "replicas-3": chart.values(replicas=3),
+    "capabilities": chart.values(netagent={"privileged": False}),
+    "kernel": chart.values(wireguard={"implementation": "kernel"}),
+    "userspace": chart.values(wireguard={"implementation": "userspace"}),
+    "auto": chart.values(wireguard={"implementation": "auto"}),
+    "sandbox": chart.PODMAN_VALUES,
+    "everything": chart.values(
         replicas=2, priorityClassName="system-node-critical", nodeSelector={"liqo.io/gateway": "true"},
         tolerations=[{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
                       "effect": "NoSchedule"}],
@@ -83,11 +82,11 @@ def test_every_object_is_valid_kubernetes(case: str, kube: str) -> None:
 
 def test_the_kubernetes_version_reaches_the_templates() -> None:
     """Capabilities are really set: the ServiceMonitor follows the API versions given."""
-    assert not chart.by_kind(chart.render(values()), "ServiceMonitor")
-    assert chart.by_kind(chart.render(values(), api_versions=[MONITORING]), "ServiceMonitor")
-    off = values(metrics={"serviceMonitor": {"enabled": False}})
+    assert not chart.by_kind(chart.render(chart.values()), "ServiceMonitor")
+    assert chart.by_kind(chart.render(chart.values(), api_versions=[MONITORING]), "ServiceMonitor")
+    off = chart.values(metrics={"serviceMonitor": {"enabled": False}})
     assert not chart.by_kind(chart.render(off, api_versions=[MONITORING]), "ServiceMonitor")
-    no_svc = values(metrics={"service": {"enabled": False}})
+    no_svc = chart.values(metrics={"service": {"enabled": False}})
     assert not chart.by_kind(chart.render(no_svc, api_versions=[MONITORING]), "ServiceMonitor")
 
 
@@ -131,12 +130,12 @@ NEGATIVES: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("why", "bad", "message"), NEGATIVES, ids=[n[0] for n in NEGATIVES])
 def test_the_schema_refuses(why: str, bad: dict[str, Any], message: str) -> None:
     with pytest.raises(chart.ChartValuesError, match=message):
-        chart.render(values(**bad))
+        chart.render(chart.values(**bad))
 
 
 def test_the_cidrs_are_required_with_a_reason() -> None:
     for key in ("podCIDR", "externalCIDR", "serviceCIDR"):
-        v = values()
+        v = chart.values()
         v["networking"][key] = ""
         with pytest.raises(chart.ChartRenderError, match=rf"networking\.{key} is required: this cluster's"):
             chart.render(v)
@@ -197,8 +196,9 @@ PENDING = {
     "natmap": ("--metrics-bind-address", "--health-bind-address"),
     "labeler": ("--metrics-bind-address", "--health-bind-address"),
 }
-ARG_CASES = {"defaults": values(), "sandbox": SANDBOX, "capabilities": MATRIX["capabilities"],
-             "kernel": MATRIX["kernel"], "everything": MATRIX["everything"]}
+ARG_CASES = {"defaults": chart.values(), "sandbox": chart.PODMAN_VALUES,
+             "capabilities": MATRIX["capabilities"], "kernel": MATRIX["kernel"],
+             "everything": MATRIX["everything"]}
 
 
 class ArgError(Exception):
