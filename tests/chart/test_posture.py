@@ -309,3 +309,14 @@ def test_notes_name_the_pod_security_label() -> None:
     text = chart.notes(chart.values())
     assert "pod-security.kubernetes.io/enforce=privileged" in text
     assert "-L net.liqo.io/gateway" in text and "grpcurl" in text and "get tunnelendpoints -A -o wide" in text
+
+
+def test_the_podman_values_play_in_podman_4_3() -> None:
+    """What podman 4.3's `kube play` refuses is absent with the sandbox's values: containerPorts
+    (without a bridge network), projected volumes, hostPaths of type Directory (a missing one
+    fails)."""
+    spec = pod_spec(chart.render(chart.PODMAN_VALUES))
+    assert not any(c.get("ports") for c in spec["containers"])
+    kinds = {k for v in spec["volumes"] for k in v if k != "name"}
+    assert kinds <= {"emptyDir", "hostPath"}, kinds
+    assert all(v["hostPath"]["type"] != "Directory" for v in spec["volumes"] if "hostPath" in v)
