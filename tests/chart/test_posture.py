@@ -191,8 +191,11 @@ def test_host_network_and_host_paths() -> None:
                                                  "mountPropagation": "Bidirectional"}}
     assert volume(spec, "host-modules")["hostPath"] == {"path": "/usr/lib/modules",
                                                         "type": "DirectoryOrCreate"}
-    assert mounts["host-modules"] == {"netagent": {"name": "host-modules", "mountPath": "/lib/modules",
-                                                   "readOnly": True}}
+    # Both resolve `--wireguard-implementation auto` the same way (the module on disk counts).
+    for name in ("netagent", "wireguard"):
+        assert mounts["host-modules"][name] == {"name": "host-modules", "mountPath": "/lib/modules",
+                                                "readOnly": True}
+    assert set(mounts["host-modules"]) == {"netagent", "wireguard"}
     defaults = pod_spec(chart.render(chart.values()))
     assert volume(defaults, "host-netns")["hostPath"]["path"] == "/run/netns"
     assert volume(defaults, "host-modules")["hostPath"]["path"] == "/lib/modules"
