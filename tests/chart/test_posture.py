@@ -323,3 +323,12 @@ def test_the_podman_values_play_in_podman_4_3() -> None:
     kinds = {k for v in spec["volumes"] for k in v if k != "name"}
     assert kinds <= {"emptyDir", "hostPath"}, kinds
     assert all(v["hostPath"]["type"] != "Directory" for v in spec["volumes"] if "hostPath" in v)
+
+
+def test_shared_volumes_are_not_memory_backed(objects: list[dict[str, Any]]) -> None:
+    """Some podman versions turn a `medium: Memory` emptyDir into one tmpfs per container: a
+    socket volume would then not be shared."""
+    spec = pod_spec(objects)
+    for name, users in mounts_of(spec).items():
+        if len(users) > 1:
+            assert (volume(spec, name).get("emptyDir") or {}).get("medium") is None, name
