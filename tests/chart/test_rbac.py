@@ -136,6 +136,32 @@ def requested(api: KubeAPIServer) -> set[Access]:
     return out
 
 
+def compare(needed: set[Access], granted: list[Access]) -> tuple[list[Access], list[Access], list[Access]]:
+    """(requests no grant covers, grants no request uses, Role grants the ClusterRole repeats)."""
+    cluster = [g for g in granted if g.scope == CLUSTER]
+    missing = sorted(r for r in needed if not any(covers(g, r) for g in granted))
+    unused = sorted(g for g in granted if not any(covers(g, r) for r in needed))
+    redundant = sorted(g for g in granted if g.scope == NAMESPACED and any(covers(c, g) for c in cluster))
+    return missing, unused, redundant
+
+
+def test_the_comparison_fails_both_ways() -> None:
+    """A call nobody granted, a grant nobody used, a name outside resourceNames, a namespaced grant
+    for a call in another namespace, and a Role rule the ClusterRole repeats are all caught."""
+    get_secret = Access("get", "/secrets", NAMESPACED, "wireguard-pubkey")
+    grant = Access("get", "/secrets", NAMESPACED, "wireguard-pubkey")
+    assert compare({get_secret}, [grant]) == ([], [], [])
+    assert compare({get_secret}, []) == ([get_secret], [], [])
+    extra = Access("list", "/secrets", NAMESPACED, ANY)
+    assert compare({get_secret}, [grant, extra]) == ([], [extra], [])
+    other = Access("get", "/secrets", NAMESPACED, "other")
+    assert compare({other}, [grant])[0] == [other]
+    tenant_event = Access("create", "/events", CLUSTER, "")
+    assert compare({tenant_event}, [Access("create", "/events", NAMESPACED, ANY)])[0] == [tenant_event]
+    both = [Access("create", "/events", CLUSTER, ANY), Access("create", "/events", NAMESPACED, ANY)]
+    assert compare({tenant_event, Access("create", "/events", NAMESPACED, "")}, both)[2] == [both[1]]
+
+
 # --- the controllers, for real ---------------------------------------------------------------------
 
 
@@ -329,17 +355,13 @@ def test_rendered_rbac_grants_exactly_what_the_controllers_call(env: Env) -> Non
 
     needed = requested(env.api)
     granted = grants(objects)
-    cluster_grants = [g for g in granted if g.scope == CLUSTER]
     report = ("\nrequests:\n  " + "\n  ".join(map(str, sorted(needed)))
               + "\ngrants:\n  " + "\n  ".join(map(str, sorted(granted))))
 
-    missing = sorted(r for r in needed if not any(covers(g, r) for g in granted))
+    missing, unused, redundant = compare(needed, granted)
     assert not missing, "the controllers call what the chart does not grant: " + \
         ", ".join(map(str, missing)) + report
-    unused = sorted(g for g in granted if not any(covers(g, r) for r in needed))
     assert not unused, "the chart grants what no controller calls: " + ", ".join(map(str, unused)) + report
-    redundant = sorted(g for g in granted
-                       if g.scope == NAMESPACED and any(covers(c, g) for c in cluster_grants))
     assert not redundant, "Role rules the ClusterRole already grants: " + ", ".join(map(str, redundant))
 
     # A name-limited grant where the code uses one fixed name (the Lease, the gateway Service, the
