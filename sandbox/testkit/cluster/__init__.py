@@ -31,7 +31,9 @@ network namespace; the replicas use `<workdir>/kubeconfig` pointing at `http://1
 
 Modules: `wan` (Wan, bridges, plugging), `service_vip` (ServiceVIP), `follower`
 (ActiveGatewayFollower), `forwarder` (the API forwarder), `runtime` (ReplicaRuntime, ProcessRuntime),
-`replica` (GatewayReplica), `cluster` (EmulatedCluster, ClusterOptions), `peering` (Remap, Peering,
+`podruntime` (PodRuntime: a replica as the Helm chart's pod, played by podman in its node),
+`sampler` (PeerSampler: every replica's WireGuard peers every 50 ms), `replica` (GatewayReplica),
+`cluster` (EmulatedCluster, ClusterOptions), `peering` (Remap, Peering,
 peer and the TunnelEndpoint/NatMapping of a cluster pair).
 
 Public API (stable; other tests build on it)::
@@ -67,8 +69,10 @@ from sandbox.testkit.cluster.peering import (
     cluster_tunnel_endpoint,
     peer,
 )
+from sandbox.testkit.cluster.podruntime import PodRuntime
 from sandbox.testkit.cluster.replica import GATEWAY_NETNS, PROCESSES, WG_DEVICE, GatewayReplica
 from sandbox.testkit.cluster.runtime import ProcessRuntime, ReplicaRuntime
+from sandbox.testkit.cluster.sampler import PeerSampler
 from sandbox.testkit.cluster.service_vip import ServiceVIP
 from sandbox.testkit.cluster.wan import Wan
 
@@ -80,7 +84,9 @@ __all__ = [
     "ClusterOptions",
     "EmulatedCluster",
     "GatewayReplica",
+    "PeerSampler",
     "Peering",
+    "PodRuntime",
     "ProcessRuntime",
     "Remap",
     "ReplicaRuntime",

@@ -22,6 +22,7 @@ import yaml
 
 from sandbox.testkit.cluster.follower import SERVICE_NAME, ActiveGatewayFollower
 from sandbox.testkit.cluster.forwarder import Forwarder
+from sandbox.testkit.cluster.podruntime import PodRuntime, readable_copy
 from sandbox.testkit.cluster.replica import PROCESSES, GatewayReplica
 from sandbox.testkit.cluster.service_vip import ServiceVIP
 from sandbox.testkit.cluster.wan import Wan, make_bridge, plug
@@ -71,6 +72,10 @@ class ClusterOptions:
     external_cidr: str = "10.201.0.0/16"
     service_cidr: str = "10.96.0.0/12"
     namespace: str = NAMESPACE
+    # Each replica as the Helm chart's pod played by podman in its node (`PodRuntime`; needs `make
+    # image`); `pod_values` are chart values deep-merged over the sandbox's.
+    pods: bool = False
+    pod_values: dict[str, Any] = field(default_factory=dict)
 
 
 class EmulatedCluster:
@@ -94,6 +99,7 @@ class EmulatedCluster:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"lgw-{name}-"))
         self.replica_kubeconfig = self.workdir / "kubeconfig"
         self.kubeconfig_path = self.workdir / "kubeconfig-local"
+        self.pods_kubeconfig = self.workdir / "kubeconfig-pods"  # readable by the controllers' uids
         self.lb = Node(f"{name}-lb")
         self.cp = Node(f"{name}-cp")
         self.replicas = [GatewayReplica(self, k + 1) for k in range(replicas)]
@@ -167,6 +173,8 @@ class EmulatedCluster:
         for c in local["clusters"]:
             c["cluster"]["server"] = f"http://127.0.0.1:{self._forwarder.port}"
         self.kubeconfig_path.write_text(yaml.safe_dump(local))
+        if self.options.pods:
+            readable_copy(self.replica_kubeconfig, self.pods_kubeconfig)
         self.kubeconfig_path.chmod(0o600)
         self._client = KubeClient.from_kubeconfig(str(self.kubeconfig_path), timeout=5)
 
@@ -175,10 +183,16 @@ class EmulatedCluster:
         c, ns = self.client, self.namespace
         c.create(NAMESPACES, namespace_body(ns))
         for r in self.replicas:
+            if isinstance(r.runtime, PodRuntime):  # the chart's pod: its labels and containers
+                labels = dict(r.runtime.manifest["metadata"]["labels"])
+                containers = [{"name": n, "image": r.runtime.engine.image} for n in r.runtime.names]
+            else:
+                labels = dict(GATEWAY_SELECTOR)
+                containers = [{"name": n, "image": "liqo-gateway"} for n in PROCESSES]
             c.create(PODS, {
-                "metadata": {"name": r.name, "namespace": ns, "labels": dict(GATEWAY_SELECTOR)},
+                "metadata": {"name": r.name, "namespace": ns, "labels": labels},
                 "spec": {"nodeName": f"{self.name}-gw{r.index}", "hostNetwork": True,
-                         "containers": [{"name": n, "image": "liqo-gateway"} for n in PROCESSES]},
+                         "containers": containers},
             }, ns)
             c.patch(PODS, r.name, {"status": {"phase": "Running", "podIP": r.ip, "hostIP": r.ip,
                                               "podIPs": [{"ip": r.ip}]}}, ns, subresource="status")

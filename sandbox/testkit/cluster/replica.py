@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from sandbox.testkit.cluster.podruntime import PodRuntime, sandbox_values
 from sandbox.testkit.cluster.runtime import ProcessRuntime, ReplicaRuntime
 from sandbox.testkit.cluster.wan import plug
 from sandbox.testkit.hosts import Node, NodeError
@@ -47,7 +48,9 @@ class GatewayReplica:
     wait for it; `crash()` kills every process of the node with SIGKILL at once and then removes the
     node (its namespaces, wireguard-go and kernel state vanish: a node crash). `boot()` + `start()`
     bring a crashed replica back (a rebooted node: fresh kernel state, the state file kept).
-    The processes run behind `runtime` (a `ReplicaRuntime`; by default a `ProcessRuntime`)."""
+    The processes run behind `runtime` (a `ReplicaRuntime`): a `ProcessRuntime`, or with
+    `ClusterOptions.pods` a `PodRuntime` (the chart's pod played by podman in the node; its
+    containers are the names, "wireguard" included)."""
 
     def __init__(self, cluster: EmulatedCluster, index: int) -> None:
         self.cluster = cluster
@@ -63,10 +66,24 @@ class GatewayReplica:
         self.node: Node | None = None
         env = {**os.environ, "POD_NAME": self.name, "POD_NAMESPACE": cluster.namespace, "POD_IP": self.ip,
                "PYTHONUNBUFFERED": "1"}
-        self.runtime: ReplicaRuntime = ProcessRuntime(
-            lambda: self.node, self.workdir, command=self.argv, env=env, socket=self.socket,
-            state=self.state, netagent_args=[*self._protected_cidrs(cluster), *cluster.options.netagent_args],
-            role_sockets=self.role_sockets)
+        self.runtime: ReplicaRuntime
+        if cluster.options.pods:
+            o = cluster.options
+            values = sandbox_values(
+                pod_cidr=o.pod_cidr, external_cidr=o.external_cidr, service_cidr=o.service_cidr,
+                kubeconfig=cluster.pods_kubeconfig, overrides=o.pod_values,
+                extra_args={"netagent": o.netagent_args, "tunnel": o.tunnel_args, "natmap": o.natmap_args,
+                            "labeler": o.labeler_args})
+            pod_env = {k: env[k] for k in ("POD_NAME", "POD_NAMESPACE", "POD_IP")}
+            pods = PodRuntime(lambda: self.node, self.workdir, pod_name=self.name, values=values, env=pod_env)
+            self.socket = pods.socket
+            self.runtime = pods
+        else:
+            self.runtime = ProcessRuntime(
+                lambda: self.node, self.workdir, command=self.argv, env=env, socket=self.socket,
+                state=self.state,
+                netagent_args=[*self._protected_cidrs(cluster), *cluster.options.netagent_args],
+                role_sockets=self.role_sockets)
 
     @staticmethod
     def _protected_cidrs(cluster: EmulatedCluster) -> list[str]:
