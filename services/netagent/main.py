@@ -306,18 +306,24 @@ def serve(cfg: AgentConfig) -> int:
 
     try:
         specs = socket_specs(cfg)
-        ensure_private_dir(os.path.dirname(os.path.abspath(cfg.state_path)))
-    except (SocketPathError, UnsafeDirectory) as e:
+    except SocketPathError as e:
         print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
         return 1
-    # The ports before the kernel: a busy one (the pod is hostNetwork: the node's ports) is one line
-    # naming the flag, exit status 2, and nothing was created or adopted.
+    # The ports first: a busy one (the pod is hostNetwork: the node's ports) is one line naming the
+    # flag, exit status 2, and nothing was created or adopted (no directory, socket or kernel object).
     try:
         metrics_ep, health_ep = bind_endpoints(cfg)
     except BindError as e:
         print(f"liqo-netagent: {e}", file=sys.stderr)
         return 2
     endpoints = [e for e in (metrics_ep, health_ep) if e is not None]
+    try:
+        ensure_private_dir(os.path.dirname(os.path.abspath(cfg.state_path)))
+    except UnsafeDirectory as e:
+        print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+        for endpoint in endpoints:
+            endpoint.stop()
+        return 1
     # Fencing latency: a thread that waits for the GIL (SetRole, the expiry watcher, each socket
     # read of a wireguard-go exchange) waits up to the switch interval behind a CPU-bound one (a
     # 65 536-entry NAT map being parsed); 5 ms per hand-off added up to ~200 ms under load.
