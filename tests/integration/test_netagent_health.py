@@ -107,7 +107,9 @@ def test_spawn_mode_respawns_a_killed_daemon_at_once(
     node_factory: Callable[[str], Node], tmp_path: Path
 ) -> None:
     """Spawn mode (the default): a wireguard-go killed behind the agent's back is started again and
-    re-programmed from memory at once (it used to stay dead: the resync never re-created the device)."""
+    re-programmed from memory at once. Before, the agent itself never re-created the device (its resync
+    did not look at it): it came back only with the tunnel controller's ConfigureDevice at its 10 s
+    device check, and its routes and peers at the next resync after that."""
     node = node_factory("spawn")
     with NetAgent(node, tmp_path, args=("--resync-interval", "60")) as agent:
         key = generate()
