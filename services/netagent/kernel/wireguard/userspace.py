@@ -86,6 +86,17 @@ class UserspaceDevice:
                                   f"within {self.start_timeout}s")
             time.sleep(0.02)
 
+    def _daemon(self) -> str:
+        """"alive" (answers), "dead" (no socket, or refused: nobody listens) or "unresponsive"."""
+        try:
+            self.uapi.get()
+        except DeviceError as e:
+            dead = isinstance(e.__cause__, (FileNotFoundError, ConnectionRefusedError))
+            return "dead" if dead else "unresponsive"
+        except OSError:  # a timeout: somebody holds the socket
+            return "unresponsive"
+        return "alive"
+
     def _wait_socket_gone(self, timeout: float = 3.0) -> None:
         deadline = time.monotonic() + timeout
         while os.path.exists(self.socket_path) and time.monotonic() < deadline:
@@ -133,7 +144,13 @@ class UserspaceDevice:
         changed = False
         if self.spawn:
             where, kind = wglink.find_link(self.cfg, self._host, self._gw)
-            alive = self.uapi.alive()
+            daemon = self._daemon()
+            if where is not None and kind == "tun" and daemon == "unresponsive":
+                # Alive but slow (a timeout, not a refusal): never delete a working dataplane for
+                # that; the resync asks again.
+                raise DeviceError(f"wireguard-go for {self.cfg.wg_device} does not answer on "
+                                  f"{self.socket_path}: left in place")
+            alive = daemon == "alive"
             if where is not None and (kind != "tun" or not alive):
                 # A kernel device, or a TUN whose daemon we cannot reach: not a device we can drive.
                 wglink.delete_link(self.cfg, self._host, self._gw)
