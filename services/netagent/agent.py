@@ -231,7 +231,11 @@ class Agent:
                 self._fence.restore(persisted.epoch, persisted.active_until_wall, persisted.written_wall)
             self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
             # Before the device: an event between the device's check and the watch is not lost.
-            self._link_watcher.start()
+            try:
+                self._link_watcher.start()
+            except OSError as e:  # a speed-up only: the periodic resync repairs the device too
+                log.error("device link events not watched: a restarted wireguard-go is repaired at "
+                          "the next resync only", extra={"error": str(e)})
             self._timed("veth", lambda: veth.ensure_veth(self._effective(persisted)))
             self._device = open_device(cfg)
             try:

@@ -40,8 +40,9 @@ def exec_wireguard_go(device: str, binary: str = WIREGUARD_GO) -> NoReturn:
     os.execvp(binary, [binary, "-f", device])
 
 
-def wait_for_signal(stop: threading.Event | None = None) -> int:
-    """Idles until SIGTERM or SIGINT (or `stop` is set); returns 0."""
+def wait_for_signal(stop: threading.Event | None = None, ready: Callable[[], object] | None = None) -> int:
+    """Idles until SIGTERM or SIGINT (or `stop` is set); returns 0. `ready()` runs once the
+    handlers are in place."""
     done = stop or threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -49,6 +50,8 @@ def wait_for_signal(stop: threading.Event | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if ready is not None:
+        ready()
     while not done.wait(3600):
         pass
     return 0

@@ -38,7 +38,7 @@ def test_kernel_idles_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_idle_exits_0_on_sigterm_and_sigint(sig: int) -> None:
     """What the kernel implementation's container runs until the pod stops."""
     code = ("from services.netagent.wgcontainer import wait_for_signal\n"
-            "print('idle', flush=True)\nraise SystemExit(wait_for_signal())")
+            "raise SystemExit(wait_for_signal(ready=lambda: print('idle', flush=True)))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "idle\n"
