@@ -163,6 +163,7 @@ class GetInfoResponse(_message.Message):
     listen_port: _builtins.int
     mtu: _builtins.int
     device_configured: _builtins.bool
+    """The device holds a private key now (read from the device, unlike WatchRole's cached value)."""
     tunnel_count: _builtins.int
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...

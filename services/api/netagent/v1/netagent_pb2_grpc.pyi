@@ -84,7 +84,10 @@ class NetAgentServiceStub:
     | in 1..65535 (1024..65535 unless        |                   |                                   |
     | --allow-privileged-ports), MTU not in  |                   |                                   |
     | 1280..9000                             |                   |                                   |
-    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+    | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+    | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+    | not running (the message names it)     |                   | says so on WatchRole.             |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
     """
@@ -253,7 +256,10 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | in 1..65535 (1024..65535 unless        |                   |                                   |
     | --allow-privileged-ports), MTU not in  |                   |                                   |
     | 1280..9000                             |                   |                                   |
-    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+    | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+    | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+    | not running (the message names it)     |                   | says so on WatchRole.             |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
     """
@@ -431,7 +437,10 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | in 1..65535 (1024..65535 unless        |                   |                                   |
         | --allow-privileged-ports), MTU not in  |                   |                                   |
         | 1280..9000                             |                   |                                   |
-        | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+        | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+        | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+        | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+        | not running (the message names it)     |                   | says so on WatchRole.             |
         | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
         |                                        |                   | the operator's socket.            |
         """
