@@ -47,6 +47,13 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
             self.role = role  # type: ignore[assignment]
             self._bump()
 
+    def lose_key(self) -> None:
+        """What the netagent does when wireguard-go came back and it holds no key: the device has
+        none, and WatchRole says so."""
+        with self.lock:
+            self.private_key = self.public_key = ""
+            self._bump()
+
     def set_state(self, cid: str, state: int) -> None:
         with self.lock:
             self.states[cid] = state
@@ -71,9 +78,11 @@ class FakeNetAgent(pb_grpc.NetAgentServiceServicer):
         last = None
         while ctx.is_active():
             with self.lock:
-                if self.role != last:
-                    last = self.role
-                    msg = pb.WatchRoleResponse(role=self.role, epoch=1, reason="set")
+                now = (self.role, bool(self.private_key), self.version if not self.private_key else 0)
+                if now != last:
+                    last = now
+                    msg = pb.WatchRoleResponse(role=self.role, epoch=1, reason="set",
+                                               device_configured=bool(self.private_key))
                 else:
                     self.lock.wait(0.2)
                     continue

@@ -2,7 +2,8 @@
 
 `run_component` parses the flags (the common ones from `add_runtime_flags` plus the component's),
 checks them (a bad value or a missing Downward-API variable: one line on stderr, exit status 2),
-sets up JSON logging, opens the API client, the Manager (metrics and health endpoint, SIGTERM and
+binds the /metrics and /healthz, /readyz ports (a busy one: one line naming the flag, exit status 2,
+before anything else happened), sets up JSON logging, opens the API client, the Manager (SIGTERM and
 SIGINT) and the netagent's gRPC client, lets `build` wire the component onto them, runs until a
 signal, and closes both clients whatever happens.
 
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from services.common.httpendpoint import BindError, HttpEndpoint
 from services.common.kube import Backoff, KubeClient, Manager, RuntimeConfig, setup_logging
 from services.common.netagent_client import NetAgentClient
 
@@ -79,10 +81,24 @@ def run_component(
     except ValueError as e:
         print(f"{component.name}: {e}", file=sys.stderr)
         return 2
-    setup_logging(component.name, cfg.log_level)
-    client = KubeClient.from_kubeconfig(cfg.kubeconfig, timeout=cfg.request_timeout)
+    # The ports first, before any client, Secret or netagent call: a busy port (on a hostNetwork pod,
+    # any other node agent's) is one line naming the flag, and nothing has been half started.
     try:
-        mgr = Manager(component.name, client, http_bind_address=cfg.http_bind_address,
+        endpoints = bind_endpoints(cfg)
+    except BindError as e:
+        print(f"{component.name}: {e}", file=sys.stderr)
+        return 2
+    setup_logging(component.name, cfg.log_level)
+    metrics_server, health_server = endpoints
+    try:
+        client = KubeClient.from_kubeconfig(cfg.kubeconfig, timeout=cfg.request_timeout)
+    except BaseException:
+        for endpoint in endpoints:
+            if endpoint is not None:
+                endpoint.stop()
+        raise
+    try:
+        mgr = Manager(component.name, client, metrics_server=metrics_server, health_server=health_server,
                       pod_name=cfg.pod_name or cfg.pod_ip, watch_timeout=cfg.watch_timeout)
         timeout = cfg.request_timeout if component.netagent_timeout is None else component.netagent_timeout
         if component.netagent_retry_deadline is None:
@@ -93,9 +109,28 @@ def run_component(
         try:
             build(Runtime(args, cfg, mgr, netagent))
             log.info("starting", extra={"netagent_socket": cfg.netagent_socket,
-                                        "http_bind_address": cfg.http_bind_address})
+                                        "metrics_bind_address": cfg.metrics_bind_address,
+                                        "health_bind_address": cfg.health_bind_address})
             return mgr.run()
         finally:
             netagent.close()
     finally:
+        for endpoint in endpoints:
+            if endpoint is not None:
+                endpoint.stop()
         client.close()
+
+
+def bind_endpoints(cfg: RuntimeConfig) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
+    """Binds the metrics and health ports (routes are added by the Manager); BindError naming the
+    flag of the first that fails, with the other released."""
+    metrics = HttpEndpoint(cfg.metrics_bind_address, {}, flag="--metrics-bind-address",
+                           name="metrics") if cfg.metrics_bind_address else None
+    try:
+        health = HttpEndpoint(cfg.health_bind_address, {}, flag="--health-bind-address",
+                              name="health") if cfg.health_bind_address else None
+    except BindError:
+        if metrics is not None:
+            metrics.stop()
+        raise
+    return metrics, health

@@ -226,11 +226,14 @@ def _cancel_when(stop: threading.Event, call: grpc.CallIterator[Resp]) -> None:
 
 class RoleWatcher:
     """Tracks the netagent's role from WatchRole. `on_change(active)` is called on every transition
-    (and with False whenever the stream is lost)."""
+    (and with False whenever the stream is lost); `on_message(m)` with every message (it also says
+    whether the device holds its key: the tunnel controller's device keeper reacts to it)."""
 
-    def __init__(self, netagent: NetAgentClient, on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, netagent: NetAgentClient, on_change: Callable[[bool], None] | None = None,
+                 on_message: Callable[[pb.WatchRoleResponse], None] | None = None) -> None:
         self.netagent = netagent
         self.on_change = on_change
+        self.on_message = on_message  # every message, after the role was updated (device state)
         self._active = False
         self.epoch = 0
         self._lock = threading.Lock()
@@ -259,6 +262,8 @@ class RoleWatcher:
     def run(self, stop: threading.Event) -> None:
         def on_msg(m: pb.WatchRoleResponse) -> None:
             self._set(m.role == pb.ROLE_ACTIVE, m.epoch)
+            if self.on_message:
+                self.on_message(m)
 
         follow_stream(
             "WatchRole", self.netagent.watch_role, on_msg, stop, on_disconnect=lambda: self._set(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube.controller import Controller, Manager
 from services.common.netagent_client import NetAgentClient, RoleWatcher
 
@@ -24,12 +25,13 @@ class RoleGate:
         *,
         ready: Callable[[], bool] = lambda: True,
         on_resume: Callable[[], None] = lambda: None,
+        on_message: Callable[[pb.WatchRoleResponse], None] | None = None,
     ) -> None:
         self.controller = controller
         self.ready = ready
         self.on_resume = on_resume
         controller.pause()  # until the netagent says ACTIVE
-        self.watcher = RoleWatcher(netagent, self._on_role)
+        self.watcher = RoleWatcher(netagent, self._on_role, on_message)
         mgr.add_runnable("role-watch", self.watcher.run)
 
     @property

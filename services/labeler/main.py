@@ -22,7 +22,8 @@ from services.labeler.metrics import LabelerMetrics
 log = logging.getLogger(__name__)
 
 COMPONENT = "liqo-labeler"
-DEFAULT_HTTP = ":8083"
+DEFAULT_METRICS = ":5875"
+DEFAULT_HEALTH = "127.0.0.1:5879"
 
 OUTAGE_GRACE_HELP = """\
 how long a leader that cannot reach the API server at all (connection errors, timeouts, 429, 5xx;
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Environment: POD_NAME (identity), POD_NAMESPACE, POD_IP (Downward API).",
     )
-    add_runtime_flags(p, default_http=DEFAULT_HTTP, netagent_role="labeler")
+    add_runtime_flags(p, default_metrics=DEFAULT_METRICS, default_health=DEFAULT_HEALTH,
+                      netagent_role="labeler")
     g = p.add_argument_group("leader election")
     g.add_argument(
         "--lease-name",

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the netagent, while the netagent's role is ACTIVE: the whole map of a cluster in one call; "
         "invalid entries are reported in an Event and skipped. Environment: POD_NAME (Event source).",
     )
-    add_runtime_flags(p, default_http=":8082", netagent_role="natmap")
+    add_runtime_flags(p, default_metrics=":5874", default_health="127.0.0.1:5878", netagent_role="natmap")
     return p
 
 

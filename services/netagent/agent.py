@@ -45,6 +45,7 @@ from services.netagent.kernel import iptables, netns, nodeaddrs, routes, veth
 from services.netagent.kernel.probe import Prober
 from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
+from services.netagent.kernel.wireguard.watch import LinkWatcher
 from services.netagent.plan import claims, natrules
 from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
 from services.netagent.plan.iptables import IptablesError
@@ -130,6 +131,14 @@ class Agent:
         self._peers_role = Role.STANDBY
         self._state_since: dict[str, float] = {}
         self._private_key_set = False
+        # The private key ConfigureDevice last gave, in memory only (never logged, persisted nor
+        # returned): with it a device that came back empty (wireguard-go restarted) is re-keyed at
+        # once; without it (the agent restarted since) the tunnel controller is told over WatchRole.
+        self._private_key: str | None = None
+        # Bumped whenever the device had to be re-programmed (it came back, or drifted).
+        self._device_generation = 0
+        self._started = threading.Event()
+        self._link_watcher = LinkWatcher(cfg.wg_device, cfg.netns_name, self._on_device_event)
         self._routing_known = False  # the kernel's routing matched the desired state at the last write
         self._stopping = threading.Event()
         self._resync_now = threading.Event()
@@ -221,9 +230,22 @@ class Agent:
             with self._peer_lock:
                 self._fence.restore(persisted.epoch, persisted.active_until_wall, persisted.written_wall)
             self._timed("netns", lambda: netns.ensure_netns(cfg.netns_name))
+            # Before the device: an event between the device's check and the watch is not lost.
+            try:
+                self._link_watcher.start()
+            except OSError as e:  # a speed-up only: the periodic resync repairs the device too
+                log.error("device link events not watched: a restarted wireguard-go is repaired at "
+                          "the next resync only", extra={"error": str(e)})
             self._timed("veth", lambda: veth.ensure_veth(self._effective(persisted)))
             self._device = open_device(cfg)
-            self._timed("wireguard", lambda: self.device.ensure(None, self.listen_port, self.mtu))
+            try:
+                self._timed("wireguard", lambda: self.device.ensure(None, self.listen_port, self.mtu))
+            except Transient as e:
+                if cfg.wireguard_go_mode != "external":
+                    raise
+                # The wireguard container may start after us: serve, and program the device when
+                # its TUN appears (the link watcher), or at the next resync.
+                log.error("WireGuard device not ready: serving without it", extra={"error": str(e)})
             self._private_key_set = self.device.public_key() is not None
             try:
                 self._converge_all(persisted)
@@ -238,14 +260,35 @@ class Agent:
         self._resync_thread.start()
         self._persist_thread.start()
         self._nudge_thread.start()
+        self._started.set()
         log.info(
             "netagent started",
             extra={
                 "tunnels": len(persisted.tunnels),
                 "role": self._fence.current().role.value,
                 "implementation": self.device.implementation,
+                "wireguard_go_mode": cfg.wireguard_go_mode,
             },
         )
+
+    @property
+    def started(self) -> bool:
+        """start() has finished (whatever the role: a standby agent is ready too)."""
+        return self._started.is_set() and not self._stopping.is_set()
+
+    @property
+    def device_configured(self) -> bool:
+        """The device holds a private key, as the agent last saw it (cheap: no device read)."""
+        return self._private_key_set
+
+    @property
+    def device_generation(self) -> int:
+        return self._device_generation
+
+    def _on_device_event(self, reason: str) -> None:
+        """From the link watcher: the device vanished or a new one appeared; resync at once."""
+        log.info("WireGuard device event: resyncing", extra={"reason": reason})
+        self._resync_now.set()
 
     def stop(self) -> None:
         """Stops serving and leaves kernel state alone, so traffic keeps flowing across a restart."""
@@ -254,6 +297,7 @@ class Agent:
         self._notify()
         self._prober.stop()
         self._node_addrs.stop()
+        self._link_watcher.stop()
         self._dirty.set()
         self._resolver_pool.shutdown(wait=False, cancel_futures=True)
         self._persist_thread.join(timeout=10)
@@ -307,10 +351,12 @@ class Agent:
                 self._restore_device(old, mtu_changed)
                 raise
             self._private_key_set = True
+            self._private_key = private_key
             self._state = new
             self._persist()
             key = self.device.public_key()
         assert key is not None
+        self._notify()  # WatchRole's device_configured
         return key
 
     def _restore_device(self, old: state.AgentState, mtu_changed: bool) -> None:
@@ -404,10 +450,35 @@ class Agent:
             st = self._state
             self._iptables.invalidate()
             repaired = self._timed("veth", lambda: veth.ensure_veth(self._effective(st)).created)
+            repaired = self._ensure_device(st) or repaired
             repaired = self._converge_all(st) or repaired
         if repaired:
             log.warning("repaired drift in Liqo-owned kernel state")
         return repaired
+
+    def _ensure_device(self, st: state.AgentState) -> bool:
+        """Under _lock: the device as `st` wants it (placed in the netns, up, MTU, address, listen port,
+        and the in-memory private key when the agent has one). A device that came back empty (its
+        wireguard-go restarted) is re-programmed here; the caller then converges routes, NAT and
+        peers onto it (peers only while ACTIVE: `_apply_peers_locked` checks the fence). True when
+        something was written."""
+        cfg = self._effective(st)
+        key = self._private_key
+        changed = self._timed("wireguard", lambda: self.device.ensure(key, cfg.listen_port, cfg.mtu))
+        if not changed:
+            return False
+        configured = self.device.public_key() is not None
+        self._device_generation += 1
+        self._private_key_set = configured
+        self._routing_known = False  # routes on a re-created device are gone
+        if configured:
+            log.warning("WireGuard device re-programmed", extra={"generation": self._device_generation})
+        else:
+            log.error("WireGuard device re-created without a private key (the agent restarted since "
+                      "ConfigureDevice): waiting for the tunnel controller's ConfigureDevice",
+                      extra={"generation": self._device_generation})
+        self._notify()  # WatchRole carries device_configured: the tunnel controller reacts at once
+        return True
 
     # ---- tunnels ---------------------------------------------------------------------------------
 

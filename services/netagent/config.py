@@ -41,6 +41,10 @@ class AgentConfig:
     probe_loss_threshold: int = 5
     # "auto" (kernel module when present, else wireguard-go), "kernel" or "userspace".
     wireguard_implementation: str = "auto"
+    # Who runs wireguard-go (userspace only): "spawn" (the agent starts it as a daemon) or "external"
+    # (the gateway pod's wireguard container does; the agent waits for its socket and re-programs
+    # a device that came back).
+    wireguard_go_mode: str = "spawn"
     # Where the agent keeps what it was asked (desired tunnels, NAT maps, role) to adopt after restart:
     # in the netagent's private directory (0700, root's; refused otherwise), which no controller mounts.
     state_path: str = f"{NETAGENT_PRIVATE_DIR}/state.json"
@@ -48,6 +52,7 @@ class AgentConfig:
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint
+    health_address: str = ""  # "host:port" of /healthz and /readyz; empty disables the endpoint
 
     # The protected address space (docs/security.md, services/netagent/plan/protect.py). This
     # cluster's CIDRs: when set, no remote CIDR may overlap them and a tunnel's local pod and external

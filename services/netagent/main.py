@@ -1,4 +1,8 @@
-"""liqo-netagent: the privileged dataplane daemon (serve) and the node uninstaller (cleanup)."""
+"""liqo-netagent: the privileged dataplane daemon (serve), the node uninstaller (cleanup) and the
+gateway pod's wireguard container (wireguard: execs wireguard-go in the foreground).
+
+The heavy modules (the agent, gRPC, pyroute2) are imported by the commands that need them: the
+wireguard container's start is on the traffic's path when it restarts."""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ import signal
 import sys
 import threading
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
+from services.common.httpendpoint import BindError, HttpEndpoint, check_address, health_routes
 from services.common.logging import setup_logging
-from services.netagent import agent as agent_mod
-from services.netagent.access import SocketRole
 from services.netagent.config import AgentConfig
-from services.netagent.metrics import NetagentMetrics
-from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
-from services.netagent.server import SocketPathError, SocketSpec, group_id, remove_stale_socket, serve_sockets
+
+if TYPE_CHECKING:
+    from services.netagent.server import SocketSpec
 
 log = logging.getLogger("liqo-netagent")
 D = AgentConfig()
@@ -37,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["serve", "cleanup"],
+        choices=["serve", "cleanup", "wireguard"],
         default="serve",
-        help="serve the API, or remove every Liqo object on this node (uninstall) and exit",
+        help="serve the API; or remove every Liqo object on this node (uninstall) and exit; or be the "
+        "gateway pod's wireguard container: exec `wireguard-go -f DEVICE` when the implementation "
+        "resolves to userspace (as serve resolves it), else idle until SIGTERM",
     )
     p.add_argument(
         "--socket",
@@ -101,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: kernel module when present, else wireguard-go",
     )
     p.add_argument(
+        "--wireguard-go-mode",
+        choices=["spawn", "external"],
+        default=D.wireguard_go_mode,
+        help="who runs wireguard-go (userspace only): spawn = this agent starts it as a daemon; "
+        "external = the pod's wireguard container (`liqo-netagent wireguard`) does, sharing "
+        "/var/run/wireguard: the agent waits for its socket and re-programs a device that came back",
+    )
+    p.add_argument(
         "--state-path",
         default=D.state_path,
         help="where desired state is kept for restart adoption; its directory must be private (created "
@@ -114,7 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between re-reads of the kernel that repair drift in Liqo-owned state",
     )
     p.add_argument(
-        "--metrics-address", default=D.metrics_address, help="host:port for Prometheus; empty = off"
+        "--metrics-address", default=D.metrics_address,
+        help="host:port of Prometheus /metrics (\":PORT\" = every address); empty = off; a port in use "
+        "is an error at start",
+    )
+    p.add_argument(
+        "--health-address", default=D.health_address,
+        help="host:port of /healthz (200 while the process serves) and /readyz (200 once started, "
+        "a standby agent included); empty = off; a port in use is an error at start",
     )
     # The protected address space (docs/security.md): what no tunnel or NAT mapping may reach.
     p.add_argument(
@@ -176,6 +197,8 @@ def _prefix(value: str) -> int:
 
 
 def config_from_args(a: argparse.Namespace) -> AgentConfig:
+    from services.netagent.server import group_id
+
     return AgentConfig(
         socket_path=a.socket,
         labeler_socket=a.labeler_socket,
@@ -198,6 +221,8 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
         state_path=a.state_path,
         resync_interval=a.resync_interval,
         metrics_address=a.metrics_address,
+        health_address=a.health_address,
+        wireguard_go_mode=a.wireguard_go_mode,
         pod_cidr=a.pod_cidr,
         external_cidr=a.external_cidr,
         service_cidr=a.service_cidr,
@@ -210,6 +235,9 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
 
 def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
     """The sockets to serve: the operator's (private, every method) and each configured role socket."""
+    from services.netagent.access import SocketRole
+    from services.netagent.server import SocketPathError, SocketSpec
+
     roles = [
         (SocketRole.LABELER, cfg.labeler_socket),
         (SocketRole.TUNNEL, cfg.tunnel_socket),
@@ -225,22 +253,76 @@ def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "wireguard":
+        from services.netagent import wgcontainer
+
+        return wgcontainer.run(AgentConfig(wg_device=args.wg_device, netns_name=args.netns,
+                                           wireguard_implementation=args.wireguard_implementation))
+    try:
+        check_address(args.metrics_address, "--metrics-address")
+        check_address(args.health_address, "--health-address")
+    except ValueError as e:
+        print(f"liqo-netagent: {e}", file=sys.stderr)
+        return 2
     setup_logging("netagent", args.log_level)
     cfg = config_from_args(args)
     if args.command == "cleanup":
-        agent_mod.cleanup(cfg)
-        for path in (cfg.labeler_socket, cfg.tunnel_socket, cfg.natmap_socket):
-            if path:
-                with contextlib.suppress(SocketPathError):
-                    remove_stale_socket(path)
-        log.info("removed every Liqo object on this node")
-        return 0
+        return cleanup(cfg)
+    return serve(cfg)
+
+
+def cleanup(cfg: AgentConfig) -> int:
+    from services.netagent import agent as agent_mod
+    from services.netagent.server import SocketPathError, remove_stale_socket
+
+    agent_mod.cleanup(cfg)
+    for path in (cfg.labeler_socket, cfg.tunnel_socket, cfg.natmap_socket):
+        if path:
+            with contextlib.suppress(SocketPathError):
+                remove_stale_socket(path)
+    log.info("removed every Liqo object on this node")
+    return 0
+
+
+def bind_endpoints(cfg: AgentConfig) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
+    """The metrics and health ports, bound (not served yet); BindError naming the flag."""
+    metrics = HttpEndpoint(cfg.metrics_address, {}, flag="--metrics-address",
+                           name="metrics") if cfg.metrics_address else None
+    try:
+        health = HttpEndpoint(cfg.health_address, {}, flag="--health-address",
+                              name="health") if cfg.health_address else None
+    except BindError:
+        if metrics is not None:
+            metrics.stop()
+        raise
+    return metrics, health
+
+
+def serve(cfg: AgentConfig) -> int:
+    from services.netagent import agent as agent_mod
+    from services.netagent.metrics import NetagentMetrics, metrics_route
+    from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
+    from services.netagent.server import SocketPathError, serve_sockets
 
     try:
         specs = socket_specs(cfg)
-        ensure_private_dir(os.path.dirname(os.path.abspath(cfg.state_path)))
-    except (SocketPathError, UnsafeDirectory) as e:
+    except SocketPathError as e:
         print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+        return 1
+    # The ports first: a busy one (the pod is hostNetwork: the node's ports) is one line naming the
+    # flag, exit status 2, and nothing was created or adopted (no directory, socket or kernel object).
+    try:
+        metrics_ep, health_ep = bind_endpoints(cfg)
+    except BindError as e:
+        print(f"liqo-netagent: {e}", file=sys.stderr)
+        return 2
+    endpoints = [e for e in (metrics_ep, health_ep) if e is not None]
+    try:
+        ensure_private_dir(os.path.dirname(os.path.abspath(cfg.state_path)))
+    except UnsafeDirectory as e:
+        print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+        for endpoint in endpoints:
+            endpoint.stop()
         return 1
     # Fencing latency: a thread that waits for the GIL (SetRole, the expiry watcher, each socket
     # read of a wireguard-go exchange) waits up to the switch interval behind a CPU-bound one (a
@@ -250,32 +332,43 @@ def main(argv: list[str] | None = None) -> int:
     agent = agent_mod.Agent(
         cfg, on_apply=metrics.observe_apply, on_state_skipped=metrics.observe_state_skipped
     )
-    agent.start()
-    metrics.bind(agent)
-    stop_metrics = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None
-    try:
-        server = serve_sockets(agent, specs, metrics.observe_rpc)
-    except (SocketPathError, OSError) as e:
-        print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
-        agent.stop()
-        if stop_metrics is not None:
-            stop_metrics()
-        return 1
-
+    serving = threading.Event()
     done = threading.Event()
+    if metrics_ep is not None:
+        metrics_ep.route("/metrics", metrics_route(metrics.registry))
+    if health_ep is not None:
+        # Live while the process serves; ready once started (whatever the role) and serving.
+        for path, fn in health_routes(lambda: not done.is_set(),
+                                      lambda: serving.is_set() and agent.started).items():
+            health_ep.route(path, fn)
+        health_ep.start()
+    try:
+        agent.start()
+        metrics.bind(agent)
+        if metrics_ep is not None:
+            metrics_ep.start()
+        try:
+            server = serve_sockets(agent, specs, metrics.observe_rpc)
+        except (SocketPathError, OSError) as e:
+            print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
+            agent.stop()
+            return 1
+        serving.set()
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("stopping: kernel state is left in place", extra={"signal": signum})
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("stopping: kernel state is left in place", extra={"signal": signum})
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        done.wait()
+        server.stop(grace=2).wait()
+        agent.stop()
+        return 0
+    finally:
         done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    done.wait()
-    server.stop(grace=2).wait()
-    agent.stop()
-    if stop_metrics is not None:
-        stop_metrics()
-    return 0
+        for endpoint in endpoints:
+            endpoint.stop()
 
 
 if __name__ == "__main__":

@@ -15,11 +15,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-__all__ = ["MetricsEndpoint", "NetagentMetrics", "PeerRecord", "parse_address", "peer_records"]
+from services.common.httpendpoint import HttpEndpoint, Reply
+from services.common.httpendpoint import parse_address as _parse_address
+
+__all__ = [
+    "MetricsEndpoint", "NetagentMetrics", "PeerRecord", "metrics_route", "parse_address", "peer_records",
+]
 
 log = logging.getLogger(__name__)
 
@@ -220,32 +226,26 @@ class _Families:
 
 def parse_address(address: str) -> tuple[str, int]:
     """`host:port`, `:port` (all IPv4 addresses) or `[v6]:port`; ValueError otherwise."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"metrics address {address!r}: expected host:port with a port in 0..65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"metrics address {address!r}: write an IPv6 host in brackets")
-    return host or "0.0.0.0", int(port_text)
+    return _parse_address(address, "metrics address")
+
+
+def metrics_route(registry: CollectorRegistry) -> Callable[[], Reply]:
+    """GET /metrics: the registry in Prometheus' text format."""
+    return lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
 class MetricsEndpoint:
     """A running /metrics HTTP server; call it to stop (joins its thread, closes its socket)."""
 
     def __init__(self, address: str, registry: CollectorRegistry) -> None:
-        host, port = parse_address(address)
-        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
-        self.port: int = self._server.server_port
-        self._stopped = False
+        parse_address(address)  # ValueError for a malformed address, as before
+        self._endpoint = HttpEndpoint(address, {"/metrics": metrics_route(registry)},
+                                      flag="--metrics-address", name="metrics")
+        self._endpoint.start()
+        self.port: int = self._endpoint.port
 
     def __call__(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._endpoint.stop()
 
 
 class NetagentMetrics:

@@ -186,16 +186,18 @@ class NetAgentServicer(pb_grpc.NetAgentServiceServicer):
     def WatchRole(
         self, request: pb.WatchRoleRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchRoleResponse]:
-        last: tuple[int, int, float | None] | None = None
+        last: tuple[int, int, float | None, bool, int] | None = None
         seen = -1
         while context.is_active() and not self.agent.stopping:
             g = self.agent.role()
-            key = (_ROLE_TO_PB[g.role], g.epoch, g.expires_wall)
+            configured, generation = self.agent.device_configured, self.agent.device_generation
+            key = (_ROLE_TO_PB[g.role], g.epoch, g.expires_wall, configured, generation)
             # Renewals move expires_at every retry period; stream them so watchers see liveness.
             if key != last:
                 last = key
                 r, epoch, expires = _grant_to_pb(g)
-                msg = pb.WatchRoleResponse(role=r, epoch=epoch, reason=g.reason)  # type: ignore[arg-type]
+                msg = pb.WatchRoleResponse(role=r, epoch=epoch, reason=g.reason,  # type: ignore[arg-type]
+                                           device_configured=configured, device_generation=generation)
                 if expires is not None:
                     msg.expires_at.CopyFrom(expires)
                 yield msg

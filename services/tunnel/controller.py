@@ -14,7 +14,9 @@
 - Status comes from the netagent's WatchTunnelStatus stream (the probe, with hysteresis there) and
   is merge-patched only when it changed; latency at most every `latency_interval` seconds.
 - The device keeper makes sure the netagent's device holds the shared key pair (also after a
-  netagent restart).
+  netagent restart): every `device_check_interval`, and at once when the netagent's WatchRole
+  stream says the device has no key (it re-created a device after wireguard-go restarted and has
+  no key in memory, e.g. having restarted itself since).
 """
 
 from __future__ import annotations
@@ -92,20 +94,40 @@ class TunnelController:
         self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> latest from the stream
         self._gc_wanted = threading.Event()
         # Runs while ACTIVE and the device holds the shared key; a resume also collects orphans.
+        # Set to run the device keeper now: the netagent reported a device without its key.
+        self._device_wake = threading.Event()
         self.role = RoleGate(mgr, self.controller, netagent, ready=self.device_ready.is_set,
-                             on_resume=self._gc_wanted.set)
+                             on_resume=self._gc_wanted.set, on_message=self.on_role_message)
         mgr.add_runnable("device-keeper", self._device_keeper)
         mgr.add_runnable("tunnel-status", self._status_stream)
         mgr.add_runnable("orphan-gc", self._orphan_gc_loop)
 
     # --- device keys -----------------------------------------------------------------------------
 
+    def on_role_message(self, m: pb.WatchRoleResponse) -> None:
+        """From the WatchRole stream: a device without its key is configured at once."""
+        if not m.device_configured:
+            log.info("netagent device has no key: configuring it now",
+                     extra={"device_generation": m.device_generation})
+            self._device_wake.set()
+
     def _device_keeper(self, stop: threading.Event) -> None:
         """Loads (or creates) the key Secret, then keeps the netagent's device configured with it.
         The Secret is re-read every round, so a rotated key pair reaches the device without a restart
-        (an unusable Secret keeps the last good key in place and is reported)."""
+        (an unusable Secret keeps the last good key in place and is reported). A round runs every
+        `device_check_interval`, after a failure's backoff, and at once when woken."""
         backoff = Backoff(base=0.5, cap=30.0)
         failures = 0
+        def wake_on_stop() -> None:
+            stop.wait()
+            self._device_wake.set()
+
+        threading.Thread(target=wake_on_stop, name="device-keeper-stop", daemon=True).start()
+
+        def wait(seconds: float) -> None:
+            self._device_wake.wait(seconds)
+            self._device_wake.clear()
+
         while not stop.is_set():
             try:
                 self.keys = ensure_key_secret(self.kube, self.opts.pod_namespace, self.opts.secret_name)
@@ -120,13 +142,13 @@ class TunnelController:
                     self.device_ready.set()
                     self.role.refresh()
                 failures = 0
-                stop.wait(self.opts.device_check_interval)
+                wait(self.opts.device_check_interval)
             except (KubeError, NetAgentError, KeySecretError) as e:
                 delay = backoff.delay(failures)
                 failures += 1
                 log.warning("device setup failed, retrying",
                             extra={"error": str(e), "retry_in": round(delay, 2)})
-                stop.wait(delay)
+                wait(delay)
 
     # --- reconcile -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         "WireGuard key Secret. Environment: POD_NAMESPACE (required: where the key Secret lives), "
         "POD_IP (required: written as status.gatewayIP), POD_NAME (Event source).",
     )
-    add_runtime_flags(p, default_http=":8081", netagent_role="tunnel")
+    add_runtime_flags(p, default_metrics=":5873", default_health="127.0.0.1:5877", netagent_role="tunnel")
     g = p.add_argument_group("tunnels")
     g.add_argument("--wireguard-secret-name", default=KEY_SECRET,
                    help="Secret in POD_NAMESPACE holding the WireGuard key pair shared by all replicas "

@@ -171,8 +171,7 @@ def controller_argv(role: str, socket: str, kubeconfig: str) -> list[str]:
     objects = chart.render({**chart.REQUIRED_VALUES, "kubeconfig": {"hostPath": "/etc/kubeconfig"}},
                            namespace=NS, release=RELEASE)
     args = chart.containers(objects)[role]["args"]
-    known = PARSERS[role]()._option_string_actions
-    http = ["--metrics-bind-address", "--health-bind-address", "--http-bind-address"]
+    http = ["--metrics-bind-address", "--health-bind-address"]
     out = []
     for arg in args:
         flag = arg.split("=", 1)[0]
@@ -180,11 +179,7 @@ def controller_argv(role: str, socket: str, kubeconfig: str) -> list[str]:
             continue
         out.append({"--netagent-socket": f"--netagent-socket={socket}",
                     "--kubeconfig": f"--kubeconfig={kubeconfig}"}.get(flag, arg))
-    if "--metrics-bind-address" in known:
-        out += ["--metrics-bind-address=127.0.0.1:0", "--health-bind-address=127.0.0.1:0"]
-    else:  # before the dataplane branch's split of the HTTP endpoint
-        out += ["--http-bind-address=127.0.0.1:0"]
-    return out
+    return [*out, "--metrics-bind-address=127.0.0.1:0", "--health-bind-address=127.0.0.1:0"]
 
 
 class Controllers:

@@ -188,14 +188,6 @@ PARSERS = {"netagent": netagent_parser, "wireguard": netagent_parser, "tunnel": 
            "natmap": natmap_parser, "labeler": labeler_parser}
 COMMANDS = {"netagent": "liqo-netagent", "wireguard": "liqo-netagent", "tunnel": "liqo-tunnel-controller",
             "natmap": "liqo-natmap-controller", "labeler": "liqo-labeler"}
-# What the dataplane branch adds to the parsers (the interface sheet): the chart already passes it.
-PENDING = {
-    "netagent": ("--wireguard-go-mode", "--health-address"),
-    "wireguard": ("wireguard",),
-    "tunnel": ("--metrics-bind-address", "--health-bind-address"),
-    "natmap": ("--metrics-bind-address", "--health-bind-address"),
-    "labeler": ("--metrics-bind-address", "--health-bind-address"),
-}
 ARG_CASES = {"defaults": chart.values(), "sandbox": chart.PODMAN_VALUES,
              "capabilities": MATRIX["capabilities"], "kernel": MATRIX["kernel"],
              "everything": MATRIX["everything"]}
@@ -215,29 +207,13 @@ def parse(container: str, args: list[str]) -> argparse.Namespace:
     return parser.parse_args(args)
 
 
-def without_pending(container: str, args: list[str]) -> list[str]:
-    pending = PENDING[container]
-    for flag in pending:
-        assert any(a == flag or a.startswith(flag + "=") for a in args), f"{container}: {flag} not passed"
-    return [a for a in args if a.split("=", 1)[0] not in pending]
-
-
-@pytest.mark.xfail(strict=True, reason="flags land with the dataplane branch")
 @pytest.mark.parametrize("container", sorted(PARSERS))
 @pytest.mark.parametrize("case", sorted(ARG_CASES))
 def test_each_container_parses_its_args(case: str, container: str) -> None:
-    c = chart.containers(chart.render(ARG_CASES[case]))[container]
-    assert c["command"] == [COMMANDS[container]]
-    parse(container, c["args"])
-
-
-@pytest.mark.parametrize("container", sorted(PARSERS))
-@pytest.mark.parametrize("case", sorted(ARG_CASES))
-def test_each_container_parses_its_args_apart_from_the_pending_flags(case: str, container: str) -> None:
     v = ARG_CASES[case]
     c = chart.containers(chart.render(v))[container]
     assert c["command"] == [COMMANDS[container]]
-    args = parse(container, without_pending(container, c["args"]))
+    args = parse(container, c["args"])
     if container in ("netagent", "wireguard"):
         assert args.wireguard_implementation == v.get("wireguard", {}).get("implementation", "auto")
     if container == "netagent":

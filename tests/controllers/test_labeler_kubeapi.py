@@ -47,10 +47,13 @@ class Labeler:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def http_port(self) -> int | None:
+    def http_port(self, endpoint: str) -> int | None:
+        """The port the "metrics" or "health" endpoint got (both are bound to port 0 here)."""
         for line in self.log_path.read_text(errors="replace").splitlines():
-            if "serving /healthz" in line:
-                return int(json.loads(line)["port"])
+            if '"endpoint"' in line:
+                rec = json.loads(line)
+                if rec.get("msg") == "serving" and rec.get("endpoint") == endpoint:
+                    return int(rec["port"])
         return None
 
 
@@ -92,7 +95,8 @@ class Env:
             sys.executable, "-m", "services.labeler.main",
             "--kubeconfig", self.kubeconfig,
             "--netagent-socket", lb.socket,
-            "--http-bind-address", "127.0.0.1:0",
+            "--metrics-bind-address", "127.0.0.1:0",
+            "--health-bind-address", "127.0.0.1:0",
             "--workers", "1",
             *lb.extra,
         ]  # fmt: skip
@@ -203,9 +207,10 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     assert env.holder() == leader.name and not follower.netagent.active()
     assert [c.active for c in follower.netagent.calls] == [False]
 
-    port = leader.http_port()
-    assert port is not None
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    health, port = leader.http_port("health"), leader.http_port("metrics")
+    assert health is not None and port is not None
+    assert urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5).status == 200
+    assert urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5).status == 200
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert re.search(r"^liqo_labeler_is_leader 1\.0$", metrics, re.M), metrics
     assert re.search(r"^liqo_labeler_netagent_role_active 1\.0$", metrics, re.M)
@@ -223,7 +228,7 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0
     assert env.double_active == 0 and env.samples > 100
-    fport = follower.http_port()
+    fport = follower.http_port("metrics")
     fm = urllib.request.urlopen(f"http://127.0.0.1:{fport}/metrics", timeout=5).read().decode()
     failover, leaderless = (metric(fm, n) for n in ("last_failover_seconds", "last_leaderless_seconds"))
     print(f"acquire->ACTIVE {failover * 1000:.1f} ms, leaderless (since last renewal) {leaderless:.2f}s")

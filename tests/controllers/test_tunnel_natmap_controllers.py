@@ -254,3 +254,34 @@ def test_resource_exhausted_is_retried_with_backoff_and_reported(
         nm_agent.close()
         mgr.shutdown()
         agent.close()
+
+
+def test_device_without_key_on_watchrole_is_configured_at_once(
+    env: tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]
+) -> None:
+    """WatchRole saying `device_configured: false` (wireguard-go restarted while the agent had no key
+    in memory) makes the device keeper call ConfigureDevice at once, not at its device check."""
+    api, _kube, fake, sock = env
+    kube = KubeClient(api.api_client(), timeout=3)
+    mgr = Manager("liqo-tunnel-controller", kube, watch_timeout=5)
+    agent = NetAgentClient(sock, timeout=3, retry_deadline=2)
+    ctl = TunnelController(mgr, agent, TunnelOptions(pod_namespace=GW_NS, pod_ip="10.0.0.5",
+                                                     device_check_interval=60.0),
+                           workers=1, resync_period=30, backoff=Backoff(base=0.05, cap=0.5))
+    mgr.start()
+    try:
+        assert ctl.device_ready.wait(10), "the first ConfigureDevice never came"
+        key = fake.public_key
+        time.sleep(0.3)  # the stream has said "configured" by now
+        configured = fake.calls.count("ConfigureDevice")
+        t0 = time.monotonic()
+        fake.lose_key()
+        wait_for("ConfigureDevice again", lambda: fake.calls.count("ConfigureDevice") > configured, 5, 0.01)
+        took = time.monotonic() - t0
+        print(f"\nWatchRole device_configured=false -> ConfigureDevice: {took:.3f}s")
+        assert took < 1.0, f"the device keeper waited {took:.3f}s (its device check is 60 s away)"
+        assert fake.public_key == key, "the same key pair, from the Secret"
+    finally:
+        mgr.shutdown()
+        agent.close()
+        kube.close()

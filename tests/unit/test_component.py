@@ -58,9 +58,13 @@ def test_every_flag_states_its_default_one_way(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "flag", "default"),
     [
-        ("tunnel", "--http-bind-address", ":8081"),
-        ("natmap", "--http-bind-address", ":8082"),
-        ("labeler", "--http-bind-address", ":8083"),
+        # The sheet's ports: metrics on every address, health (the kubelet's probes) on loopback.
+        ("tunnel", "--metrics-bind-address", ":5873"),
+        ("natmap", "--metrics-bind-address", ":5874"),
+        ("labeler", "--metrics-bind-address", ":5875"),
+        ("tunnel", "--health-bind-address", "127.0.0.1:5877"),
+        ("natmap", "--health-bind-address", "127.0.0.1:5878"),
+        ("labeler", "--health-bind-address", "127.0.0.1:5879"),
         ("tunnel", "--netagent-socket", "/run/liqo/tunnel/netagent.sock"),
         ("natmap", "--netagent-socket", "/run/liqo/natmap/netagent.sock"),
         ("labeler", "--netagent-socket", "/run/liqo/labeler/netagent.sock"),
@@ -180,10 +184,12 @@ def test_run_component_builds_runs_and_closes_both_clients(monkeypatch: pytest.M
     seen: list[Any] = []
     parser = natmap.build_parser()
     spec = Component("liqo-x", parser, netagent_timeout=0.5, netagent_retry_deadline=0.0)
-    assert run_component(spec, seen.append, ["--netagent-socket", "/tmp/s", "--http-bind-address", ""]) == 0
+    assert run_component(spec, seen.append, ["--netagent-socket", "/tmp/s", "--metrics-bind-address", "",
+                                              "--health-bind-address", ""]) == 0
     (rt,) = seen
     assert rt.netagent.socket == "/tmp/s" and rt.netagent.kw == {"timeout": 0.5, "retry_deadline": 0.0}
-    assert rt.mgr.kw["pod_name"] == "gw-0" and rt.mgr.kw["http_bind_address"] == ""
+    assert rt.mgr.kw["pod_name"] == "gw-0" and rt.mgr.kw["metrics_server"] is None
+    assert rt.mgr.kw["health_server"] is None
     assert (rt.backoff.base, rt.backoff.cap) == (0.2, 60.0)
     assert closed == ["netagent", "kube"]
 
@@ -194,7 +200,8 @@ def test_run_component_builds_runs_and_closes_both_clients(monkeypatch: pytest.M
         raise RuntimeError("wiring failed")
 
     with pytest.raises(RuntimeError):
-        run_component(Component("liqo-x", natmap.build_parser()), boom, [])
+        run_component(Component("liqo-x", natmap.build_parser()), boom,
+                      ["--metrics-bind-address", "", "--health-bind-address", ""])
     assert closed == ["netagent", "kube"]
 
 

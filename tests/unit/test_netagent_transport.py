@@ -128,6 +128,7 @@ class FakeAgent:
         self.device = FakeDevice()
         self.started_at = time.monotonic()
         self.listen_port, self.mtu = 5871, 1340
+        self.device_configured, self.device_generation = True, 0
         self._stop = threading.Event()
         self.set_roles: list[tuple[Role, int]] = []
 

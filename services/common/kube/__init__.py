@@ -12,7 +12,7 @@ TunnelEndpoints or the netagent:
                on 410 Gone; reconnect with capped backoff; an in-memory cache by key.
 - `status`     patch_status: a merge patch on /status, sent only when the status differs.
 - `events`     EventRecorder: core v1 Events (Normal/Warning), de-duplicated in a time window.
-- `metrics`    ControllerMetrics (private registry) and HealthServer (/healthz, /readyz, /metrics).
+- `metrics`    ControllerMetrics (private registry) and the /metrics and /healthz, /readyz endpoints.
 - `config`     add_runtime_flags / RuntimeConfig: the common flags and POD_NAME/NAMESPACE/IP.
 - (services.common.logging) setup_logging: JSON lines with the `extra` fields.
 - `controller` Controller (informers -> queue -> workers -> reconcile(key), resync, pause/resume)
@@ -53,7 +53,7 @@ from services.common.kube.config import RuntimeConfig, add_runtime_flags
 from services.common.kube.controller import Controller, Manager, RetryableError
 from services.common.kube.events import EventRecorder
 from services.common.kube.informer import Informer
-from services.common.kube.metrics import ControllerMetrics, HealthServer
+from services.common.kube.metrics import ControllerMetrics, health_endpoint, metrics_endpoint
 from services.common.kube.status import merge_patch_diff, patch_status
 from services.common.kube.workqueue import ShutDown, WorkQueue
 from services.common.logging import setup_logging
@@ -71,7 +71,6 @@ __all__ = [
     "Controller",
     "ControllerMetrics",
     "EventRecorder",
-    "HealthServer",
     "Informer",
     "KubeClient",
     "KubeError",
@@ -82,8 +81,10 @@ __all__ = [
     "ShutDown",
     "WorkQueue",
     "add_runtime_flags",
+    "health_endpoint",
     "load_api_client",
     "merge_patch_diff",
+    "metrics_endpoint",
     "object_key",
     "patch_status",
     "setup_logging",

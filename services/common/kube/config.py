@@ -11,12 +11,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.common.httpendpoint import check_address
 from services.common.vocabulary import netagent_socket
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str, netagent_role: str) -> None:
+def add_runtime_flags(parser: argparse.ArgumentParser, *, default_metrics: str, default_health: str,
+                      netagent_role: str) -> None:
     """`netagent_role` ("labeler", "tunnel", "natmap") names the netagent socket the component uses by
-    default: the one that serves its own methods (and the reads)."""
+    default: the one that serves its own methods (and the reads). The gateway pod is hostNetwork, so
+    its ports are the node's: the defaults (5873-5875 for metrics, 5877-5879 on loopback for the
+    probes) stay clear of the 8080-8083 other node agents commonly take."""
     default_socket = netagent_socket(netagent_role)
     g = parser.add_argument_group("controller runtime")
     g.add_argument(
@@ -34,11 +38,19 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str, net
         f"any other method answers PERMISSION_DENIED (default: {default_socket})",
     )
     g.add_argument(
-        "--http-bind-address",
-        default=default_http,
+        "--metrics-bind-address",
+        default=default_metrics,
         metavar="HOST:PORT",
-        help=f"where /healthz, /readyz and Prometheus /metrics are served; port 0 picks a free port, "
-        f"an empty value disables the endpoint (default: {default_http})",
+        help=f"where Prometheus /metrics is served (\":PORT\" = every address); port 0 picks a free "
+        f"port, an empty value disables it; a port in use is an error at start (default: {default_metrics})",
+    )
+    g.add_argument(
+        "--health-bind-address",
+        default=default_health,
+        metavar="HOST:PORT",
+        help=f"where /healthz and /readyz are served for the kubelet's probes (loopback: the pod is "
+        f"hostNetwork, probes reach it with host 127.0.0.1); port 0 picks a free port, an empty value "
+        f"disables it; a port in use is an error at start (default: {default_health})",
     )
     g.add_argument(
         "--resync-period",
@@ -96,7 +108,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, default_http: str, net
 class RuntimeConfig:
     kubeconfig: str | None
     netagent_socket: str
-    http_bind_address: str
+    metrics_bind_address: str
+    health_bind_address: str
     resync_period: float
     workers: int
     request_timeout: float
@@ -114,7 +127,8 @@ class RuntimeConfig:
         cfg = RuntimeConfig(
             kubeconfig=args.kubeconfig,
             netagent_socket=args.netagent_socket,
-            http_bind_address=args.http_bind_address,
+            metrics_bind_address=args.metrics_bind_address,
+            health_bind_address=args.health_bind_address,
             resync_period=args.resync_period,
             workers=args.workers,
             request_timeout=args.request_timeout,
@@ -130,6 +144,8 @@ class RuntimeConfig:
         return cfg
 
     def check(self) -> None:
+        check_address(self.metrics_bind_address, "--metrics-bind-address")
+        check_address(self.health_bind_address, "--health-bind-address")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.resync_period <= 0 or self.request_timeout <= 0 or self.watch_timeout <= 0:

@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from services.common.httpendpoint import HttpEndpoint, health_routes
 from services.common.kube.backoff import Backoff
 from services.common.kube.client import JSON, KubeClient, object_key
 from services.common.kube.events import EventRecorder
 from services.common.kube.informer import Informer
-from services.common.kube.metrics import ControllerMetrics, HealthServer
+from services.common.kube.metrics import ControllerMetrics, health_endpoint, metrics_endpoint, metrics_route
 from services.common.kube.workqueue import ShutDown, WorkQueue
 from services.common.vocabulary import ResourceRef
 
@@ -194,7 +195,10 @@ class Manager:
         component: str,
         client: KubeClient,
         *,
-        http_bind_address: str = "",
+        metrics_bind_address: str = "",
+        health_bind_address: str = "",
+        metrics_server: HttpEndpoint | None = None,
+        health_server: HttpEndpoint | None = None,
         pod_name: str = "",
         watch_timeout: int = 300,
         metrics: ControllerMetrics | None = None,
@@ -210,9 +214,19 @@ class Manager:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._health_checks: list[Callable[[], bool]] = []
-        self.http: HealthServer | None = None
-        if http_bind_address:
-            self.http = HealthServer(http_bind_address, self.metrics.registry, self.healthy, self.ready)
+        # /metrics and /healthz, /readyz: given already bound (run_component binds them before anything
+        # starts, so a busy port is a clean error), or bound here from an address ("" = off).
+        if metrics_server is None and metrics_bind_address:
+            metrics_server = metrics_endpoint(metrics_bind_address, self.metrics.registry)
+        elif metrics_server is not None:
+            metrics_server.route("/metrics", metrics_route(self.metrics.registry))
+        if health_server is None and health_bind_address:
+            health_server = health_endpoint(health_bind_address, self.healthy, self.ready)
+        elif health_server is not None:
+            for path, fn in health_routes(self.healthy, self.ready).items():
+                health_server.route(path, fn)
+        self.metrics_server = metrics_server
+        self.health_server = health_server
 
     def informer(
         self,
@@ -259,8 +273,8 @@ class Manager:
         return self._stopping
 
     def start(self) -> None:
-        if self.http:
-            self.http.start()
+        for endpoint in self._endpoints():
+            endpoint.start()
         for inf in self.informers:
             inf.start()
         for c in self.controllers:
@@ -302,8 +316,16 @@ class Manager:
             inf.stop(timeout)
         for t in self._threads:
             t.join(timeout)
-        if self.http:
-            self.http.stop()
+        for endpoint in self._endpoints():
+            endpoint.stop()
+
+    def _endpoints(self) -> list[HttpEndpoint]:
+        return [e for e in (self.metrics_server, self.health_server) if e is not None]
+
+    def close_endpoints(self) -> None:
+        """Releases the endpoints' ports when the manager never ran (a failed start)."""
+        for endpoint in self._endpoints():
+            endpoint.stop()
 
     def run(self) -> int:
         """Starts everything, waits for SIGTERM/SIGINT, shuts down. Returns the exit code."""

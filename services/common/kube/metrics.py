@@ -1,14 +1,14 @@
-"""Controller metrics on a private registry, and the HTTP endpoint serving /healthz and /metrics."""
+"""Controller metrics on a private registry, and the HTTP endpoints serving /metrics and /healthz, /readyz."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from services.common.httpendpoint import HttpEndpoint, Reply, health_routes
 
 log = logging.getLogger(__name__)
 
@@ -52,57 +52,18 @@ class ControllerMetrics:
         )
 
 
-class HealthServer:
-    """Serves GET /healthz (200 when `healthy()`, else 503), /readyz (same with `ready()`) and
-    /metrics on `host:port`; port 0 picks a free port (see `.port`)."""
+def metrics_route(registry: CollectorRegistry) -> Callable[[], Reply]:
+    """GET /metrics: the registry in Prometheus' text format."""
+    return lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
-    def __init__(
-        self,
-        address: str,
-        registry: CollectorRegistry,
-        healthy: Callable[[], bool],
-        ready: Callable[[], bool] | None = None,
-    ) -> None:
-        host, _, port = address.rpartition(":")
-        self._registry = registry
-        self._healthy = healthy
-        self._ready = ready or healthy
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body = generate_latest(outer._registry)
-                    self._reply(200, body, CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/livez"):
-                    ok = outer._healthy()
-                    self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-                elif path == "/readyz":
-                    ok = outer._ready()
-                    self._reply(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
-                else:
-                    self._reply(404, b"not found\n", "text/plain")
+def metrics_endpoint(address: str, registry: CollectorRegistry, *,
+                     flag: str = "--metrics-bind-address") -> HttpEndpoint:
+    """/metrics on `address`, bound now (BindError naming `flag`), served from `start()`."""
+    return HttpEndpoint(address, {"/metrics": metrics_route(registry)}, flag=flag, name="metrics")
 
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
-                pass
-
-        self._server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        log.info("serving /healthz and /metrics", extra={"port": self.port})
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def health_endpoint(address: str, healthy: Callable[[], bool], ready: Callable[[], bool], *,
+                    flag: str = "--health-bind-address") -> HttpEndpoint:
+    """/healthz, /livez and /readyz on `address`, bound now (BindError naming `flag`)."""
+    return HttpEndpoint(address, health_routes(healthy, ready), flag=flag, name="health")

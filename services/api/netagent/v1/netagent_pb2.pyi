@@ -163,6 +163,7 @@ class GetInfoResponse(_message.Message):
     listen_port: _builtins.int
     mtu: _builtins.int
     device_configured: _builtins.bool
+    """The device holds a private key now (read from the device, unlike WatchRole's cached value)."""
     tunnel_count: _builtins.int
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...
@@ -329,10 +330,20 @@ class WatchRoleResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DEVICE_CONFIGURED_FIELD_NUMBER: _builtins.int
+    DEVICE_GENERATION_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     epoch: _builtins.int
     reason: _builtins.str
     """Why the role changed: "set", "expired", "startup", "restored"."""
+    device_configured: _builtins.bool
+    """The WireGuard device holds a private key. False after the agent re-created a device without
+    the key (see WatchRole): call ConfigureDevice.
+    """
+    device_generation: _builtins.int
+    """Incremented each time the agent re-programmed the device because it came back or drifted; a
+    change with `device_configured: true` needs no action.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -342,10 +353,12 @@ class WatchRoleResponse(_message.Message):
         epoch: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        device_configured: _builtins.bool = ...,
+        device_generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "expires_at", b"expires_at", "reason", b"reason", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_configured", b"device_configured", "device_generation", b"device_generation", "epoch", b"epoch", "expires_at", b"expires_at", "reason", b"reason", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

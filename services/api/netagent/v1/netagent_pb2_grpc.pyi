@@ -84,7 +84,10 @@ class NetAgentServiceStub:
     | in 1..65535 (1024..65535 unless        |                   |                                   |
     | --allow-privileged-ports), MTU not in  |                   |                                   |
     | 1280..9000                             |                   |                                   |
-    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+    | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+    | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+    | not running (the message names it)     |                   | says so on WatchRole.             |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
     """
@@ -112,9 +115,27 @@ class NetAgentServiceStub:
     answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]
-    """WatchRole streams the current role at once, then every change (including expiry). Served on every
-    socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
-    stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
+    """WatchRole streams the current role and device state at once, then every change: of the role
+    (including expiry and renewals), of `device_configured`, and each time the agent re-programmed
+    the WireGuard device (`device_generation`). Served on every socket (each controller runs only
+    while its agent is ACTIVE); the stream ends when the agent stops.
+
+    The device: when wireguard-go restarts (with --wireguard-go-mode external it lives in the
+    gateway pod's wireguard container), its TUN comes back empty. The agent notices at once and
+    re-programs it from memory: link, listen port, MTU, address, routes, NAT, and the peers while
+    ACTIVE (never while STANDBY). It keeps the last ConfigureDevice key in memory only; when it has
+    none (it restarted since), the message says `device_configured: false` and the tunnel controller
+    MUST call ConfigureDevice at once (not at its next periodic check).
+
+    Idempotency: messages are states, not events: a watcher may see the same state twice (after a
+    reconnect) and acts on the latest. Calling ConfigureDevice again with the same key is a no-op.
+
+    | Condition                                | Code               | Recovery                      |
+    |------------------------------------------|--------------------|-------------------------------|
+    | the socket already serves its bound of   | RESOURCE_EXHAUSTED | Retry with back off.          |
+    | streams                                  |                    |                               |
+    | the agent stops (the stream ends or      | UNAVAILABLE / OK   | Reconnect with back off; the  |
+    | breaks)                                  |                    | first message is the state.   |
     """
     EnsureTunnel: _grpc.UnaryUnaryMultiCallable[_netagent_pb2.EnsureTunnelRequest, _netagent_pb2.EnsureTunnelResponse]
     """EnsureTunnel makes the dataplane for one remote cluster match `tunnel`: WireGuard peer, routes in
@@ -235,7 +256,10 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | in 1..65535 (1024..65535 unless        |                   |                                   |
     | --allow-privileged-ports), MTU not in  |                   |                                   |
     | 1280..9000                             |                   |                                   |
-    | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+    | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+    | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+    | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+    | not running (the message names it)     |                   | says so on WatchRole.             |
     | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
     |                                        |                   | the operator's socket.            |
     """
@@ -263,9 +287,27 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     answers without waiting for any other call in flight; the peers are gone when it returns.
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]  # type: ignore[assignment]
-    """WatchRole streams the current role at once, then every change (including expiry). Served on every
-    socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
-    stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
+    """WatchRole streams the current role and device state at once, then every change: of the role
+    (including expiry and renewals), of `device_configured`, and each time the agent re-programmed
+    the WireGuard device (`device_generation`). Served on every socket (each controller runs only
+    while its agent is ACTIVE); the stream ends when the agent stops.
+
+    The device: when wireguard-go restarts (with --wireguard-go-mode external it lives in the
+    gateway pod's wireguard container), its TUN comes back empty. The agent notices at once and
+    re-programs it from memory: link, listen port, MTU, address, routes, NAT, and the peers while
+    ACTIVE (never while STANDBY). It keeps the last ConfigureDevice key in memory only; when it has
+    none (it restarted since), the message says `device_configured: false` and the tunnel controller
+    MUST call ConfigureDevice at once (not at its next periodic check).
+
+    Idempotency: messages are states, not events: a watcher may see the same state twice (after a
+    reconnect) and acts on the latest. Calling ConfigureDevice again with the same key is a no-op.
+
+    | Condition                                | Code               | Recovery                      |
+    |------------------------------------------|--------------------|-------------------------------|
+    | the socket already serves its bound of   | RESOURCE_EXHAUSTED | Retry with back off.          |
+    | streams                                  |                    |                               |
+    | the agent stops (the stream ends or      | UNAVAILABLE / OK   | Reconnect with back off; the  |
+    | breaks)                                  |                    | first message is the state.   |
     """
     EnsureTunnel: _aio.UnaryUnaryMultiCallable[_netagent_pb2.EnsureTunnelRequest, _netagent_pb2.EnsureTunnelResponse]  # type: ignore[assignment]
     """EnsureTunnel makes the dataplane for one remote cluster match `tunnel`: WireGuard peer, routes in
@@ -395,7 +437,10 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | in 1..65535 (1024..65535 unless        |                   |                                   |
         | --allow-privileged-ports), MTU not in  |                   |                                   |
         | 1280..9000                             |                   |                                   |
-        | device could not be programmed         | UNAVAILABLE       | Retry with exponential back off.  |
+        | device could not be programmed; with   | UNAVAILABLE       | Retry with exponential back off;  |
+        | --wireguard-go-mode external also: the |                   | the agent re-programs the device  |
+        | wireguard container's wireguard-go is  |                   | itself when it comes back, and    |
+        | not running (the message names it)     |                   | says so on WatchRole.             |
         | called on another role's socket        | PERMISSION_DENIED | Use the tunnel controller's or    |
         |                                        |                   | the operator's socket.            |
         """
@@ -435,9 +480,27 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _netagent_pb2.WatchRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_netagent_pb2.WatchRoleResponse], _abc.AsyncIterator[_netagent_pb2.WatchRoleResponse]]:
-        """WatchRole streams the current role at once, then every change (including expiry). Served on every
-        socket (each controller runs only while its agent is ACTIVE); the stream ends when the agent
-        stops. RESOURCE_EXHAUSTED when the socket already serves its bound of streams: retry with back off.
+        """WatchRole streams the current role and device state at once, then every change: of the role
+        (including expiry and renewals), of `device_configured`, and each time the agent re-programmed
+        the WireGuard device (`device_generation`). Served on every socket (each controller runs only
+        while its agent is ACTIVE); the stream ends when the agent stops.
+
+        The device: when wireguard-go restarts (with --wireguard-go-mode external it lives in the
+        gateway pod's wireguard container), its TUN comes back empty. The agent notices at once and
+        re-programs it from memory: link, listen port, MTU, address, routes, NAT, and the peers while
+        ACTIVE (never while STANDBY). It keeps the last ConfigureDevice key in memory only; when it has
+        none (it restarted since), the message says `device_configured: false` and the tunnel controller
+        MUST call ConfigureDevice at once (not at its next periodic check).
+
+        Idempotency: messages are states, not events: a watcher may see the same state twice (after a
+        reconnect) and acts on the latest. Calling ConfigureDevice again with the same key is a no-op.
+
+        | Condition                                | Code               | Recovery                      |
+        |------------------------------------------|--------------------|-------------------------------|
+        | the socket already serves its bound of   | RESOURCE_EXHAUSTED | Retry with back off.          |
+        | streams                                  |                    |                               |
+        | the agent stops (the stream ends or      | UNAVAILABLE / OK   | Reconnect with back off; the  |
+        | breaks)                                  |                    | first message is the state.   |
         """
 
     @_abc_1.abstractmethod

@@ -4,7 +4,8 @@
 (a restart must not swap a working dataplane); otherwise "auto" takes the kernel module when it is
 available and wireguard-go when not. Forcing "userspace" never creates a kernel link, even where the
 module is loaded (Liqo still used the kernel module when userspace was requested); forcing "kernel"
-without the module is an error.
+without the module is an error. `resolve_implementation` is that decision alone, shared with the
+wireguard container's `liqo-netagent wireguard`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "WireGuardDevice",
     "choose_implementation",
     "open_device",
+    "resolve_implementation",
 ]
 
 IMPLEMENTATIONS = ("auto", "kernel", "userspace")
@@ -47,6 +49,14 @@ def choose_implementation(requested: str, existing_kind: str | None, module_avai
     return "kernel" if module_available else "userspace"
 
 
+def resolve_implementation(cfg: AgentConfig) -> str:
+    """"kernel" or "userspace" for cfg on this node: the one decision `serve` and the wireguard
+    container (`liqo-netagent wireguard`) both make, so that they agree (an existing device keeps
+    its implementation; "auto" takes the kernel module when available)."""
+    _, kind = wglink.find_link(cfg)
+    return choose_implementation(cfg.wireguard_implementation, kind, kernel_module_available())
+
+
 def open_device(cfg: AgentConfig, create: bool = True) -> WireGuardDevice:
     """The device object for cfg (touches nothing: `ensure()` creates). With create=False the device
     must exist already (FileNotFoundError otherwise), e.g. to delete it on uninstall."""
@@ -58,4 +68,4 @@ def open_device(cfg: AgentConfig, create: bool = True) -> WireGuardDevice:
         impl = "kernel" if kind == "wireguard" else "userspace"
     if impl == "kernel":
         return KernelDevice(cfg)
-    return UserspaceDevice(cfg)
+    return UserspaceDevice(cfg, spawn=cfg.wireguard_go_mode != "external")

@@ -1,0 +1,75 @@
+"""--wireguard-go-mode external without a kernel: the wait for the wireguard container's daemon
+(bounded, a clear DeviceError naming the container), never a spawn or a delete; and the link events
+that wake the agent when the device vanishes or comes back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from services.netagent.config import AgentConfig
+from services.netagent.kernel.wireguard import DeviceError, UserspaceDevice
+from services.netagent.kernel.wireguard import userspace as us
+from services.netagent.kernel.wireguard.watch import link_events
+
+CFG = AgentConfig(wireguard_go_mode="external")
+
+
+class FakeUapi:
+    def __init__(self, alive: Iterator[bool]) -> None:
+        self._alive = alive
+
+    def alive(self) -> bool:
+        return next(self._alive)
+
+
+def external(monkeypatch: pytest.MonkeyPatch, links: list[tuple[str | None, str | None]],
+             alive: list[bool], timeout: float = 0.3) -> UserspaceDevice:
+    seq = iter(links + [links[-1]] * 1000)
+    monkeypatch.setattr(us.wglink, "find_link", lambda *_a: next(seq))
+    monkeypatch.setattr(us.wglink, "delete_link", lambda *_a: pytest.fail("external mode deleted a link"))
+    dev = UserspaceDevice(CFG, spawn=False, start_timeout=timeout, host=lambda: None, gw=lambda: None)
+    monkeypatch.setattr(dev, "_start_daemon", lambda: pytest.fail("external mode started wireguard-go"))
+    dev.uapi = FakeUapi(iter(alive + [alive[-1]] * 1000))  # type: ignore[assignment]
+    return dev
+
+
+def test_no_tun_and_no_socket_fails_at_once_naming_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = external(monkeypatch, [(None, None)], [False], timeout=30)
+    with pytest.raises(DeviceError) as e:
+        dev._wait_external()
+    assert "wireguard container" in str(e.value) and "liqo-netagent wireguard" in str(e.value)
+
+
+def test_a_tun_whose_socket_never_answers_fails_after_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = external(monkeypatch, [("host", "tun")], [False], timeout=0.2)
+    with pytest.raises(DeviceError, match=r"its socket does not answer after 0\.2s"):
+        dev._wait_external()
+
+
+def test_a_daemon_coming_up_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = external(monkeypatch, [("host", "tun")], [False, False, False, True], timeout=5)
+    dev._wait_external()  # returns once the socket answers
+
+
+def test_a_kernel_device_is_refused_not_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = external(monkeypatch, [("netns", "wireguard")], [False])
+    with pytest.raises(DeviceError, match="not the TUN of wireguard-go"):
+        dev._wait_external()
+
+
+def _msg(kind: int, name: str) -> bytes:
+    m: Any = ifinfmsg()
+    m["header"]["type"] = kind
+    m["attrs"] = [("IFLA_IFNAME", name)]
+    m.encode()
+    return bytes(m.data)
+
+
+def test_link_events_name_the_links() -> None:
+    data = _msg(RTM_NEWLINK, "liqo.tunnel") + _msg(RTM_DELLINK, "eth0")
+    assert link_events(data) == [(RTM_NEWLINK, "liqo.tunnel"), (RTM_DELLINK, "eth0")]
