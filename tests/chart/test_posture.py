@@ -84,6 +84,24 @@ def test_netagent_privileged_or_only_its_capabilities() -> None:
     assert caps["privileged"] is False and caps["allowPrivilegeEscalation"] is False
     assert caps["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
     assert caps["seccompProfile"] == {"type": "RuntimeDefault"} and caps["readOnlyRootFilesystem"] is True
+    # The API server refuses Bidirectional propagation in a container that is not privileged, and a
+    # default AppArmor profile would refuse the agent's mounts.
+    annotations = chart.deployment(capsmode)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["container.apparmor.security.beta.kubernetes.io/netagent"] == "unconfined"
+    assert "annotations" not in chart.deployment(chart.render(chart.values()))["spec"]["template"]["metadata"]
+
+
+@pytest.mark.parametrize("privileged", [True, False])
+def test_bidirectional_propagation_only_in_privileged_containers(privileged: bool) -> None:
+    """The API server's rule (`Bidirectional mount propagation is available only to privileged
+    containers`), which schema validation does not check."""
+    spec = pod_spec(chart.render(chart.values(netagent={"privileged": privileged})))
+    for c in spec["containers"]:
+        for m in c.get("volumeMounts", []):
+            if m.get("mountPropagation") == "Bidirectional":
+                assert c["securityContext"].get("privileged") is True, (c["name"], m)
+    (netns,) = [m for c in spec["containers"] for m in c.get("volumeMounts", []) if m["name"] == "host-netns"]
+    assert netns["mountPropagation"] == ("Bidirectional" if privileged else "HostToContainer")
 
 
 def test_wireguard_container_is_root_with_net_admin_and_tun_only(objects: list[dict[str, Any]]) -> None:

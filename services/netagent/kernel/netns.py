@@ -8,6 +8,8 @@ is adopted: recreating it would cut every tunnel while the agent restarts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -76,6 +78,10 @@ def netns_exists(name: str) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
+        return False
+    except PermissionError:
+        # A namespace file is readable by all; this is a leftover mount point (created mode 0) that
+        # a netagent without CAP_DAC_OVERRIDE (the chart's capabilities mode) cannot open.
         return False
     try:
         # A leftover mount point (namespace gone) is a plain file: NS_GET_NSTYPE fails on it.
@@ -150,5 +156,30 @@ def write_sysctl(name: str, key: str, value: str) -> bool:
     """Writes a sysctl inside the named netns when it differs; returns True when it changed."""
     if read_sysctl(name, key) == value:
         return False
+    make_proc_sys_writable()
     run_in_netns(name, ["sysctl", "-qw", f"{key}={value}"])
+    return True
+
+
+# mount(2) flags, and the statvfs flags that carry the same per-mount bits.
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 2, 4, 8, 32, 4096
+_KEPT_FLAGS = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | 1024 | 2048 | 8192  # + noatime, nodiratime, relatime
+
+
+def make_proc_sys_writable(path: str = "/proc/sys") -> bool:
+    """A container that is not privileged gets /proc/sys as a read-only bind mount, so even with
+    CAP_NET_ADMIN the agent could not turn on forwarding in liqo-netns (/proc/sys/net is the opener's
+    network namespace). With CAP_SYS_ADMIN (the chart's capabilities mode) that one bind mount is made
+    writable again, in the agent's own mount namespace only (the container's); the other per-mount
+    flags are kept. Returns True when it remounted; OSError when the remount is refused (for instance
+    by an AppArmor profile that denies mount: run the netagent unconfined, as the chart does)."""
+    flags = os.statvfs(path).f_flag
+    if not flags & os.ST_RDONLY:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    keep = flags & _KEPT_FLAGS
+    if libc.mount(None, path.encode(), None, _MS_REMOUNT | _MS_BIND | keep, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{path} is read-only and cannot be remounted read-write "
+                           f"({os.strerror(err)}): the netagent needs CAP_SYS_ADMIN and mount allowed", path)
     return True
