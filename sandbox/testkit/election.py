@@ -72,6 +72,11 @@ class RecordingNetAgent(pb_grpc.NetAgentServiceServicer):
             context.abort(*error)
         return pb.SetRoleResponse(role=request.role, epoch=g.epoch)
 
+    def restarted(self) -> None:
+        """As an agent restarted after its last grant lapsed: STANDBY, nothing granted."""
+        with self._lock:
+            self.fence = Fence()
+
     def active(self) -> bool:
         with self._lock:
             return self.fence.current().active_at(time.monotonic())

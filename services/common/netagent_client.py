@@ -80,6 +80,13 @@ class NetAgentError(Exception):
         return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
 class NetAgentClient:
     def __init__(
         self,
@@ -93,7 +100,11 @@ class NetAgentClient:
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self.backoff = backoff or Backoff(base=0.1, cap=2.0)
-        self.channel = grpc.insecure_channel(f"unix://{socket_path}")
+        # A restarted netagent (its container restarting) must be reached again within a fraction
+        # of a second: gRPC's default reconnect backoff (1 s, growing to 120 s) would keep the role
+        # ungranted and the device unconfigured for seconds after it answers. A Unix socket costs
+        # nothing to retry.
+        self.channel = grpc.insecure_channel(f"unix://{socket_path}", options=RECONNECT_OPTIONS)
         self.stub = pb_grpc.NetAgentServiceStub(self.channel)
 
     def close(self) -> None:

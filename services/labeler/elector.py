@@ -88,6 +88,7 @@ class Elector:
         self.observed: Observed | None = None
         self._blind = False  # a Lease read failed since the last successful one
         self._refused_since: float | None = None  # our netagent refuses ACTIVE since then
+        self._unreachable = False  # the last ACTIVE grant failed because the netagent did not answer
         self._hold_off_until = 0.0  # after stepping down: no campaigning before then
         self.granted: RoleDirective | None = None  # what the netagent last accepted
         self.wake = threading.Event()
@@ -150,6 +151,10 @@ class Elector:
                     if self.wake.wait(min(0.1, max(0.0, next_at - self.clock()))):
                         next_at = self.clock()
                         break
+                    if self._unreachable and self.state.leading:
+                        # Our netagent is restarting: grant again the moment it answers (it comes
+                        # back STANDBY once the last grant lapsed), not at the next renewal.
+                        self.sync_role()
         finally:
             self.release()
 
@@ -254,17 +259,26 @@ class Elector:
             self.netagent.set_role(pb.ROLE_ACTIVE, want.epoch, ttl, reason)
         except NetAgentError as e:
             self.metrics.role_errors.inc()
-            log.warning("netagent refused the ACTIVE role", extra={"error": str(e), "epoch": want.epoch})
+            if not (e.unavailable and self._unreachable):  # once per outage, not every retry
+                log.warning("netagent refused the ACTIVE role", extra={"error": str(e), "epoch": want.epoch})
             if e.stale_epoch:
                 self._learn_agent_epoch()
                 return
             now = self.clock()
             if self._refused_since is None:
                 self._refused_since = now
-            elif now - self._refused_since >= self.timings.lease_duration:
+            # An unreachable netagent (its container restarting) has not withdrawn the dataplane:
+            # wireguard-go, in a container of its own, forwards with the last peers and nobody can
+            # remove them, so handing the Lease over would make two live dataplanes. Only a netagent
+            # that answers and refuses is given up on after a lease duration; an unreachable one after
+            # the outage grace (the same split-brain bound as an API outage).
+            self._unreachable = e.unavailable
+            patience = self.timings.outage_grace if e.unavailable else self.timings.lease_duration
+            if now - self._refused_since >= max(patience, self.timings.lease_duration):
                 self._step_down()
             return
         self._refused_since = None
+        self._unreachable = False
         self.granted = want
         if self._active_epoch != want.epoch:
             self._active_epoch = want.epoch

@@ -285,3 +285,43 @@ def test_leader_whose_agent_refuses_active_steps_down(cluster_factory: Callable[
     time.sleep(2 * t)  # within the hold-off: the refusing replica does not take the Lease back
     assert cluster.store.record is not None and cluster.store.record.holder == "gw-b"
     assert b.netagent.active()
+
+
+def test_leader_keeps_the_lease_while_its_netagent_restarts_and_regrants_at_once(
+    cluster_factory: Callable[[Timings], Cluster],
+) -> None:
+    """A netagent that does not answer (its container restarting) has not withdrawn the dataplane:
+    wireguard-go, in a container of its own, still forwards with the last peers. The leader keeps the
+    Lease (a successor would make two live dataplanes), grants ACTIVE again the moment the agent
+    answers (not at its next renewal, 2 s away here), and gives up only after the outage grace."""
+    timings = Timings(lease_duration=3, renew_deadline=2.5, retry_period=2.0, outage_grace=9.0)
+    cluster = cluster_factory(timings)
+    a, b = cluster.add("gw-a"), cluster.add("gw-b")
+    a.start()
+    wait_for("gw-a active", a.netagent.active, 5, 0.02)
+    b.start()
+    server = cluster.servers[0]
+    sock = f"{cluster.tmp}/gw-a.sock"
+
+    def agent_down() -> None:
+        server.stop(0)  # type: ignore[attr-defined]
+
+    agent_down()
+    time.sleep(2 * timings.lease_duration)  # two lease durations without a netagent
+    assert cluster.store.record is not None and cluster.store.record.holder == "gw-a"
+    assert not b.elector.state.leading and not b.netagent.active()
+    # The agent comes back as a restarted one does once the last grant lapsed: STANDBY.
+    a.netagent.restarted()
+    server = serve(a.netagent, sock)
+    cluster.servers[0] = server
+    t_back = time.monotonic()
+    wait_for("gw-a ACTIVE again", a.netagent.active, 2, 0.01)
+    regrant = time.monotonic() - t_back
+    print(f"\nrestarted netagent granted ACTIVE again after {regrant:.3f}s (retry period 2 s)")
+    assert regrant < 1.0
+    # Down for longer than the outage grace: the leader gives up and the other replica leads.
+    agent_down()
+    t_down = time.monotonic()
+    wait_for("gw-b leading", lambda: b.elector.state.leading and b.netagent.active(),
+             timings.outage_grace + 3 * timings.retry_period + 2, 0.05)
+    assert time.monotonic() - t_down >= timings.outage_grace - timings.retry_period

@@ -115,6 +115,14 @@ class PodRuntime:
     def _play(self, node: Node) -> None:
         self._podman = self.engine.in_node(node)
         node.run("mkdir", "-p", NODE_WIREGUARD_DIR, NODE_MODULES_DIR)
+        # A Kubernetes emptyDir is root's with mode 0777. Podman gives a new volume to the user of
+        # the first container that mounts it, and a netagent without CAP_DAC_OVERRIDE (capabilities
+        # mode) could then not create its socket in a controller's volume: made as Kubernetes does.
+        for vol in self.manifest["spec"].get("volumes", []):
+            if "emptyDir" in vol:
+                self._podman.run("volume", "create", "--opt", "o=uid=0,gid=0", vol["name"])
+                path = self._podman.run("volume", "inspect", "--format", "{{.Mountpoint}}", vol["name"])
+                node.run("chmod", "0777", path.stdout.strip())
         self._pod = self._podman.play(self.manifest)
         source = next(m["Source"] for m in self.podman.inspect(self.container(NETAGENT))["Mounts"]
                       if m["Destination"] == NETAGENT_PRIVATE_DIR)
