@@ -45,11 +45,13 @@ class RecordingNetAgent(pb_grpc.NetAgentServiceServicer):
         self.calls: list[RoleCall] = []
         self._lock = threading.Lock()
         self.refuse_active = False  # as an agent whose device is not configured
+        self.device_configured = True  # what GetInfo says
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
         g = self.fence.current()
         role = pb.ROLE_ACTIVE if g.role is Role.ACTIVE else pb.ROLE_STANDBY
-        return pb.GetInfoResponse(version="fake", role=role, epoch=g.epoch, device_configured=True)
+        return pb.GetInfoResponse(version="fake", role=role, epoch=g.epoch,
+                                  device_configured=self.device_configured)
 
     def SetRole(self, request: pb.SetRoleRequest, context: grpc.ServicerContext) -> pb.SetRoleResponse:
         if request.role not in (pb.ROLE_ACTIVE, pb.ROLE_STANDBY):

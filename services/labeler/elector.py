@@ -89,6 +89,7 @@ class Elector:
         self._blind = False  # a Lease read failed since the last successful one
         self._refused_since: float | None = None  # our netagent refuses ACTIVE since then
         self._unreachable = False  # the last ACTIVE grant failed because the netagent did not answer
+        self._agent_ready: bool | None = None  # last seen: could our netagent lead (for the log)
         self._hold_off_until = 0.0  # after stepping down: no campaigning before then
         self.granted: RoleDirective | None = None  # what the netagent last accepted
         self.wake = threading.Event()
@@ -162,6 +163,8 @@ class Elector:
         self.wake.clear()
         self.last_tick = self.clock()
         if self.last_tick < self._hold_off_until:
+            return
+        if not self.state.leading and not self._agent_can_lead():
             return
         change = settle(self.state, self._attempt(), self.clock(), self.timings)
         if change.reread:
@@ -320,6 +323,20 @@ class Elector:
             self.granted = RoleDirective(False, epoch)
             return True
         return False
+
+    def _agent_can_lead(self) -> bool:
+        """Whether our netagent could take the ACTIVE role: it answers and its device is configured.
+        A replica whose pod is still starting (every container at once) would otherwise take the
+        Lease, be refused, step down and hold off, while the healthy replica waits for it."""
+        try:
+            ready = bool(self.netagent.get_info(retry_deadline=0.0).device_configured)
+        except NetAgentError:
+            ready = False
+        if ready != self._agent_ready:
+            self._agent_ready = ready
+            log.info("netagent ready to lead" if ready else "not campaigning until the netagent's device "
+                     "is configured")
+        return ready
 
     def _learn_agent_epoch(self) -> None:
         try:

@@ -449,12 +449,18 @@ class Agent:
         with self._lock:
             st = self._state
             self._iptables.invalidate()
-            repaired = self._timed("veth", lambda: veth.ensure_veth(self._effective(st)).created)
-            repaired = self._ensure_device(st) or repaired
-            repaired = self._converge_all(st) or repaired
+            specs = list(st.tunnels.values())
+            layers = {
+                "veth": self._timed("veth", lambda: veth.ensure_veth(self._effective(st)).created),
+                "device": self._ensure_device(st),
+                "routes": self._timed("routes", lambda: self._converge_routing(None, specs)),
+                "iptables": self._converge_iptables(st),
+                "peers": self._sync_peers(st),
+            }
+        repaired = [name for name, changed in layers.items() if changed]
         if repaired:
-            log.warning("repaired drift in Liqo-owned kernel state")
-        return repaired
+            log.warning("repaired drift in Liqo-owned kernel state", extra={"layers": repaired})
+        return bool(repaired)
 
     def _ensure_device(self, st: state.AgentState) -> bool:
         """Under _lock: the device as `st` wants it (placed in the netns, up, MTU, address, listen port,

@@ -325,3 +325,22 @@ def test_leader_keeps_the_lease_while_its_netagent_restarts_and_regrants_at_once
     wait_for("gw-b leading", lambda: b.elector.state.leading and b.netagent.active(),
              timings.outage_grace + 3 * timings.retry_period + 2, 0.05)
     assert time.monotonic() - t_down >= timings.outage_grace - timings.retry_period
+
+
+def test_a_replica_whose_device_is_not_configured_does_not_campaign(
+    cluster_factory: Callable[[Timings], Cluster],
+) -> None:
+    """All containers of a pod start at once: a labeler whose netagent has no configured device yet
+    must not take the Lease (it would be refused, step down and hold off while the healthy replica
+    waits). It campaigns once the device is configured."""
+    cluster = cluster_factory(FAST)
+    a, b = cluster.add("gw-a"), cluster.add("gw-b")
+    a.netagent.device_configured = False
+    a.start()
+    time.sleep(2 * FAST.retry_period)
+    assert cluster.store.record is None or not cluster.store.record.holder  # a did not campaign
+    b.start()
+    wait_for("gw-b leading and active", lambda: b.elector.state.leading and b.netagent.active(), 5, 0.02)
+    a.netagent.device_configured = True
+    b.halt()  # graceful: releases, and now gw-a may lead
+    wait_for("gw-a leading and active", lambda: a.elector.state.leading and a.netagent.active(), 5, 0.02)
