@@ -49,7 +49,8 @@ class NetAgent:
     def __init__(self, node: Node, workdir: Path, *, socket: str | Path | None = None,
                  state: str | Path | None = None, args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, probe_interval: float | None = 0.5,
-                 role_sockets: Mapping[str, str | Path] | None = None) -> None:
+                 role_sockets: Mapping[str, str | Path] | None = None,
+                 shutdown_grace: float | None = 0.0) -> None:
         self.node = node
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,9 @@ class NetAgent:
         self.args = tuple(args)
         self.env = dict(env) if env is not None else None
         self.probe_interval = probe_interval
+        # A test stops ACTIVE agents all the time, with no labeler to withdraw the role: no drain by
+        # default (None: the product's, as a gateway replica runs it).
+        self.shutdown_grace = shutdown_grace
         self.proc: subprocess.Popen[Any] | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.NetAgentServiceStub | None = None
@@ -101,6 +105,8 @@ class NetAgent:
             argv += [f"--{role}-socket", path]
         if self.probe_interval is not None:
             argv += ["--probe-interval", str(self.probe_interval)]
+        if self.shutdown_grace is not None:
+            argv += ["--shutdown-grace", str(self.shutdown_grace)]
         return dies_with_us([*argv, *self.args])
 
     def start(self, timeout: float = 30.0) -> NetAgent:

@@ -52,6 +52,10 @@ class AgentConfig:
     # a veth whose MAC changed); Liqo re-enforced its firewall every 5 s.
     resync_interval: float = 10.0
     metrics_address: str = ""  # "host:port"; empty disables the endpoint
+    # On SIGTERM while ACTIVE, keep serving this long at most, until the role is withdrawn: a pod
+    # deletion stops the labeler at the same moment, and it may only hand the Lease over (at once)
+    # after setting this agent STANDBY; an agent gone first leaves it waiting for the Lease to expire.
+    shutdown_grace: float = 3.0
     health_address: str = ""  # "host:port" of /healthz and /readyz; empty disables the endpoint
 
     # The protected address space (docs/security.md, services/netagent/plan/protect.py). This

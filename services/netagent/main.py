@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
 
 if TYPE_CHECKING:
+    from services.netagent.agent import Agent
     from services.netagent.server import SocketSpec
 
 log = logging.getLogger("liqo-netagent")
@@ -128,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between re-reads of the kernel that repair drift in Liqo-owned state",
     )
     p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=D.shutdown_grace,
+        help="on SIGTERM while ACTIVE, keep serving at most this many seconds, until the labeler (stopped "
+        "by the same pod deletion) has withdrawn the role and can hand the Lease over at once; the "
+        "dataplane runs on meanwhile; 0 = stop at once",
+    )
+    p.add_argument(
         "--metrics-address", default=D.metrics_address,
         help="host:port of Prometheus /metrics (\":PORT\" = every address); empty = off; a port in use "
         "is an error at start",
@@ -220,6 +230,7 @@ def config_from_args(a: argparse.Namespace) -> AgentConfig:
         wireguard_implementation=a.wireguard_implementation,
         state_path=a.state_path,
         resync_interval=a.resync_interval,
+        shutdown_grace=a.shutdown_grace,
         metrics_address=a.metrics_address,
         health_address=a.health_address,
         wireguard_go_mode=a.wireguard_go_mode,
@@ -298,6 +309,18 @@ def bind_endpoints(cfg: AgentConfig) -> tuple[HttpEndpoint | None, HttpEndpoint 
     return metrics, health
 
 
+def drain(agent: Agent, grace: float) -> None:
+    """After SIGTERM: while the role is ACTIVE, keep serving up to `grace` seconds so the labeler can
+    withdraw it (and then release the Lease at once) before this agent goes away."""
+    from services.netagent.plan.role import Role
+
+    deadline = time.monotonic() + grace
+    if agent.role().role is Role.ACTIVE and grace > 0:
+        log.info("draining: serving until the ACTIVE role is withdrawn", extra={"grace_s": grace})
+    while agent.role().role is Role.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def serve(cfg: AgentConfig) -> int:
     from services.netagent import agent as agent_mod
     from services.netagent.metrics import NetagentMetrics, metrics_route
@@ -362,7 +385,8 @@ def serve(cfg: AgentConfig) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         done.wait()
-        server.stop(grace=2).wait()
+        drain(agent, cfg.shutdown_grace)
+        server.stop(grace=0.5).wait()
         agent.stop()
         return 0
     finally:

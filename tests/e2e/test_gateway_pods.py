@@ -1,7 +1,7 @@
 """The chart's gateway pods run by a real container engine: each replica is the Helm chart's rendered pod,
 played by podman inside its emulated node (sandbox.testkit.cluster.PodRuntime), against the cluster's
-in-memory API server. Cluster A has two replicas, B one; both use 10.0.0.0/16 for pods. A third
-cluster runs the netagent with only the capabilities the chart's `netagent.privileged: false` gives.
+in-memory API server. Cluster A has two replicas (privileged netagent), B one (the netagent with only
+the capabilities the chart's `netagent.privileged: false` gives). Both use 10.0.0.0/16 for pods.
 
 Proved here: traffic both ways through the remapped CIDRs and to a NatMapping address; every container
 runs as the chart says (read from inside it); every probe of the chart answers (a standby is ready);
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from sandbox.testkit import chart
@@ -61,6 +62,9 @@ def options(**over: Any) -> ClusterOptions:
     return ClusterOptions(pods=True, labeler_args=list(LEASE), **over)
 
 
+CAPABILITIES = options(pod_values={"netagent": {"privileged": False}})  # B's netagent: no `privileged`
+
+
 @dataclass
 class Env:
     a: EmulatedCluster
@@ -92,7 +96,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("pods")
     with leaves_nothing(), Wan() as wan, \
          EmulatedCluster("a", 1, wan, replicas=2, workdir=tmp / "a", options=options()) as a, \
-         EmulatedCluster("b", 2, wan, replicas=1, workdir=tmp / "b", options=options(pod_values={"netagent": {"privileged": False}})) as b:  # fmt: skip
+         EmulatedCluster("b", 2, wan, replicas=1, workdir=tmp / "b", options=CAPABILITIES) as b:  # fmt: skip
         a.start()
         b.start()
         pod_a, pod_b = a.add_pod("web", POD_A), b.add_pod("web", POD_B)
@@ -121,6 +125,19 @@ def healthy(env: Env) -> None:
     wait_for("B -> A", lambda: ping_ok(env.pod_b, POD_A_FROM_B, count=1), 30, 0.1)
 
 
+def ready_standby(r: GatewayReplica) -> None:
+    """Waits until `r` could take over: its netagent STANDBY with a configured device (what its
+    labeler waits for before campaigning)."""
+    def ready() -> bool:
+        try:
+            info = r.role()
+        except grpc.RpcError:
+            return False
+        return info.role == pb.ROLE_STANDBY and info.device_configured
+    wait_for(f"{r.name} a ready standby", ready, 60, 0.1)
+    time.sleep(1)  # the labeler's next attempt (retry period 0.5 s) sees it
+
+
 # ---- the tests --------------------------------------------------------------------------------------
 
 
@@ -134,7 +151,8 @@ def test_pods_peer_with_traffic_both_ways_and_a_natmapping(env: Env) -> None:
     # cannot read back as it wrote it).
     for c in (env.a, env.b):
         for r in c.replicas:
-            assert not r.log_events("netagent", "repaired drift in Liqo-owned kernel state"), r.log("netagent")
+            repairs = r.log_events("netagent", "repaired drift in Liqo-owned kernel state")
+            assert not repairs, r.log("netagent")
     # Every container of every pod is the chart's, and runs.
     for c in (env.a, env.b):
         for r in c.replicas:
@@ -145,8 +163,8 @@ def test_pods_peer_with_traffic_both_ways_and_a_natmapping(env: Env) -> None:
 
 def test_containers_run_as_the_chart_says(env: Env) -> None:
     """User, groups, capabilities, privilege escalation, seccomp and read-only root, read from inside
-    each running container of A's active pod."""
-    for c, privileged in ((env.a, True),):
+    each running container of A's (privileged) and B's (capabilities) active pods."""
+    for c, privileged in ((env.a, True), (env.b, False)):
         r = leader(c)
         pods = pods_of(r)
         spec = chart.containers(pods.objects)
@@ -242,7 +260,7 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     assert t_active - t_stop < 3, env.logs()
     assert end - start < 2, env.logs()
     pods_of(old).podman.start_pod(old.name)  # the pod comes back as the standby
-    wait_for("the old pod standby", lambda: old.alive("netagent") and not old.is_active(), 60, 0.1)
+    ready_standby(old)
     healthy(env)
 
     # Crash: the active replica's node dies with everything in it.
@@ -265,7 +283,7 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     # The crashed node reboots: a fresh pod (fresh emptyDirs), standby.
     old.boot()
     old.start()
-    wait_for("rebooted replica standby", lambda: old.role().role == pb.ROLE_STANDBY, 60, 0.1)
+    ready_standby(old)
     healthy(env)
     assert old.wg_peers() == []
 

@@ -87,7 +87,7 @@ class ProcessRuntime:
                 self._agent.close()
             self._agent = NetAgent(node, self.workdir, socket=self.socket, state=self.state,
                                    role_sockets=dict(self.role_sockets), args=self.netagent_args,
-                                   env=self.env, probe_interval=None)
+                                   env=self.env, probe_interval=None, shutdown_grace=None)
             self._agent.start(timeout=30)
             return
         with open(self.log_path(name), "ab") as logf:
