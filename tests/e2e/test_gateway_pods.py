@@ -112,8 +112,23 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 c.wait_connected(ref, 60)
             wait_for("A pod -> B pod", lambda: ping_ok(pod_a, POD_B_FROM_A, count=2), 30, 0.1)
         except AssertionError as err:
-            raise AssertionError(f"{err}\n{e.logs()}") from None
+            raise AssertionError(f"{err}\n{dataplanes(e)}\n{e.logs()}") from None
         yield e
+
+
+def dataplanes(env: Env) -> str:
+    """What a failed peering looks like from the outside: each active replica's `wg show` and the
+    load balancer's NAT and UDP flows."""
+    out = []
+    for c in (env.a, env.b):
+        r = c.active_replica()
+        if r is not None:
+            pods = pods_of(r)
+            out.append(f"--- {c.name}/{r.name} wg show\n"
+                       + pods.podman.exec(pods.container("wireguard"), "wg", "show", "liqo.tunnel").stdout)
+        out.append(f"--- {c.name}-lb nat\n" + c.lb.run("iptables-legacy-save", "-t", "nat").stdout)
+        out.append(f"--- {c.name}-lb flows\n" + c.lb.run("conntrack", "-L", "-p", "udp", check=False).stdout)
+    return "\n".join(out)
 
 
 def healthy(env: Env) -> None:
