@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 from sandbox.testkit.cluster import (
     GATEWAY_NETNS,
     WG_DEVICE,
+    ClusterOptions,
     EmulatedCluster,
     GatewayReplica,
     Peering,
@@ -352,9 +353,14 @@ class Demo:
         r = self.r
         r.step("Two emulated clusters, both with pods in 10.0.0.0/16")
         self.wan = wan = stack.enter_context(Wan())
-        a = stack.enter_context(EmulatedCluster("a", 1, wan, replicas=2))
-        b = stack.enter_context(EmulatedCluster("b", 2, wan, replicas=1))
+        # --pods: each replica is the Helm chart's pod, played by podman in its node (`make image`).
+        options = ClusterOptions(pods=True) if self.args.pods else None
+        a = stack.enter_context(EmulatedCluster("a", 1, wan, replicas=2, options=options))
+        b = stack.enter_context(EmulatedCluster("b", 2, wan, replicas=1, options=options))
         self.clusters = [a, b]
+        what = ("the chart's pod under podman: netagent, wireguard, tunnel, natmap and labeler containers"
+                if self.args.pods else
+                "liqo-netagent, liqo-tunnel-controller, liqo-natmap-controller, liqo-labeler")
         for c in (a, b):
             t0 = time.monotonic()
             c.start()
@@ -362,8 +368,7 @@ class Demo:
                    f"  API server {c.api_ip}:6443 serving the CRDs of charts/liqo-gateway/crds\n"
                    f"  gateway Service VIP {c.vip_ip}:5871/udp on its load-balancer node, forwarding to the "
                    f"pod labelled active\n"
-                   + "\n".join(f"  {g.name} on node {c.name}-gw{g.index} ({g.ip}): liqo-netagent, "
-                               "liqo-tunnel-controller, liqo-natmap-controller, liqo-labeler"
+                   + "\n".join(f"  {g.name} on node {c.name}-gw{g.index} ({g.ip}): {what}"
                                for g in c.replicas))
         pod_a, pod_b = a.add_pod("web", POD_A), b.add_pod("web", POD_B)
         t = Topology(wan, a, b, pod_a, pod_b)
@@ -661,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true",
                    help="keep everything running until Ctrl-C, and print how to reach it")
     p.add_argument("--quiet", action="store_true", help="print only the steps and PASS/FAIL lines")
+    p.add_argument("--pods", action="store_true",
+                   help="run each gateway replica as the Helm chart's pod with podman (needs `make image`)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("the demo needs root (network namespaces, iptables, WireGuard)", file=sys.stderr)

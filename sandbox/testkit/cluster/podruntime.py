@@ -17,14 +17,16 @@ Names are the containers' ("netagent", "wireguard", "tunnel", "natmap", "labeler
 a SIGTERM is `podman stop`, as the kubelet stops a container; `start` starts a stopped container again
 (the kubelet's restart). The netagent's operator socket lives in its private emptyDir; `socket` is a
 path under the replica's workdir that reaches it through a symlink (a path through /proc/PID/root
-would pass the 108 bytes a Unix socket address can hold).
+would pass the 108 bytes a Unix socket address can hold), in a short directory under /tmp.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,11 @@ class PodRuntime:
         self._podman: NodePodman | None = None
         self._pod: PlayedPod | None = None
         self._saved_logs: dict[str, str] = {}
-        self._agent_dir = workdir / "netagent-private"  # symlink to the private emptyDir, once played
+        # A symlink to the private emptyDir once played; in a short directory of its own, because the
+        # socket's path must fit a Unix socket address (108 bytes), whatever the workdir.
+        digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:12]
+        self._link_home = Path(tempfile.gettempdir()) / f"lgw-{digest}"
+        self._agent_dir = self._link_home / "netagent-private"
         self.socket = self._agent_dir / OPERATOR_SOCKET
 
     # ---- the pod ------------------------------------------------------------------------------------------
@@ -126,6 +132,7 @@ class PodRuntime:
         self._pod = self._podman.play(self.manifest)
         source = next(m["Source"] for m in self.podman.inspect(self.container(NETAGENT))["Mounts"]
                       if m["Destination"] == NETAGENT_PRIVATE_DIR)
+        self._link_home.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._agent_dir.unlink()
         self._agent_dir.symlink_to(node.path(source))
@@ -199,6 +206,8 @@ class PodRuntime:
             podman.close()
         with contextlib.suppress(FileNotFoundError):
             self._agent_dir.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._link_home.rmdir()
 
 
 
