@@ -43,11 +43,11 @@ from sandbox.testkit.cluster import (
     EmulatedCluster,
     GatewayReplica,
     Peering,
-    Remap,
     Wan,
     cluster_nat_mapping,
     peer,
 )
+from sandbox.testkit.cluster.standard import A_SEES_B, B_SEES_A, EXPORTED_B, POD_A, POD_B, POD_CIDR
 from sandbox.testkit.hosts import Node, NodeError, Pod
 from sandbox.testkit.traffic import Pinger, PingSummary, parse_ping
 from sandbox.testkit.wait import wait_for
@@ -55,11 +55,6 @@ from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.kube import KubeClient
 from services.common.vocabulary import GATEWAY_LABEL, NAT_MAPPINGS, TUNNEL_ENDPOINTS, WIREGUARD_PORT
 
-POD_CIDR = "10.0.0.0/16"
-POD_A, POD_B = "10.0.1.5", "10.0.2.7"
-A_SEES_B = Remap(pod="10.60.0.0/16", external="10.70.0.0/16")
-B_SEES_A = Remap(pod="10.80.0.0/16", external="10.90.0.0/16")
-EXPORTED_B = "10.70.0.7"  # B's NatMapping exports its pod as this address of the CIDR A uses for B
 TCP_PORT = 7000
 
 

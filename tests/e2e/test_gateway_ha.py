@@ -24,10 +24,18 @@ from sandbox.testkit.cluster import (
     GatewayReplica,
     Peering,
     PeerSampler,
-    Remap,
     Wan,
     cluster_nat_mapping,
     peer,
+)
+from sandbox.testkit.cluster.standard import (
+    A_SEES_B,
+    B_SEES_A,
+    EXPORTED_B,
+    POD_A,
+    POD_A_FROM_B,
+    POD_B,
+    POD_B_FROM_A,
 )
 from sandbox.testkit.hosts import Pod
 from sandbox.testkit.traffic import Pinger, ping_ok
@@ -41,11 +49,6 @@ if os.geteuid() != 0 or not shutil.which("wireguard-go"):
     pytest.skip("needs root and wireguard-go", allow_module_level=True)
 
 LEASE_DURATION = 7.0  # the labeler's default, used unchanged
-POD_A, POD_B = "10.0.1.5", "10.0.2.7"
-A_SEES_B = Remap(pod="10.60.0.0/16", external="10.70.0.0/16")
-B_SEES_A = Remap(pod="10.80.0.0/16", external="10.90.0.0/16")
-POD_B_FROM_A, POD_A_FROM_B = "10.60.2.7", "10.80.1.5"
-EXPORTED_B = "10.70.0.7"  # B's NatMapping exports its pod as this address of the CIDR A uses for B
 
 
 @dataclass

@@ -31,10 +31,18 @@ from sandbox.testkit.cluster import (
     Peering,
     PeerSampler,
     PodRuntime,
-    Remap,
     Wan,
     cluster_nat_mapping,
     peer,
+)
+from sandbox.testkit.cluster.standard import (
+    A_SEES_B,
+    B_SEES_A,
+    EXPORTED_B,
+    POD_A,
+    POD_A_FROM_B,
+    POD_B,
+    POD_B_FROM_A,
 )
 from sandbox.testkit.hosts import Pod
 from sandbox.testkit.podman import Podman, leaves_nothing
@@ -47,11 +55,6 @@ pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not shutil.which("podman"):
     pytest.skip("needs root and podman", allow_module_level=True)
 
-POD_A, POD_B = "10.0.1.5", "10.0.2.7"
-A_SEES_B = Remap(pod="10.60.0.0/16", external="10.70.0.0/16")
-B_SEES_A = Remap(pod="10.80.0.0/16", external="10.90.0.0/16")
-POD_B_FROM_A, POD_A_FROM_B = "10.60.2.7", "10.80.1.5"
-EXPORTED_B = "10.70.0.7"  # B's NatMapping exports its pod as this address of the CIDR A uses for B
 LEASE = ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5"]
 MAX_RESTART_GAP = 1.0  # the bound for restarting one container of the active pod
 
@@ -128,6 +131,9 @@ def dataplanes(env: Env) -> str:
                        + pods.podman.exec(pods.container("wireguard"), "wg", "show", "liqo.tunnel").stdout)
         out.append(f"--- {c.name}-lb nat\n" + c.lb.run("iptables-legacy-save", "-t", "nat").stdout)
         out.append(f"--- {c.name}-lb flows\n" + c.lb.run("conntrack", "-L", "-p", "udp", check=False).stdout)
+        if c.vip is not None:
+            out.append(f"--- {c.name} VIP backends {c.vip.history}, untranslated flows removed "
+                       f"{c.vip.repaired}")
     return "\n".join(out)
 
 

@@ -320,6 +320,8 @@ class EmulatedCluster:
     def close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
+        if self.vip is not None:
+            self.vip.close()
         for r in self.replicas:
             with contextlib.suppress(Exception):
                 r.stop(timeout=5)

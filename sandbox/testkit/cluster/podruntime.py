@@ -161,6 +161,15 @@ class PodRuntime:
             self.podman.start(self.container(name))
         if name == NETAGENT:
             self._wait_serving()
+        else:
+            self._wait_ready(name)
+
+    def _wait_ready(self, name: str, timeout: float = 60) -> None:
+        """Until the container's readiness probe (the chart's) passes, run from inside it: a process
+        in a starting container is not serving yet (a controller's imports take seconds under load)."""
+        probe = next(c for c in self.manifest["spec"]["containers"] if c["name"] == name)["readinessProbe"]
+        wait_for(f"{self.pod_name}: {name} ready", lambda: self.podman.probe(self.container(name), probe),
+                 timeout, 0.2)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
         if self._pod is None or not self.alive(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -10,6 +11,8 @@ from sandbox.testkit.hosts import Node, NodeError
 from services.common.vocabulary import WIREGUARD_PORT
 
 __all__ = ["ServiceVIP"]
+
+REPAIR_INTERVAL = 0.25  # seconds
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,42 @@ class ServiceVIP:
         self.node, self.vip, self.wan_dev, self.port = node, vip, wan_dev, port
         self.backend: str | None = None
         self.history: list[tuple[float, str | None]] = []  # (time.time(), backend) per change
+        self.repaired = 0  # untranslated egress flows removed (see _repair)
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._repairer = threading.Thread(target=self._repair_loop, daemon=True)
+        self._repairer.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._repairer.join(5)
+
+    def _repair_loop(self) -> None:
+        while not self._stop.wait(REPAIR_INTERVAL):
+            try:
+                self._repair()
+            except (NodeError, OSError):
+                if self._stop.is_set():
+                    return  # the node went away with the cluster
+                log.warning("VIP flow repair failed", exc_info=True)
+
+    def _repair(self) -> None:
+        """A real load balancer never lets the gateway's packets out with the node's own address; this
+        one can: when both clusters' first handshakes cross, the egress SNAT to VIP:port finds that
+        tuple taken by the ingress flow being confirmed at the same instant, and netfilter then lets
+        the flow through untranslated and keeps it so. The remote WireGuard roams to an address it
+        cannot reach and the tunnel never comes up. Such flows (source the backend, reply still to the
+        backend: not SNATed) are removed; the next packet then follows the ingress flow's mapping."""
+        with self._lock:
+            backend = self.backend
+            if backend is None:
+                return
+            cp = self.node.run("conntrack", "-D", "-p", "udp", "--orig-src", backend,
+                               "--sport", str(self.port), "--reply-dst", backend, check=False)
+        deleted = re.search(r"(\d+) flow entr", cp.stderr)
+        if deleted and int(deleted.group(1)) > 0:
+            self.repaired += int(deleted.group(1))
+            log.info("VIP %s: removed an untranslated egress flow of %s", self.vip, backend)
 
     def rules(self, backend: str | None) -> str:
         lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
