@@ -130,7 +130,7 @@ class GatewayReplica:
             self.start_process(name)
 
     def _signal(self, name: str | None, sig: int, timeout: float) -> None:
-        for n in ([name] if name else reversed(PROCESSES)):
+        for n in ([name] if name else reversed(self.runtime.started() or PROCESSES)):
             self.runtime.stop(n, sig, timeout)
 
     def kill(self, name: str | None = None) -> None:

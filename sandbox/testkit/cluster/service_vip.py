@@ -48,22 +48,31 @@ class ServiceVIP:
                 log.warning("VIP flow repair failed", exc_info=True)
 
     def _repair(self) -> None:
-        """A real load balancer never lets the gateway's packets out with the node's own address; this
-        one can: when both clusters' first handshakes cross, the egress SNAT to VIP:port finds that
-        tuple taken by the ingress flow being confirmed at the same instant, and netfilter then lets
-        the flow through untranslated and keeps it so. The remote WireGuard roams to an address it
-        cannot reach and the tunnel never comes up. Such flows (source the backend, reply still to the
-        backend: not SNATed) are removed; the next packet then follows the ingress flow's mapping."""
+        """A real load balancer never lets the gateway's packets out other than as VIP:port; this one
+        can: when both clusters' first handshakes cross, the egress SNAT to VIP:port finds that tuple
+        taken by the ingress flow being confirmed at the same instant, and netfilter then lets the flow
+        out untranslated, or from another port, and keeps it so. The remote WireGuard roams to that
+        address (unreachable, or not the VIP). Such egress flows (from the backend's port, whose reply
+        does not come back to VIP:port) are removed; the next packet then follows the ingress flow's
+        mapping."""
         with self._lock:
             backend = self.backend
             if backend is None:
                 return
-            cp = self.node.run("conntrack", "-D", "-p", "udp", "--orig-src", backend,
-                               "--sport", str(self.port), "--reply-dst", backend, check=False)
-        deleted = re.search(r"(\d+) flow entr", cp.stderr)
-        if deleted and int(deleted.group(1)) > 0:
-            self.repaired += int(deleted.group(1))
-            log.info("VIP %s: removed an untranslated egress flow of %s", self.vip, backend)
+            listed = self.node.run("conntrack", "-L", "-p", "udp", "--orig-src", backend,
+                                   "--sport", str(self.port), check=False).stdout
+            for line in listed.splitlines():
+                fields = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
+                if len(fields) < 8:
+                    continue
+                orig, reply = dict(fields[:4]), dict(fields[4:8])
+                if (reply["dst"], reply["dport"]) == (self.vip, str(self.port)):
+                    continue
+                self.node.run("conntrack", "-D", "-p", "udp", "--orig-src", backend,
+                              "--orig-dst", orig["dst"], "--sport", str(self.port), "--dport", orig["dport"],
+                              check=False)
+                self.repaired += 1
+                log.info("VIP %s: removed egress flow %s", self.vip, line)
 
     def rules(self, backend: str | None) -> str:
         lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
