@@ -139,11 +139,15 @@ def dataplanes(env: Env) -> str:
 
 def healthy(env: Env) -> None:
     """Both clusters have one leader, the tunnels are Connected and traffic flows both ways."""
-    for c, ref in ((env.a, env.peering.in_a), (env.b, env.peering.in_b)):
-        wait_for(f"{c.name}: one leader", lambda c=c: sum(r.is_active() for r in c.replicas) == 1, 30, 0.1)
-        c.wait_connected(ref, 30)
-    wait_for("A -> B", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30, 0.1)
-    wait_for("B -> A", lambda: ping_ok(env.pod_b, POD_A_FROM_B, count=1), 30, 0.1)
+    try:
+        for c, ref in ((env.a, env.peering.in_a), (env.b, env.peering.in_b)):
+            wait_for(f"{c.name}: one leader",
+                     lambda c=c: sum(r.is_active() for r in c.replicas) == 1, 30, 0.1)
+            c.wait_connected(ref, 30)
+        wait_for("A -> B", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30, 0.1)
+        wait_for("B -> A", lambda: ping_ok(env.pod_b, POD_A_FROM_B, count=1), 30, 0.1)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{dataplanes(env)}\n{env.logs()}") from None
 
 
 def ready_standby(r: GatewayReplica) -> None:

@@ -51,28 +51,35 @@ class ServiceVIP:
         """A real load balancer never lets the gateway's packets out other than as VIP:port; this one
         can: when both clusters' first handshakes cross, the egress SNAT to VIP:port finds that tuple
         taken by the ingress flow being confirmed at the same instant, and netfilter then lets the flow
-        out untranslated, or from another port, and keeps it so. The remote WireGuard roams to that
-        address (unreachable, or not the VIP). Such egress flows (from the backend's port, whose reply
-        does not come back to VIP:port) are removed; the next packet then follows the ingress flow's
-        mapping."""
+        out untranslated, or from another port (or gives the ingress flow another reply port), and
+        keeps it so. The remote WireGuard roams to that address, or its packets reach a flow that the
+        backend's answers never match. Such flows (egress not answered at VIP:port, ingress not
+        answered by backend:port) are removed; the next packets make a consistent pair."""
         with self._lock:
             backend = self.backend
             if backend is None:
                 return
-            listed = self.node.run("conntrack", "-L", "-p", "udp", "--orig-src", backend,
-                                   "--sport", str(self.port), check=False).stdout
-            for line in listed.splitlines():
+            port = str(self.port)
+            egress = self.node.run("conntrack", "-L", "-p", "udp", "--orig-src", backend, "--sport", port,
+                                   check=False).stdout
+            ingress = self.node.run("conntrack", "-L", "-p", "udp", "--orig-dst", self.vip, "--dport", port,
+                                    check=False).stdout
+            for line in [*egress.splitlines(), *ingress.splitlines()]:
                 fields = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
                 if len(fields) < 8:
                     continue
                 orig, reply = dict(fields[:4]), dict(fields[4:8])
-                if (reply["dst"], reply["dport"]) == (self.vip, str(self.port)):
+                if orig["src"] == backend:  # egress: must come back to VIP:port
+                    good = (reply["dst"], reply["dport"]) == (self.vip, port)
+                else:  # ingress: the backend must answer from, and to, the WireGuard port
+                    good = (reply["src"], reply["sport"], reply["dport"]) == (backend, port, orig["sport"])
+                if good:
                     continue
-                self.node.run("conntrack", "-D", "-p", "udp", "--orig-src", backend,
-                              "--orig-dst", orig["dst"], "--sport", str(self.port), "--dport", orig["dport"],
+                self.node.run("conntrack", "-D", "-p", "udp", "--orig-src", orig["src"],
+                              "--orig-dst", orig["dst"], "--sport", orig["sport"], "--dport", orig["dport"],
                               check=False)
                 self.repaired += 1
-                log.info("VIP %s: removed egress flow %s", self.vip, line)
+                log.info("VIP %s: removed flow %s", self.vip, line)
 
     def rules(self, backend: str | None) -> str:
         lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
