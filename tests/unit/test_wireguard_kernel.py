@@ -190,17 +190,28 @@ def test_kernel_peer_messages(kernel: Kernel) -> None:
     assert dev.remove_peer(PEER) is False and wg.set.call_count == n  # absent: nothing sent
 
 
-def test_kernel_genl_socket_lives_in_the_netns(monkeypatch: pytest.MonkeyPatch) -> None:
-    import services.netagent.kernel.wireguard.kernel as k
+def test_kernel_genl_socket_is_born_in_the_netns_without_forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyroute2's `WireGuard(netns=...)` forks a child per call to open its socket: inside the
+    threaded gRPC server those children died of SIGSEGV. The socket comes from `netns_socket` (a
+    thread enters the netns) and pyroute2 only gets it."""
+    import services.netagent.kernel.netns as n
 
+    sockets: list[tuple[Any, ...]] = []
     made: list[dict[str, Any]] = []
-    def fake(**kw: Any) -> MagicMock:
+
+    def fake_socket(*args: Any) -> str:
+        sockets.append(args)
+        return "genl-socket"
+
+    def fake_wireguard(**kw: Any) -> MagicMock:
         made.append(kw)
         return MagicMock()
 
-    monkeypatch.setattr(k, "WireGuard", fake)
+    monkeypatch.setattr(n, "netns_socket", fake_socket)
+    monkeypatch.setattr(n, "WireGuard", fake_wireguard)
     KernelDevice(CFG)._wg()
-    assert made == [{"netns": "liqo-netns", "flags": 0}]  # flags=0: never creates the netns
+    assert sockets == [("liqo-netns", socket.AF_NETLINK, socket.SOCK_DGRAM, 16)]  # NETLINK_GENERIC
+    assert made == [{"use_socket": "genl-socket"}]
 
 
 # ---- backend choice -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, WireGuard
 from pyroute2 import netns as pyr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -36,6 +36,7 @@ __all__ = [
     "netns_iproute",
     "netns_path",
     "netns_socket",
+    "netns_wireguard",
     "run_in_netns",
 ]
 
@@ -43,6 +44,7 @@ NETNS_DIR = "/var/run/netns"
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0
+_NETLINK_GENERIC = 16
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # matched whole (fullmatch)
 
@@ -99,7 +101,11 @@ def ensure_netns(name: str) -> bool:
     path = netns_path(name)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # stale mount point of a namespace that is gone
-    pyr_netns.create(name)
+    # iproute2 in a child that execs, not pyroute2's netns.create: that forks this threaded process
+    # without exec, and such children crash (the drift repair re-creates the netns while serving).
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise KernelError(errno.EIO, f"netns {name}: ip netns add: {r.stderr.strip()}")
     if not netns_exists(name):
         raise KernelError(errno.EIO, f"netns {name}: created but not usable")
     # A fresh namespace has loopback down; the probe and local traffic want it up.
@@ -126,6 +132,13 @@ def host_iproute() -> IPRoute:
 def netns_iproute(name: str) -> IPRoute:
     """Netlink inside the named netns; never creates it, FileNotFoundError when absent."""
     return IPRoute(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE))
+
+
+def netns_wireguard(name: str) -> WireGuard:
+    """The generic netlink family "wireguard" inside the named netns (the kernel looks the device up
+    by name there); FileNotFoundError when absent. pyroute2's own `netns=` would fork a child per
+    call: see `netns_socket`."""
+    return WireGuard(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_GENERIC))
 
 
 def netns_socket(

@@ -1,6 +1,6 @@
 """The kernel WireGuard backend, through pyroute2's netlink (rtnetlink for the link, the generic
-netlink family "wireguard" for keys and peers). The netlink boundary is injectable so it can be
-unit-tested without the module; the userspace backend covers the real dataplane in tests."""
+netlink family "wireguard" for keys and peers), on sockets born in the netns without forking. The
+netlink boundary is injectable for unit tests; tests/kernel runs it on a real kernel in a guest."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyroute2 import WireGuard
-
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
-from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute
+from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute, netns_wireguard
 from services.netagent.kernel.wireguard import link as wglink
 from services.netagent.kernel.wireguard.model import PeerConfig, PeerState
 
@@ -89,8 +87,7 @@ class KernelDevice:
         self.cfg = cfg
         self._host = host or host_iproute
         self._gw = gw or (lambda: netns_iproute(cfg.netns_name))
-        # The genl socket must live in the netns: the kernel looks the device up by name there.
-        self._wg = wg or (lambda: WireGuard(netns=cfg.netns_name, flags=0))
+        self._wg = wg or (lambda: netns_wireguard(cfg.netns_name))
 
     # ---- device ----
 
