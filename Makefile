@@ -6,15 +6,19 @@ APT_PACKAGES := wireguard-go wireguard-tools iptables iproute2 iputils-ping conn
 	util-linux procps netcat-openbsd kmod
 # The container engine and the image's base: `make image` (run by `make test` and `make demo`).
 CONTAINER_PACKAGES := podman buildah runc catatonit mmdebstrap
+# The kernel guest (tests/kernel: QEMU boots Debian's kernel, which has the WireGuard module) and the
+# benchmarks' traffic generator.
+KERNEL_GUEST_PACKAGES := qemu-system-x86 busybox-static
+BENCH_PACKAGES := iperf3
 PROTO_OUT := services/api
 
-.PHONY: install apt venv proto lint image image-clean test test-unit bench demo clean-host
+.PHONY: install apt venv proto lint image image-clean kernel-guest test test-unit bench demo clean-host
 
 install: apt venv
 
 # Installs only what is missing, so a second run touches nothing.
 apt:
-	@missing=""; for p in $(APT_PACKAGES) $(CONTAINER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(CONTAINER_PACKAGES) $(KERNEL_GUEST_PACKAGES) $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
@@ -49,8 +53,13 @@ image: install
 image-clean:
 	rm -rf build/podman build/image build/base
 
-# The image first: the root tests in tests/containers run it.
-test: install image
+# build/kernel-guest: Debian's kernel and an initramfs that boots it on this machine's root (tests/kernel).
+kernel-guest: build/kernel-guest/initramfs.cpio.gz
+build/kernel-guest/initramfs.cpio.gz: scripts/kernel-guest/build-boot.sh scripts/kernel-guest/init | install
+	./scripts/kernel-guest/build-boot.sh build/kernel-guest
+
+# The image and the kernel guest first: the root tests in tests/containers and tests/kernel run them.
+test: install image kernel-guest
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: venv
@@ -61,6 +70,7 @@ bench: install
 	$(PY) bench/natmap_apply.py --sizes 100,1000,10000
 	$(PY) bench/reconcile_latency.py
 	$(PY) bench/kubeapi_rps.py
+	$(PY) bench/kernel_path.py
 
 # The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
 DEMO_ARGS ?=

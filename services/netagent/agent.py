@@ -754,8 +754,8 @@ class Agent:
 
     def _nudge_fresh_peers(self) -> None:
         """Under _peer_lock, while ACTIVE: re-programs new peers that have not handshaken in time:
-        removing and re-adding a peer resets WireGuard's handshake state, so the next packet starts a
-        new handshake."""
+        removing and re-adding a peer (one request: it never looks missing) resets WireGuard's
+        handshake state, so the next packet starts a new handshake."""
         now = time.monotonic()
         if not any(now - t0 >= HANDSHAKE_NUDGES[n] for t0, n in self._fresh_peers.values()):
             return
@@ -766,8 +766,7 @@ class Agent:
             self._fresh_peers, now, handshaken | (peers.keys() ^ desired.keys())
         )
         for key in nudge:
-            self.device.remove_peer(key)
-            self.device.set_peer(desired[key])
+            self.device.reset_peer(desired[key])
             log.info("no handshake yet: peer re-programmed", extra={"public_key": key})
 
     def _timed(self, what: str, fn: Callable[[], bool | object]) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from sandbox.testkit.hosts import Node
 from sandbox.testkit.netagent import ROLES, NetAgent, activate
 from sandbox.testkit.resources import SAMPLE_OWNER
+from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import generate
 
@@ -56,6 +57,10 @@ def test_cleanup_removes_all_liqo_state_and_keeps_the_rest(
     # (a veth: these kernels have no dummy module)
     node.run("ip", "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
     node.run("ip", "link", "set", "foreign0", "up")
+    # The kernel's link watcher marks the link LOWERLAYERDOWN (its peer is down) and the routes then on
+    # it "linkdown" asynchronously (a second later on a slow machine): let it pass before any route.
+    wait_for("foreign0 settled", lambda: "state LOWERLAYERDOWN" in node.run(
+        "ip", "-o", "link", "show", "foreign0").stdout, 10)
     node.run("ip", "addr", "add", "198.51.100.1/24", "dev", "foreign0")
     node.run("ip", "rule", "add", "from", "198.51.100.0/24", "lookup", "100", "priority", "18952")
     node.run("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.254", "table", "100")

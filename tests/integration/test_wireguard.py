@@ -263,3 +263,33 @@ def test_bad_key_is_rejected_before_anything_is_created(node_factory: Callable[[
     assert "base64" in msg and "not-a-key" not in msg
     assert node.pids("wireguard-go") == []
     assert "liqo.tunnel" not in node.exec_in_netns(NS, ["ip", "link"]).stdout
+
+
+def test_reset_peer_restarts_the_handshake_and_never_hides_the_peer(pair: Pair) -> None:
+    """What the agent's handshake nudge does: remove and re-add in one request. A reader polling
+    `wg` throughout never sees the peer missing; its handshake starts over and traffic comes back."""
+    a, b = pair.a, pair.b
+    assert ping(a, b.local_ip).returncode == 0
+    spec = pair.spec_a
+    peer = PeerConfig(spec.public_key, IPv4Address(spec.endpoint), spec.endpoint_port, spec.allowed_ips,
+                      spec.persistent_keepalive)
+    reader = a.node.popen(["ip", "netns", "exec", NS, "sh", "-c",
+                           "while :; do wg show liqo.tunnel peers | grep -c . ; done"],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)
+
+        def reset() -> float | None:
+            d = open_device(a.cfg)
+            for _ in range(30):
+                d.reset_peer(peer)
+            (state,) = d.peers()
+            return state.last_handshake
+
+        assert a.node.call(reset) is None, "the handshake state starts over"
+        time.sleep(0.2)
+    finally:
+        reader.kill()
+        counts, _ = reader.communicate(timeout=10)
+    assert len(counts.split()) > 20 and set(counts.split()) == {"1"}, counts
+    assert ping(a, b.local_ip).returncode == 0, "a new handshake"

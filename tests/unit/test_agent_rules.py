@@ -52,6 +52,8 @@ class FakeDevice:
     def set_peer(self, peer: PeerConfig) -> None:
         self.peer_map[peer.public_key] = peer
 
+    reset_peer = set_peer
+
     def remove_peer(self, public_key: str) -> bool:
         return self.peer_map.pop(public_key, None) is not None
 

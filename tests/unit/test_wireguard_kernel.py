@@ -11,6 +11,7 @@ from typing import Any
 from unittest.mock import MagicMock, call
 
 import pytest
+from pyroute2.netlink.generic.wireguard import wgmsg
 
 from services.common.keys import InvalidKey, b64_to_hex, generate, hex_to_b64, public_key_of
 from services.netagent.config import AgentConfig
@@ -22,11 +23,13 @@ from services.netagent.kernel.wireguard import (
     UserspaceDevice,
     choose_implementation,
 )
+from services.netagent.kernel.wireguard import kernel as k
 from services.netagent.kernel.wireguard.kernel import kernel_module_available
 from services.netagent.kernel.wireguard.uapi import (
     UapiError,
     encode_device_set,
     encode_peer_remove,
+    encode_peer_reset,
     encode_peer_set,
     encode_remove_all_peers,
     parse_get,
@@ -190,12 +193,34 @@ def test_kernel_peer_messages(kernel: Kernel) -> None:
     assert dev.remove_peer(PEER) is False and wg.set.call_count == n  # absent: nothing sent
 
 
+def test_kernel_reset_peer_is_one_message_with_one_peer_list(kernel: Kernel) -> None:
+    """Remove and re-add travel in one WG_CMD_SET_DEVICE, in one WGDEVICE_A_PEERS list (the kernel
+    keeps only the last attribute of a type: two lists would lose the removal)."""
+    dev, _, _, wg = kernel
+    peer = PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 0)
+    dev.reset_peer(peer)
+    (sent,) = wg.set.call_args_list
+    kwargs = sent.kwargs
+    assert sent.args == ("liqo.tunnel",) and kwargs["peer"][0] == {"public_key": PEER, "remove": True}
+
+    msg = wgmsg()
+    msg["attrs"].append(["WGDEVICE_A_IFNAME", "liqo.tunnel"])
+    builder = object.__new__(k._AsyncPeerBatchWireGuard)  # no socket: only the message is built
+    builder._wg_set_peer(msg, kwargs["peer"])
+    msg["cmd"], msg["version"], msg["header"]["type"] = 1, 1, 0x20
+    msg.encode()
+    decoded = wgmsg(msg.data)
+    decoded.decode()
+    (peers,) = decoded.get_attrs("WGDEVICE_A_PEERS")
+    assert [p.get_attr("WGPEER_A_FLAGS") for p in peers] == [k.WGPEER_F_REMOVE_ME, 0x2]  # REPLACE_ALLOWEDIPS
+    assert {p.get_attr("WGPEER_A_PUBLIC_KEY") for p in peers} == {PEER.encode()}
+    assert [a["addr"] for a in peers[1].get_attr("WGPEER_A_ALLOWEDIPS")] == ["10.60.0.0/16", "10.70.0.0/16"]
+
+
 def test_kernel_genl_socket_is_born_in_the_netns_without_forking(monkeypatch: pytest.MonkeyPatch) -> None:
     """pyroute2's `WireGuard(netns=...)` forks a child per call to open its socket: inside the
     threaded gRPC server those children died of SIGSEGV. The socket comes from `netns_socket` (a
     thread enters the netns) and pyroute2 only gets it."""
-    import services.netagent.kernel.netns as n
-
     sockets: list[tuple[Any, ...]] = []
     made: list[dict[str, Any]] = []
 
@@ -207,8 +232,8 @@ def test_kernel_genl_socket_is_born_in_the_netns_without_forking(monkeypatch: py
         made.append(kw)
         return MagicMock()
 
-    monkeypatch.setattr(n, "netns_socket", fake_socket)
-    monkeypatch.setattr(n, "WireGuard", fake_wireguard)
+    monkeypatch.setattr(k, "netns_socket", fake_socket)
+    monkeypatch.setattr(k, "PeerBatchWireGuard", fake_wireguard)
     KernelDevice(CFG)._wg()
     assert sockets == [("liqo-netns", socket.AF_NETLINK, socket.SOCK_DGRAM, 16)]  # NETLINK_GENERIC
     assert made == [{"use_socket": "genl-socket"}]
@@ -280,6 +305,11 @@ def test_uapi_requests() -> None:
         "persistent_keepalive_interval=0\nallowed_ip=10.60.0.0/16\nallowed_ip=10.70.0.0/16\n\n"
     )
     assert encode_peer_remove(PEER) == f"set=1\npublic_key={b64_to_hex(PEER)}\nremove=true\n\n"
+    assert encode_peer_reset(PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED[:1], 0)) == (
+        f"set=1\npublic_key={b64_to_hex(PEER)}\nremove=true\npublic_key={b64_to_hex(PEER)}\n"
+        "replace_allowed_ips=true\nendpoint=192.0.2.10:5871\npersistent_keepalive_interval=0\n"
+        "allowed_ip=10.60.0.0/16\n\n"
+    )
     assert encode_remove_all_peers() == "set=1\nreplace_peers=true\n\n"
 
 

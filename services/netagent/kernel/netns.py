@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pyroute2 import IPRoute, WireGuard
+from pyroute2 import IPRoute
 from pyroute2 import netns as pyr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -36,7 +36,6 @@ __all__ = [
     "netns_iproute",
     "netns_path",
     "netns_socket",
-    "netns_wireguard",
     "run_in_netns",
 ]
 
@@ -44,7 +43,6 @@ NETNS_DIR = "/var/run/netns"
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0
-_NETLINK_GENERIC = 16
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # matched whole (fullmatch)
 
@@ -132,13 +130,6 @@ def host_iproute() -> IPRoute:
 def netns_iproute(name: str) -> IPRoute:
     """Netlink inside the named netns; never creates it, FileNotFoundError when absent."""
     return IPRoute(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE))
-
-
-def netns_wireguard(name: str) -> WireGuard:
-    """The generic netlink family "wireguard" inside the named netns (the kernel looks the device up
-    by name there); FileNotFoundError when absent. pyroute2's own `netns=` would fork a child per
-    call: see `netns_socket`."""
-    return WireGuard(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_GENERIC))
 
 
 def netns_socket(

@@ -5,19 +5,53 @@ netlink boundary is injectable for unit tests; tests/kernel runs it on a real ke
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from pyroute2 import WireGuard
+from pyroute2.netlink.generic.wireguard import AsyncWireGuard
+
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
-from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute, netns_wireguard
+from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute, netns_socket
 from services.netagent.kernel.wireguard import link as wglink
 from services.netagent.kernel.wireguard.model import PeerConfig, PeerState
 
 __all__ = ["KernelDevice", "kernel_module_available"]
 
 WGPEER_F_REMOVE_ME = 0x1
+NETLINK_GENERIC = 16
+
+
+class _AsyncPeerBatchWireGuard(AsyncWireGuard):  # type: ignore[misc]
+    def _wg_set_peer(self, msg: Any, peer: Any) -> None:
+        """`peer` may be a list: several peer changes in one WG_CMD_SET_DEVICE, which the kernel
+        applies in order under the device lock. pyroute2 gives each peer a WGDEVICE_A_PEERS of its
+        own, of which the kernel reads only the last: they are merged into one."""
+        if not isinstance(peer, list):
+            super()._wg_set_peer(msg, peer)
+            return
+        for one in peer:
+            super()._wg_set_peer(msg, one)
+        attrs = msg["attrs"]
+        merged = [entry for name, value in attrs if name == "WGDEVICE_A_PEERS" for entry in value]
+        attrs[:] = [a for a in attrs if a[0] != "WGDEVICE_A_PEERS"] + [["WGDEVICE_A_PEERS", merged]]
+
+
+class PeerBatchWireGuard(WireGuard):  # type: ignore[misc]
+    """pyroute2's WireGuard whose `set(peer=[...])` also takes a list of peers (see above)."""
+
+    async_class = _AsyncPeerBatchWireGuard
+
+
+def netns_wireguard(netns: str) -> PeerBatchWireGuard:
+    """The generic netlink family "wireguard" inside `netns` (the kernel looks the device up by name
+    there), on a socket a thread opens in it: pyroute2's own `netns=` forks a child per socket, and
+    such children of the threaded gRPC server died of SIGSEGV."""
+    return PeerBatchWireGuard(use_socket=netns_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                                      NETLINK_GENERIC))
 
 
 def kernel_module_available(sys_root: str = "/sys", lib_root: str = "/lib/modules",
@@ -71,6 +105,17 @@ def peer_state_of(nla: Any) -> PeerState:
         rx_bytes=nla.get_attr("WGPEER_A_RX_BYTES") or 0,
         tx_bytes=nla.get_attr("WGPEER_A_TX_BYTES") or 0,
     )
+
+
+def _peer_spec(peer: PeerConfig) -> dict[str, Any]:
+    return {
+        "public_key": peer.public_key,
+        "endpoint_addr": str(peer.endpoint_ip),
+        "endpoint_port": peer.endpoint_port,
+        "persistent_keepalive": peer.persistent_keepalive,
+        "allowed_ips": [str(n) for n in peer.allowed_ips],
+        "replace_allowed_ips": True,
+    }
 
 
 class KernelDevice:
@@ -152,16 +197,13 @@ class KernelDevice:
         return out
 
     def set_peer(self, peer: PeerConfig) -> None:
-        spec = {
-            "public_key": peer.public_key,
-            "endpoint_addr": str(peer.endpoint_ip),
-            "endpoint_port": peer.endpoint_port,
-            "persistent_keepalive": peer.persistent_keepalive,
-            "allowed_ips": [str(n) for n in peer.allowed_ips],
-            "replace_allowed_ips": True,
-        }
         with self._wg() as wg, kernel_errors(f"set peer on {self.cfg.wg_device}"):
-            wg.set(self.cfg.wg_device, peer=spec)
+            wg.set(self.cfg.wg_device, peer=_peer_spec(peer))
+
+    def reset_peer(self, peer: PeerConfig) -> None:
+        remove = {"public_key": peer.public_key, "remove": True}
+        with self._wg() as wg, kernel_errors(f"reset peer on {self.cfg.wg_device}"):
+            wg.set(self.cfg.wg_device, peer=[remove, _peer_spec(peer)])
 
     def remove_peer(self, public_key: str) -> bool:
         if all(p.public_key != public_key for p in self.peers()):

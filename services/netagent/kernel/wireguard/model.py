@@ -71,6 +71,11 @@ class WireGuardDevice(Protocol):
         """Adds or updates a peer; its allowed IPs are replaced, not merged."""
         ...
 
+    def reset_peer(self, peer: PeerConfig) -> None:
+        """Removes and re-adds the peer in one request, so that its handshake state starts over (the
+        next packet starts a new handshake) and no reader ever sees the peer missing."""
+        ...
+
     def remove_peer(self, public_key: str) -> bool:
         """Removes a peer by its key; True when it was there."""
         ...

@@ -56,16 +56,24 @@ def encode_device_set(private_key_b64: str | None, listen_port: int | None) -> s
     return "\n".join(lines) + "\n\n"
 
 
-def encode_peer_set(peer: PeerConfig) -> str:
+def _peer_lines(peer: PeerConfig) -> list[str]:
     lines = [
-        "set=1",
         f"public_key={b64_to_hex(peer.public_key)}",
         "replace_allowed_ips=true",
         f"endpoint={peer.endpoint_ip}:{peer.endpoint_port}",
         f"persistent_keepalive_interval={peer.persistent_keepalive}",
     ]
-    lines += [f"allowed_ip={net}" for net in peer.allowed_ips]
-    return "\n".join(lines) + "\n\n"
+    return lines + [f"allowed_ip={net}" for net in peer.allowed_ips]
+
+
+def encode_peer_set(peer: PeerConfig) -> str:
+    return "\n".join(["set=1", *_peer_lines(peer)]) + "\n\n"
+
+
+def encode_peer_reset(peer: PeerConfig) -> str:
+    """Removes the peer and adds it again in one request."""
+    return "\n".join(["set=1", f"public_key={b64_to_hex(peer.public_key)}", "remove=true",
+                      *_peer_lines(peer)]) + "\n\n"
 
 
 def encode_peer_remove(public_key_b64: str) -> str:

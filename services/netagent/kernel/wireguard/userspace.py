@@ -28,6 +28,7 @@ from services.netagent.kernel.wireguard.uapi import (
     UapiClient,
     encode_device_set,
     encode_peer_remove,
+    encode_peer_reset,
     encode_peer_set,
     encode_remove_all_peers,
 )
@@ -191,6 +192,10 @@ class UserspaceDevice:
 
     def set_peer(self, peer: PeerConfig) -> None:
         self.uapi.set(encode_peer_set(peer), "set peer")
+
+    def reset_peer(self, peer: PeerConfig) -> None:
+        # One UAPI set: wireguard-go applies it whole under its IPC lock, which every get also takes.
+        self.uapi.set(encode_peer_reset(peer), "reset peer")
 
     def remove_peer(self, public_key: str) -> bool:
         if all(p.public_key != public_key for p in self.peers()):
