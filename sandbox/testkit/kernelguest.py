@@ -1,8 +1,8 @@
 """A real Linux kernel with the WireGuard module, for the kernel path's tests and benchmarks.
 
 This machine's kernel has no WireGuard module, so `KernelGuest` boots Debian's stock kernel in QEMU
-(software emulation: no KVM here) with this machine's root file system shared read-only over 9p and
-one writable shared folder at the same path as on the host. The guest has no network device at all:
+(software emulation: no KVM here) with this machine's root file system and the project shared
+read-only over 9p and one writable shared folder, both at their paths on the host. The guest has no network device at all:
 the host's network is never touched. A script runs inside as root, in the host's file system (so the
 project, its venv and every tool are there), with tmpfs on /tmp, /run and /var/*; its exit status,
 console and any file it writes to the shared folder come back. Boot to the script: about 3 s.
@@ -74,8 +74,10 @@ class KernelGuest:
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", f"file:{share / 'console.log'}",
             "-kernel", str(kernel), "-initrd", str(initramfs),
-            "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 kgt.script={script} kgt.share={share}",
+            "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 kgt.script={script} kgt.share={share}"
+                       f" kgt.project={ROOT}",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={ROOT},mount_tag=project,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={share},mount_tag=share,security_model=none",
             "-device", "virtio-rng-pci",
         ]

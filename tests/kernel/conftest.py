@@ -103,7 +103,8 @@ def guest_results(started: GuestResults | RunningGuest) -> GuestResults:
         return started
     run = started.wait(GUEST_TIMEOUT)
     phases: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in _read(SHARE / "results.jsonl").splitlines():
+    report = SHARE / "results.jsonl"
+    for line in report.read_text().splitlines() if report.exists() else []:
         result = json.loads(line)
         phases[result["nodeid"]].append(result)
     return GuestResults(run, dict(phases))
