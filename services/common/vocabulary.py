@@ -32,6 +32,8 @@ __all__ = [
     "NAT_MAPPING_LABEL",
     "NODE_IP_ANNOTATION",
     "PODS",
+    "PSA_ENFORCE_LABEL",
+    "PSA_PRIVILEGED",
     "SECRETS",
     "SERVICES",
     "STANDBY",
@@ -96,6 +98,11 @@ GATEWAY_LABEL = "net.liqo.io/gateway"
 ACTIVE = "active"
 STANDBY = "standby"
 NODE_IP_ANNOTATION = "net.liqo.io/gatewayNodeIP"
+
+# Pod Security Admission: the gateway pod is hostNetwork with a privileged netagent, so its namespace
+# must enforce the `privileged` level (the chart's NOTES.txt asks for this label).
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+PSA_PRIVILEGED = "privileged"
 GATEWAY_SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "networking"}
 GATEWAY_SELECTOR_STRING = ",".join(f"{k}={v}" for k, v in GATEWAY_SELECTOR.items())
 
