@@ -87,8 +87,9 @@ def check_active(snap: Snapshot, opts: Options) -> list[Finding]:
                       "a labeler that does not campaign waits for its netagent's configured device "
                       "(check the tunnel controller's logs and the key Secret)"))
     agents = [agent_of_pod(snap, name_of(p)) for p in pods]
+    # Judged only when every live pod's netagent answered: an unknown one might be the ACTIVE one.
     if all(a is not None and a.reachable for a in agents) and not any(
-            a is not None and a.role == AGENT_ACTIVE for a in agents):
+            a.reachable and a.role == AGENT_ACTIVE for a in snap.agents):
         out.append(_f(snap, ERROR, "no-active-agent",
                       "every gateway pod's netagent answered and none is ACTIVE: no dataplane forwards",
                       "the leader's labeler grants ACTIVE on every renewal: read "
