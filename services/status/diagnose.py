@@ -250,9 +250,10 @@ def check_key_secret(snap: Snapshot, opts: Options) -> list[Finding]:
     if snap.key_secret is SecretState.MISSING:
         return [_f(snap, ERROR, "key-secret-missing",
                    f"{ref} (the WireGuard key pair all replicas share) does not exist",
-                   "the tunnel controller creates it when absent: restart it "
-                   f"(kubectl -n {snap.namespace} rollout restart deployment) and read its logs; a new "
-                   "key means every peer's TunnelEndpoint must carry the new public key")]
+                   "restore it from a backup to keep the peers' view of this cluster's key; else the "
+                   "tunnel controller creates a new pair within its 10 s device check unless it is down "
+                   f"or forbidden (kubectl -n {snap.namespace} logs <pod> -c tunnel), and every peer's "
+                   "TunnelEndpoint must then carry the new public key")]
     if snap.key_secret is SecretState.UNUSABLE:
         return [_f(snap, ERROR, "key-secret-unusable",
                    f"{ref} is not a usable key pair: {snap.key_secret_detail}",
