@@ -156,6 +156,22 @@ def test_healthy_pair(pair: Pair) -> None:
     with contextlib.redirect_stdout(buf):
         assert run(kube_only, env={}) == EXIT_HEALTHY
     assert cluster(json.loads(buf.getvalue()), "a")["tunnels"][0]["rx_bytes"] is None
+    # A socket that does not answer is a warning: still exit 0.
+    rc, doc = pair.status("--netagent-socket", f"a/gateway-9={pair.a.workdir / 'absent.sock'}")
+    assert rc == EXIT_HEALTHY
+    assert [(f["cluster"], f["code"], f["severity"]) for f in doc["findings"]] == [
+        ("a", "netagent-unreachable", "warning")]
+
+
+@pytest.mark.timeout(120)
+def test_api_server_unreachable(pair: Pair) -> None:
+    """A's API server refuses connections for a while (the kit's staged outage): exit 1, B still read."""
+    pair.a.pause_api(4)
+    rc, doc = pair.status()
+    assert rc == EXIT_FINDINGS
+    assert {(f["cluster"], f["code"]) for f in doc["findings"]} == {("a", "read-failed")}
+    assert cluster(doc, "a")["read_errors"] and cluster(doc, "b")["tunnels"][0]["status"] == "Connected"
+    pair.wait_healthy()
 
 
 @pytest.mark.timeout(120)
