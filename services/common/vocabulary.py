@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ACTIVE",
     "CLUSTER_ID_LABEL",
+    "ENDPOINT_SLICES",
     "EVENTS",
     "FINALIZER",
     "GATEWAY_LABEL",
@@ -36,6 +37,7 @@ __all__ = [
     "PSA_PRIVILEGED",
     "SECRETS",
     "SERVICES",
+    "SERVICE_NAME_LABEL",
     "STANDBY",
     "TUNNEL_ENDPOINTS",
     "WIREGUARD_PORT",
@@ -77,6 +79,8 @@ SECRETS = ResourceRef("", "v1", "secrets", "Secret")
 EVENTS = ResourceRef("", "v1", "events", "Event")
 LEASES = ResourceRef("coordination.k8s.io", "v1", "leases", "Lease")
 NAMESPACES = ResourceRef("", "v1", "namespaces", "Namespace", namespaced=False)
+ENDPOINT_SLICES = ResourceRef("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # on an EndpointSlice: the Service it serves
 
 GROUP = "net.liqo.io"
 TUNNEL_ENDPOINTS = ResourceRef(GROUP, "v1alpha1", "tunnelendpoints", "TunnelEndpoint")

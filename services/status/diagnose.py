@@ -18,6 +18,7 @@ from services.common.vocabulary import (
     NODE_IP_ANNOTATION,
     PSA_ENFORCE_LABEL,
     PSA_PRIVILEGED,
+    SERVICE_NAME_LABEL,
     cluster_id_of,
 )
 from services.status.model import (
@@ -157,6 +158,8 @@ def check_service(snap: Snapshot, opts: Options) -> list[Finding]:
                           f"its selector must be the gateway pods' labels plus {GATEWAY_LABEL}={ACTIVE}: "
                           "helm upgrade the release, or "
                           f"kubectl -n {snap.namespace} edit service {name_of(svc)}"))
+        elif snap.endpoint_slices is not None:
+            out += _check_endpoints(snap, svc, pod)
         annotation = str((svc.get("metadata") or {}).get("annotations", {}).get(NODE_IP_ANNOTATION) or "")
         if annotation and pod_ip(pod) and annotation != pod_ip(pod):
             out.append(_f(snap, WARNING, "service-annotation-stale",
@@ -164,6 +167,25 @@ def check_service(snap: Snapshot, opts: Options) -> list[Finding]:
                           f"{name_of(pod)} is on {pod_ip(pod)}",
                           f"the leader's labeler rewrites it: read {_logs(snap, name_of(pod))}"))
     return out
+
+
+def _check_endpoints(snap: Snapshot, svc: JSON, pod: JSON) -> list[Finding]:
+    """The Service's ready endpoint addresses (EndpointSlices) must be the active pod's IP alone.
+    A Service with no slice at all is judged by its selector only (the controller may not run)."""
+    slices = (snap.endpoint_slices or {}).get(name_of(svc)) or []
+    if not slices:
+        return []
+    ready = sorted({str(addr) for s in slices for ep in (s.get("endpoints") or [])
+                    if (ep.get("conditions") or {}).get("ready") is not False
+                    for addr in (ep.get("addresses") or [])})
+    if ready == [pod_ip(pod)]:
+        return []
+    return [_f(snap, ERROR, "service-endpoints-not-active",
+               f"Service {name_of(svc)}'s ready endpoints are {', '.join(ready) or 'none'}, not the active "
+               f"pod {name_of(pod)} ({pod_ip(pod)})",
+               "the endpoints controller follows the label within seconds of a failover; if this "
+               f"persists, check kubectl -n {snap.namespace} get endpointslices -l "
+               f"{SERVICE_NAME_LABEL}={name_of(svc)} and the active pod's readiness")]
 
 
 def _error_since(snap: Snapshot, tep: JSON) -> tuple[float | None, str]:

@@ -17,6 +17,7 @@ from services.common.keys import KeySecretError, parse_secret
 from services.common.kube.client import JSON, KubeClient, KubeError, load_api_client
 from services.common.netagent_client import NetAgentClient, NetAgentError
 from services.common.vocabulary import (
+    ENDPOINT_SLICES,
     EVENTS,
     GATEWAY_LABEL,
     LEASE_NAME,
@@ -25,6 +26,7 @@ from services.common.vocabulary import (
     NAT_MAPPINGS,
     PODS,
     SECRETS,
+    SERVICE_NAME_LABEL,
     SERVICES,
     TUNNEL_ENDPOINTS,
     ResourceRef,
@@ -135,6 +137,7 @@ def gather(target: Target, scope: Scope, client: KubeClient) -> Snapshot:
         snap.nat_mappings = _items(client, NAT_MAPPINGS)
     except KubeError as e:
         snap.read_errors.append(f"listing: {e}")
+    _read_endpoint_slices(client, snap, ns)
     try:
         snap.lease = client.get(LEASES, LEASE_NAME, ns)
     except KubeError as e:
@@ -152,6 +155,19 @@ def _is_gateway_service(svc: JSON, name: str) -> bool:
         return bool((svc.get("metadata") or {}).get("name") == name)
     selector = (svc.get("spec") or {}).get("selector") or {}
     return isinstance(selector, dict) and GATEWAY_LABEL in selector
+
+
+def _read_endpoint_slices(client: KubeClient, snap: Snapshot, ns: str) -> None:
+    """The gateway Services' EndpointSlices: where kube-proxy and load balancers really send the
+    traffic. Left None when the API does not serve them (404) or they cannot be read."""
+    slices: dict[str, list[JSON]] = {}
+    for svc in snap.services:
+        name = str((svc.get("metadata") or {}).get("name") or "")
+        try:
+            slices[name] = _items(client, ENDPOINT_SLICES, ns, f"{SERVICE_NAME_LABEL}={name}")
+        except KubeError:
+            return  # not served, or forbidden: the selector check stands alone
+    snap.endpoint_slices = slices
 
 
 def _read_key_secret(client: KubeClient, snap: Snapshot, ns: str, name: str) -> None:

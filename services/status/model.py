@@ -74,6 +74,8 @@ class Snapshot:
     now: float
     pods: list[JSON] = field(default_factory=list)
     services: list[JSON] = field(default_factory=list)
+    # Service name -> its EndpointSlices; None when the API serves none (no endpoints controller).
+    endpoint_slices: dict[str, list[JSON]] | None = None
     lease: JSON | None = None
     tunnel_endpoints: list[JSON] = field(default_factory=list)
     nat_mappings: list[JSON] = field(default_factory=list)

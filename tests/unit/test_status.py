@@ -64,6 +64,11 @@ def tep(name: str = "b-tep", status: str = "Connected", *, latency_ts: float | N
     }
 
 
+def slices(*eps: tuple[str, bool]) -> dict[str, list[dict[str, Any]]]:
+    """The gateway Service's one EndpointSlice with (address, ready) endpoints."""
+    return {"liqo-gateway": [{"endpoints": [{"addresses": [a], "conditions": {"ready": r}} for a, r in eps]}]}
+
+
 def event(type_: str, at: float, uid: str = "uid-1") -> dict[str, Any]:
     return {"type": type_, "reason": "x", "lastTimestamp": micro_time(at),
             "involvedObject": {"kind": "TunnelEndpoint", "uid": uid}}
@@ -134,6 +139,13 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
      {"service-not-active": ERROR}),
     ("a Service without selector", {"services": [service({})]}, {"service-not-active": ERROR}),
     ("no gateway Service", {"services": []}, {"no-gateway-service": WARNING}),
+    ("endpoints: the active pod", {"endpoint_slices": slices(("10.1.0.1", True))}, {}),
+    ("endpoints: the standby not ready too", {"endpoint_slices": slices(("10.1.0.1", True), ("10.1.0.2", False))}, {}),
+    ("endpoints: still the old pod", {"endpoint_slices": slices(("10.1.0.2", True))},
+     {"service-endpoints-not-active": ERROR}),
+    ("endpoints: both pods", {"endpoint_slices": slices(("10.1.0.1", True), ("10.1.0.2", True))},
+     {"service-endpoints-not-active": ERROR}),
+    ("no EndpointSlice for it: selector only", {"endpoint_slices": {"liqo-gateway": []}}, {}),
     ("stale gatewayNodeIP annotation", {"services": [service(annotation="10.1.0.2")]},
      {"service-annotation-stale": WARNING}),
     # --- TunnelEndpoint in Error
