@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ACTIVE",
     "CLUSTER_ID_LABEL",
+    "ENDPOINT_SLICES",
     "EVENTS",
     "FINALIZER",
     "GATEWAY_LABEL",
@@ -32,8 +33,11 @@ __all__ = [
     "NAT_MAPPING_LABEL",
     "NODE_IP_ANNOTATION",
     "PODS",
+    "PSA_ENFORCE_LABEL",
+    "PSA_PRIVILEGED",
     "SECRETS",
     "SERVICES",
+    "SERVICE_NAME_LABEL",
     "STANDBY",
     "TUNNEL_ENDPOINTS",
     "WIREGUARD_PORT",
@@ -75,6 +79,8 @@ SECRETS = ResourceRef("", "v1", "secrets", "Secret")
 EVENTS = ResourceRef("", "v1", "events", "Event")
 LEASES = ResourceRef("coordination.k8s.io", "v1", "leases", "Lease")
 NAMESPACES = ResourceRef("", "v1", "namespaces", "Namespace", namespaced=False)
+ENDPOINT_SLICES = ResourceRef("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # on an EndpointSlice: the Service it serves
 
 GROUP = "net.liqo.io"
 TUNNEL_ENDPOINTS = ResourceRef(GROUP, "v1alpha1", "tunnelendpoints", "TunnelEndpoint")
@@ -96,6 +102,11 @@ GATEWAY_LABEL = "net.liqo.io/gateway"
 ACTIVE = "active"
 STANDBY = "standby"
 NODE_IP_ANNOTATION = "net.liqo.io/gatewayNodeIP"
+
+# Pod Security Admission: the gateway pod is hostNetwork with a privileged netagent, so its namespace
+# must enforce the `privileged` level (the chart's NOTES.txt asks for this label).
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+PSA_PRIVILEGED = "privileged"
 GATEWAY_SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "networking"}
 GATEWAY_SELECTOR_STRING = ",".join(f"{k}={v}" for k, v in GATEWAY_SELECTOR.items())
 

@@ -47,6 +47,8 @@ PLANTS = [
     ("services-layers", "services/natmap/mapping.py", "import services.tunnel.controller"),
     ("services-layers", "services/tunnel/status.py", "import services.netagent.agent"),
     ("services-layers", "services/common/logging.py", "import services.labeler.elector"),
+    ("services-layers", "services/status/report.py", "import services.netagent.agent"),
+    ("services-layers", "services/common/logging.py", "import services.status.report"),
     ("product-no-dev", "services/common/logging.py", "import sandbox.testkit.wait"),
     ("product-no-dev", "services/netagent/config.py", "import tests.conftest"),
     ("no-test-imports", "bench/kubeapi_rps.py", "import tests.conftest"),
