@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit import promql
+from sandbox.testkit.chart import CHART
 from sandbox.testkit.election import RecordingNetAgent, overlap, serve
 from sandbox.testkit.wait import wait_for
 from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
@@ -246,6 +248,12 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     assert 0 <= took_over < 1.0
     assert took_over <= metric(fm, "no_active_replica_seconds_total")
     assert metric(fm, "no_active_replica_stretch_seconds") == 0.0
+    # What the chart's dashboard asks of the labeler, this real labeler process exports.
+    dashboard = json.loads((CHART / "dashboards" / "liqo-gateway.json").read_text())
+    asked = {n for _, q in promql.dashboard_queries(dashboard) for n in promql.metric_names(q)
+             if n.startswith("liqo_labeler_")}
+    assert "liqo_labeler_failover_duration_seconds_bucket" in asked
+    assert asked - promql.exported_names(fm) == set()
 
 
 def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:

@@ -5,6 +5,7 @@ even when a test fails."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.testkit import promql
+from sandbox.testkit.chart import CHART
 from sandbox.testkit.hosts import link_nodes
 from sandbox.testkit.lab import ID_B, NS_A, NS_B, Cluster, Lab, tep_for_a, tep_for_b, why_unavailable
 from sandbox.testkit.wait import wait_for
@@ -91,6 +94,12 @@ def test_apply_to_connected_and_per_tunnel_series(pair: tuple[Cluster, Cluster])
     assert got["liqo_peer_is_connected"] == 1.0
     assert 0 <= got["liqo_peer_handshake_age_seconds"] < 180
     assert 0 < got["liqo_peer_latency_us"] < 1e6
+    # What the dashboard asks of the netagent, this real netagent exports.
+    dashboard = json.loads((CHART / "dashboards" / "liqo-gateway.json").read_text())
+    asked = {n for _, q in promql.dashboard_queries(dashboard) for n in promql.metric_names(q)
+             if n.startswith(("liqo_peer_", "liqo_netagent_", "liqo_wireguard_"))}
+    assert "liqo_peer_receive_bytes_total" in asked
+    assert asked - promql.exported_names(scrape(a)) == set()
 
     a.kube.delete(TUNNEL_ENDPOINTS, "cluster-b", NS_B)
     wait_for("the TunnelEndpoint to go", lambda: a.tep("cluster-b", NS_B) is None)
