@@ -165,8 +165,10 @@ def test_exactly_one_leader_and_crash_handover(cluster_factory: Callable[[Timing
     assert c.active_overlap() == 0.0
     assert c.double_active_samples == 0 and c.samples > 50
     assert follower.elector.state.epoch == epoch + 1
+    # The takeover's metrics are written once SetRole(ACTIVE) has returned to the elector, which is
+    # just after the netagent shows ACTIVE: wait for the last of them.
+    wait_for("the takeover's metrics", lambda: follower.metrics.leaderless._value.get() > 0, 2.0, 0.02)
     assert follower.metrics.failover._value.get() < 0.5
-    assert follower.metrics.leaderless._value.get() > 0
     # Timed from the leader's lease expiring by the follower's clock: the takeover itself.
     assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="expired") == 1
     assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="released") is None
@@ -190,7 +192,8 @@ def test_graceful_stop_hands_over_at_once(cluster_factory: Callable[[Timings], C
     assert became - stopped_at < 1.0
     assert c.store.record is not None and c.store.record.holder == follower.name
     assert c.active_overlap() == 0.0 and c.double_active_samples == 0
-    assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="released") == 1
+    wait_for("the takeover's metrics", lambda: sample(
+        follower, "liqo_labeler_failover_duration_seconds_count", cause="released") == 1, 2.0, 0.02)
     assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="expired") is None
     took_over = sample(follower, "liqo_labeler_failover_duration_seconds_sum", cause="released")
     assert took_over is not None and took_over < became - stopped_at
