@@ -39,9 +39,9 @@ def peer_value(text: str, name: str, cluster_id: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def applied(c: Cluster, sample: str) -> float | None:
+def applied(c: Cluster, sample: str, change: str = "created") -> float | None:
     assert c.tunnel_mgr is not None
-    return c.tunnel_mgr.metrics.registry.get_sample_value(f"{APPLY}_{sample}", {"change": "created"})
+    return c.tunnel_mgr.metrics.registry.get_sample_value(f"{APPLY}_{sample}", {"change": change})
 
 
 @pytest.fixture
@@ -100,6 +100,13 @@ def test_apply_to_connected_and_per_tunnel_series(pair: tuple[Cluster, Cluster])
              if n.startswith(("liqo_peer_", "liqo_netagent_", "liqo_wireguard_"))}
     assert "liqo_peer_receive_bytes_total" in asked
     assert asked - promql.exported_names(scrape(a)) == set()
+
+    # A spec change is a new generation, timed once as an update; the series follow the new name.
+    assert applied(a, "count", "updated") is None
+    a.patch_tep_spec("cluster-b", NS_B, {"clusterIdentity": {"clusterID": ID_B, "clusterName": "renamed"}})
+    wait_for("the update observed", lambda: applied(a, "count", "updated") == 1)
+    assert applied(a, "count") == 1
+    wait_for("the series renamed", lambda: 'cluster_name="renamed"' in scrape(a))
 
     a.kube.delete(TUNNEL_ENDPOINTS, "cluster-b", NS_B)
     wait_for("the TunnelEndpoint to go", lambda: a.tep("cluster-b", NS_B) is None)
