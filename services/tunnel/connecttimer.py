@@ -5,7 +5,9 @@ creation, or a spec change: generation only moves with the spec), on the monoton
 creationTimestamp has whole-second resolution and a spec change has no timestamp at all, so the
 watch delivery is the precise start we have; the API server's own delay to deliver it (usually
 milliseconds) is not included. The end is this controller writing status Connected after the netagent
-accepted that generation (EnsureTunnel returned): a Connected reported for an older spec does not count.
+accepted that generation (EnsureTunnel returned): a Connected reported for an older spec does not count,
+except one the status stream delivers after that (the netagent's status carries no generation, so
+such a late message can end a spec change's timing early).
 
 Each generation is observed at most once. Only generations first seen while this replica is active
 and its cache is synced are timed: objects listed at start-up, or applied while a standby (they wait
