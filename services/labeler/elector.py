@@ -40,6 +40,7 @@ from services.common.leaderelection import (
     settle,
 )
 from services.common.netagent_client import NetAgentError
+from services.labeler.availability import FAILOVER_CAUSES, Availability, Stretch
 from services.labeler.lease_lock import LeaseLock, LockFailed
 from services.labeler.metrics import LabelerMetrics
 
@@ -96,6 +97,8 @@ class Elector:
         self.last_tick = clock()
         self._active_epoch: int | None = None  # tenure whose first ACTIVE was confirmed
         self._previous: LeaseRecord | None = None  # the record we took over from
+        self.availability = Availability(clock)  # what the no-active-replica and failover metrics see
+        metrics.availability = self.availability
 
     # --- what other threads ask ------------------------------------------------------------------
 
@@ -121,8 +124,11 @@ class Elector:
         if self.state.leading:
             return
         if record.holder and record.holder != self.identity:
-            self.observed = observe(self.observed, record, resource_version, self.clock())
+            seen = observe(self.observed, record, resource_version, self.clock())
+            self.observed = seen
+            self.availability.lease_seen(self.clock(), seen.since + seen.record.duration)
         if not record.holder:
+            self.availability.lease_seen(self.clock(), None, released=True)
             self.wake.set()
 
     def _next_attempt(self, next_tick: float) -> float:
@@ -179,6 +185,7 @@ class Elector:
         except LockFailed as e:
             self._blind = True
             self.metrics.attempts.labels(e.kind.value).inc()
+            self.availability.lease_unreadable(self.clock())
             log.warning("lease read failed", extra={"kind": e.kind.value, "error": e.detail})
             return Failed(e.kind, e.detail)
         if self._blind and got is not None:
@@ -188,6 +195,7 @@ class Elector:
         else:
             self.observed = None if got is None else observe(self.observed, got[0], got[1], self.clock())
         self._blind = False
+        self._note_lease(self.observed)
         if self.observed is not None:
             self.metrics.epoch.set(self.observed.record.transitions)
         plan = plan_claim(
@@ -213,8 +221,18 @@ class Elector:
         if plan.acquiring:
             self._previous = self.observed.record if self.observed else None
         self.observed = Observed(record, rv, sent_at)
+        self.availability.lease_seen(self.clock(), None)  # ours now: only our own grant counts
         self.metrics.attempts.labels("acquired" if plan.acquiring else "renewed").inc()
         return Wrote(record, sent_at)
+
+    def _note_lease(self, seen: Observed | None) -> None:
+        """A Lease read, for the availability metrics: another holder is live until its lease expires
+        by our observation (the takeover rule); an empty holderIdentity is a release."""
+        if seen is not None and seen.record.holder and seen.record.holder != self.identity:
+            self.availability.lease_seen(self.clock(), seen.since + seen.record.duration)
+        else:
+            released = seen is not None and not seen.record.holder
+            self.availability.lease_seen(self.clock(), None, released=released)
 
     def _apply(self, change: Change) -> None:
         was_outage = self.state.outage
@@ -283,14 +301,20 @@ class Elector:
         self._refused_since = None
         self._unreachable = False
         self.granted = want
+        accepted = self.clock()
+        ended = self.availability.own_grant(accepted, want.until)
         if self._active_epoch != want.epoch:
             self._active_epoch = want.epoch
-            self._first_active()
+            self._first_active(ended, accepted)
 
-    def _first_active(self) -> None:
+    def _first_active(self, ended: Stretch | None, accepted: float) -> None:
         started = self.state.tenure_started
         if started is not None:
             self.metrics.failover.set(self.clock() - started)
+        if ended is not None and ended.cause in FAILOVER_CAUSES:
+            # A takeover: from when we saw the previous leader gone to our ACTIVE (a cold start,
+            # cause unknown, is not a failover).
+            self.metrics.failover_duration.labels(ended.cause).observe(accepted - ended.start)
         prev = self._previous
         prev_write = parse_time(prev.renew_time) if prev is not None else None
         if prev is not None and prev.holder != self.identity and prev_write is not None:
@@ -321,6 +345,7 @@ class Elector:
                 log.warning("netagent refused the STANDBY role", extra={"error": str(e)})
                 return False
             self.granted = RoleDirective(False, epoch)
+            self.availability.own_grant(self.clock(), None)
             return True
         return False
 

@@ -47,8 +47,10 @@ from services.common.rolegate import RoleGate
 from services.common.tunnelspec import SpecError
 from services.common.vocabulary import FINALIZER, KEY_SECRET, TUNNEL_ENDPOINTS, cluster_id_of
 from services.tunnel import status as st
+from services.tunnel.connecttimer import ConnectTimer
 from services.tunnel.keysecret import ensure_key_secret
 from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
+from services.tunnel.metrics import TunnelMetrics
 
 log = logging.getLogger(__name__)
 # The owner the orphan collector names when deleting a tunnel adopted without one (any owner may).
@@ -78,6 +80,10 @@ class TunnelController:
         self.opts = opts
         self.events = mgr.events
         self.informer = mgr.informer(TUNNEL_ENDPOINTS)
+        self.metrics = TunnelMetrics(mgr.metrics.registry)
+        self.connect_timer = ConnectTimer()
+        # Before the controller's own handler: a generation's start is known before it is reconciled.
+        self.informer.add_handler(self._time_generation)
         self.controller = mgr.add_controller(
             Controller("tunnelendpoint", self.reconcile, metrics=mgr.metrics, workers=workers,
                        resync_period=resync_period, backoff=backoff)
@@ -97,10 +103,24 @@ class TunnelController:
         # Set to run the device keeper now: the netagent reported a device without its key.
         self._device_wake = threading.Event()
         self.role = RoleGate(mgr, self.controller, netagent, ready=self.device_ready.is_set,
-                             on_resume=self._gc_wanted.set, on_message=self.on_role_message)
+                             on_resume=self._on_resume, on_message=self.on_role_message)
         mgr.add_runnable("device-keeper", self._device_keeper)
         mgr.add_runnable("tunnel-status", self._status_stream)
         mgr.add_runnable("orphan-gc", self._orphan_gc_loop)
+
+    def _on_resume(self) -> None:
+        self.connect_timer.drop_pending()
+        self._gc_wanted.set()
+
+    def _time_generation(self, etype: str, obj: JSON, _old: JSON | None) -> None:
+        key = object_key(obj)
+        if etype == "DELETED":
+            self.connect_timer.forget(key)
+            return
+        md = obj.get("metadata") or {}
+        timing = self.informer.has_synced and self.role.active
+        self.connect_timer.seen(key, str(md.get("uid") or ""), int(md.get("generation") or 0),
+                                time.monotonic(), timing=timing)
 
     # --- device keys -----------------------------------------------------------------------------
 
@@ -191,6 +211,8 @@ class TunnelController:
             self._programmed[key] = tunnel.cluster_id
             self._last_status[tunnel.cluster_id] = resp.status
             self._refused.discard(key)
+        md = obj["metadata"]
+        self.connect_timer.ensured(key, str(md.get("uid") or ""), int(md.get("generation") or 0))
         if resp.changed:
             self.events.normal(
                 obj, "TunnelConfigured",
@@ -260,6 +282,10 @@ class TunnelController:
         before = (current.get("connection") or {}).get("status")
         self._patch(obj, desired)
         after = desired["connection"]["status"]
+        if after == st.CONNECTED and self.role.active:
+            timed = self.connect_timer.connected(object_key(obj), time.monotonic())
+            if timed is not None:
+                self.metrics.apply_to_connected.labels(timed[0]).observe(timed[1])
         if before and before != after:
             if after == st.ERROR:
                 self.events.warning(obj, "Disconnected", desired["connection"]["statusMessage"])

@@ -39,7 +39,8 @@ MATRIX: dict[str, dict[str, Any]] = {
         imagePullSecrets=[{"name": "regcred"}], podLabels={"team": "net"}, podAnnotations={"a": "b"},
         service={"annotations": {"metallb.universe.tf/loadBalancerIPs": "192.0.2.1"}, "labels": {"x": "y"}},
         serviceAccount={"name": "gw", "annotations": {"k": "v"}},
-        metrics={"serviceMonitor": {"labels": {"release": "prom"}, "interval": "15s"}},
+        metrics={"serviceMonitor": {"labels": {"release": "prom"}, "interval": "15s"},
+                 "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Liqo"}}},
         wireguard={"mtu": 1420, "listenPort": 51820}, image={"tag": "", "pullPolicy": "Always"},
     ),
 }
@@ -68,6 +69,8 @@ def test_every_object_is_valid_kubernetes(case: str, kube: str) -> None:
             "ServiceAccount", "ServiceMonitor"]
     if MATRIX[case].get("replicas", 1) > 1:
         want.append("PodDisruptionBudget")
+    if MATRIX[case].get("metrics", {}).get("grafanaDashboard", {}).get("enabled"):
+        want.append("ConfigMap")
     assert kinds == sorted(want)
     for obj in objects:
         if obj["kind"] == "ServiceMonitor":
@@ -123,6 +126,10 @@ NEGATIVES: list[tuple[str, dict[str, Any], str]] = [
     ("extraArgs not strings", {"tunnel": {"extraArgs": [1]}},
      r"at '/tunnel/extraArgs/0': got number, want string"),
     ("relative host path", {"netagent": {"netnsHostPath": "run/netns"}}, r"at '/netagent/netnsHostPath'"),
+    ("unknown dashboard key", {"metrics": {"grafanaDashboard": {"folder": "x"}}},
+     r"at '/metrics/grafanaDashboard': additional properties 'folder' not allowed"),
+    ("dashboard namespace", {"metrics": {"grafanaDashboard": {"namespace": "Monitoring"}}},
+     r"at '/metrics/grafanaDashboard/namespace': 'Monitoring' does not match"),
     ("bad toleration", {"tolerations": [{"key": "a", "operator": "Maybe"}]}, r"at '/tolerations/0/operator'"),
 ]
 

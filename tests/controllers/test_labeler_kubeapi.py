@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.testkit import promql
+from sandbox.testkit.chart import CHART
 from sandbox.testkit.election import RecordingNetAgent, overlap, serve
 from sandbox.testkit.wait import wait_for
 from services.common.kube import EVENTS, LEASES, PODS, SERVICES, KubeClient, ResourceRef
@@ -160,6 +162,12 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+def labelled(text: str, name: str, labels: str) -> float:
+    m = re.search(rf"^liqo_labeler_{name}\{{{labels}\}} (\S+)$", text, re.M)
+    assert m, f"{name}{{{labels}}} not exported"
+    return float(m.group(1))
+
+
 def wait_or_dump(what: str, cond: Callable[[], object], timeout: float,
                  diagnose: Callable[[], object] | None = None) -> None:
     """wait_for, any exception counting as "not yet" (the API server may be paused on purpose);
@@ -234,6 +242,18 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     print(f"acquire->ACTIVE {failover * 1000:.1f} ms, leaderless (since last renewal) {leaderless:.2f}s")
     assert 0 <= failover < 1.0
     assert 7 <= leaderless <= 7 + 2 + 2
+    # The histogram times the takeover from the leader's lease expiring by the follower's clock.
+    assert labelled(fm, "failover_duration_seconds_count", 'cause="expired"') == 1
+    took_over = labelled(fm, "failover_duration_seconds_sum", 'cause="expired"')
+    assert 0 <= took_over < 1.0
+    assert took_over <= metric(fm, "no_active_replica_seconds_total")
+    assert metric(fm, "no_active_replica_stretch_seconds") == 0.0
+    # What the chart's dashboard asks of the labeler, this real labeler process exports.
+    dashboard = json.loads((CHART / "dashboards" / "liqo-gateway.json").read_text())
+    asked = {n for _, q in promql.dashboard_queries(dashboard) for n in promql.metric_names(q)
+             if n.startswith("liqo_labeler_")}
+    assert "liqo_labeler_failover_duration_seconds_bucket" in asked
+    assert asked - promql.exported_names(fm) == set()
 
 
 def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
@@ -251,6 +271,10 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
     assert leader.netagent.calls[-1].active is False  # fenced on the way out
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0 and env.double_active == 0
+    fm = urllib.request.urlopen(f"http://127.0.0.1:{follower.http_port('metrics')}/metrics", timeout=5)
+    text = fm.read().decode()
+    assert labelled(text, "failover_duration_seconds_count", 'cause="released"') == 1
+    assert labelled(text, "failover_duration_seconds_sum", 'cause="released"') < became - stopped
 
 
 def test_api_outage_shorter_than_grace_keeps_the_dataplane(env: Env) -> None:

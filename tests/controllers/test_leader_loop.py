@@ -129,6 +129,10 @@ def cluster_factory() -> Iterator[Callable[[Timings], Cluster]]:
 Make = Callable[[Timings], Cluster]
 
 
+def sample(r: Replica, name: str, **labels: str) -> float | None:
+    return r.metrics.registry.get_sample_value(name, labels)
+
+
 def two_replicas(make: Make, timings: Timings = FAST) -> tuple[Cluster, Replica, Replica]:
     c = make(timings)
     a, b = c.add("gw-a"), c.add("gw-b")
@@ -161,8 +165,18 @@ def test_exactly_one_leader_and_crash_handover(cluster_factory: Callable[[Timing
     assert c.active_overlap() == 0.0
     assert c.double_active_samples == 0 and c.samples > 50
     assert follower.elector.state.epoch == epoch + 1
+    # The takeover's metrics are written once SetRole(ACTIVE) has returned to the elector, which is
+    # just after the netagent shows ACTIVE: wait for the last of them.
+    wait_for("the takeover's metrics", lambda: follower.metrics.leaderless._value.get() > 0, 2.0, 0.02)
     assert follower.metrics.failover._value.get() < 0.5
-    assert follower.metrics.leaderless._value.get() > 0
+    # Timed from the leader's lease expiring by the follower's clock: the takeover itself.
+    assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="expired") == 1
+    assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="released") is None
+    took_over = sample(follower, "liqo_labeler_failover_duration_seconds_sum", cause="expired")
+    assert took_over is not None and 0 <= took_over < 0.5
+    without = sample(follower, "liqo_labeler_no_active_replica_seconds_total")
+    assert without is not None and took_over <= without < took_over + 1.0  # + the cold start, if seen
+    assert sample(follower, "liqo_labeler_no_active_replica_stretch_seconds") == 0.0
 
 
 def test_graceful_stop_hands_over_at_once(cluster_factory: Callable[[Timings], Cluster]) -> None:
@@ -178,12 +192,18 @@ def test_graceful_stop_hands_over_at_once(cluster_factory: Callable[[Timings], C
     assert became - stopped_at < 1.0
     assert c.store.record is not None and c.store.record.holder == follower.name
     assert c.active_overlap() == 0.0 and c.double_active_samples == 0
+    wait_for("the takeover's metrics", lambda: sample(
+        follower, "liqo_labeler_failover_duration_seconds_count", cause="released") == 1, 2.0, 0.02)
+    assert sample(follower, "liqo_labeler_failover_duration_seconds_count", cause="expired") is None
+    took_over = sample(follower, "liqo_labeler_failover_duration_seconds_sum", cause="released")
+    assert took_over is not None and took_over < became - stopped_at
 
 
 def test_api_outage_within_grace_keeps_the_leader_active(cluster_factory: Make) -> None:
     c, leader, follower = two_replicas(cluster_factory)
     time.sleep(1.0)
     epoch = leader.elector.state.epoch
+    before = [sample(r, "liqo_labeler_no_active_replica_seconds_total") for r in (leader, follower)]
     c.store.down = True
     outage = 3.0  # longer than the lease (2 s), shorter than the grace (4 s)
     end = time.monotonic() + outage
@@ -200,6 +220,9 @@ def test_api_outage_within_grace_keeps_the_leader_active(cluster_factory: Make) 
     assert not follower.elector.state.leading
     assert c.store.record is not None and c.store.record.holder == leader.name
     assert c.double_active_samples == 0 and c.active_overlap() == 0.0
+    # The follower could not read the Lease: it counts nothing, though the lease expired by its clock.
+    after = [sample(r, "liqo_labeler_no_active_replica_seconds_total") for r in (leader, follower)]
+    assert after == before
 
 
 def test_api_outage_longer_than_grace_lets_the_role_expire(
