@@ -2,10 +2,11 @@
 
 This machine's kernel has no WireGuard module, so `KernelGuest` boots Debian's stock kernel in QEMU
 (software emulation: no KVM here) with this machine's root file system and the project shared
-read-only over 9p and one writable shared folder, both at their paths on the host. The guest has no network device at all:
-the host's network is never touched. A script runs inside as root, in the host's file system (so the
-project, its venv and every tool are there), with tmpfs on /tmp, /run and /var/*; its exit status,
-console and any file it writes to the shared folder come back. Boot to the script: about 3 s.
+read-only over 9p and one writable shared folder, both at their paths on the host. The guest has no
+network device at all: the host's network is never touched. A script runs inside as root, in the
+host's file system (so the project, its venv and every tool are there), with tmpfs on /tmp, /run and
+/var/*; its exit status, console and any file it writes to the shared folder come back. Boot to the
+script: about 3 s.
 
 The boot files come from `scripts/kernel-guest/build-boot.sh` (kept in build/kernel-guest, rebuilt
 when the script or the guest's /init changes).
