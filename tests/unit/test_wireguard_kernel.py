@@ -193,6 +193,19 @@ def test_kernel_peer_messages(kernel: Kernel) -> None:
     assert dev.remove_peer(PEER) is False and wg.set.call_count == n  # absent: nothing sent
 
 
+def test_kernel_remove_all_peers_is_one_message(kernel: Kernel) -> None:
+    dev, _, _, wg = kernel
+    other = generate().public_key
+    wg.info.return_value = [Msg({"WGDEVICE_A_PEERS": [Msg({"WGPEER_A_PUBLIC_KEY": k.encode()})
+                                                      for k in (PEER, other)]})]
+    dev.remove_all_peers()
+    assert wg.set.call_args_list == [call("liqo.tunnel", peer=[
+        {"public_key": PEER, "remove": True}, {"public_key": other, "remove": True}])]
+    wg.info.return_value = [Msg({})]
+    dev.remove_all_peers()
+    assert wg.set.call_count == 1  # none left: nothing sent
+
+
 def test_kernel_reset_peer_is_one_message_with_one_peer_list(kernel: Kernel) -> None:
     """Remove and re-add travel in one WG_CMD_SET_DEVICE, in one WGDEVICE_A_PEERS list (the kernel
     keeps only the last attribute of a type: two lists would lose the removal)."""

@@ -213,7 +213,9 @@ class KernelDevice:
         return True
 
     def remove_all_peers(self) -> None:
-        # pyroute2 cannot send WGDEVICE_F_REPLACE_PEERS; remove them one by one.
-        for p in self.peers():
-            self.remove_peer(p.public_key)
+        # One message (fencing must be quick), not one dump and one message per peer.
+        removals = [{"public_key": p.public_key, "remove": True} for p in self.peers()]
+        if removals:
+            with self._wg() as wg, kernel_errors(f"remove all peers on {self.cfg.wg_device}"):
+                wg.set(self.cfg.wg_device, peer=removals)
 
