@@ -384,7 +384,11 @@ def serve(cfg: AgentConfig) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        done.wait()
+        # Not a bare wait(): the kernel may deliver the signal to any thread (gRPC's, the probe's);
+        # Python then runs the handler only when the main thread next wakes, which a lock wait
+        # without a timeout never does (seen: SIGTERM ignored for 15 s in CI).
+        while not done.wait(1.0):
+            pass
         drain(agent, cfg.shutdown_grace)
         server.stop(grace=0.5).wait()
         agent.stop()

@@ -4,6 +4,8 @@ may hand the Lease over at once only after setting its agent STANDBY. So an ACTI
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from services.common.keys import generate
 pytestmark = pytest.mark.root
 
 GRACE = 2.0
+SYS_TGKILL = 234  # x86_64
 
 
 def sigterm_and_time_exit(agent: NetAgent, withdraw: bool) -> tuple[float, float | None]:
@@ -59,3 +62,20 @@ def test_sigterm_drains_an_active_agent_until_its_role_is_withdrawn(
         assert GRACE - 0.1 <= exited < GRACE + 3  # kept the dataplane's role for the whole grace
     else:
         assert exited < 1.5  # nothing to drain
+
+
+def test_sigterm_delivered_to_another_thread_still_stops_the_agent(
+    node_factory: Callable[[str], Node], tmp_path: Path,
+) -> None:
+    """A process-directed signal may land on any thread; Python runs the handler in the main thread,
+    which must wake up for it. tgkill to a gRPC worker thread makes that case deterministic."""
+    node = node_factory("tgkill")
+    with NetAgent(node, tmp_path) as agent:
+        assert agent.proc is not None
+        pid = agent.proc.pid  # nsenter and setpriv exec: this is the agent's Python
+        assert Path(f"/proc/{pid}/comm").read_text().startswith("python")
+        others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert others, "the agent runs threads"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(SYS_TGKILL, pid, others[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        assert agent.proc.wait(timeout=5) == 0
