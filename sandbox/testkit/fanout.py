@@ -68,10 +68,19 @@ class Fanout:
     """A hub cluster and `live` remote clusters (each with agent, tunnel controller and a
     TunnelEndpoint for the hub) on their own underlay links; `burst(n)` creates n hub
     TunnelEndpoints at once, the first `live` of which point at the live remotes, the others at
-    addresses nobody answers, and times them into the kernel and to Connected."""
+    addresses nobody answers, and times them into the kernel and to Connected.
 
-    def __init__(self, lab: Lab, live: int = 2, workers: int = 8) -> None:
+    `mutual`: the remotes' TunnelEndpoints for the hub are created in each burst, at the same
+    moment as the hub's (as a peering creates both sides), instead of once at set-up; then the
+    hub's first handshake may reach a remote that does not know its key yet, the case where
+    Connected waits on the probe's schedule. `probe_interval`: every agent's --probe-interval
+    (None: the kit's 0.5 s)."""
+
+    def __init__(self, lab: Lab, live: int = 2, workers: int = 8, *, mutual: bool = False,
+                 probe_interval: float | None = None) -> None:
         self.lab = lab
+        self.mutual = mutual
+        args = () if probe_interval is None else ("--probe-interval", str(probe_interval))
         hub_node = lab.node("hub")
         self.spokes: list[Cluster] = []
         spoke_nodes = []
@@ -79,15 +88,21 @@ class Fanout:
             node = lab.node(f"spk{i}")
             link_nodes(hub_node, f"100.64.{i}.1", node, f"100.64.{i}.2")
             spoke_nodes.append(node)
-        self.hub = lab.cluster("hub", hub_node, "100.64.0.1", workers=workers)
+        self.hub = lab.cluster("hub", hub_node, "100.64.0.1", workers=workers, agent_args=args)
         for i, node in enumerate(spoke_nodes):
-            spoke = lab.cluster(f"spoke{i}", node, f"100.64.{i}.2")
-            spoke.create_tep(spoke_tep(i, f"100.64.{i}.1", self.hub.public_key))
+            spoke = lab.cluster(f"spoke{i}", node, f"100.64.{i}.2", agent_args=args)
+            spoke.ensure_namespace(SPOKE_TENANT_NS)
+            if not mutual:
+                spoke.create_tep(self.spoke_body(i))
             self.spokes.append(spoke)
-        for spoke in self.spokes:
-            wait_for(f"{spoke.name}: tunnel to the hub programmed",
-                     lambda s=spoke: len(s.netagent.list_tunnels()) == 1, interval=POLL)  # type: ignore[misc]
+        if not mutual:
+            for spoke in self.spokes:
+                wait_for(f"{spoke.name}: tunnel to the hub programmed",
+                         lambda s=spoke: len(s.netagent.list_tunnels()) == 1, interval=POLL)  # type: ignore[misc]
         self.hub.ensure_namespace(HUB_TENANT_NS)
+
+    def spoke_body(self, i: int) -> dict[str, Any]:
+        return spoke_tep(i, f"100.64.{i}.1", self.hub.public_key)
 
     def bodies(self, n: int) -> list[dict[str, Any]]:
         out = []
@@ -126,10 +141,16 @@ class Fanout:
         live = [b["metadata"]["name"] for b in live_bodies]
         created: dict[str, float] = {}
 
+        spoke_of = {b["metadata"]["name"]: i for i, b in enumerate(live_bodies)} if self.mutual else {}
+
         def create(body: dict[str, Any]) -> None:
+            name = body["metadata"]["name"]
             t = time.monotonic()
             self.hub.kube.create(TUNNEL_ENDPOINTS, body, HUB_TENANT_NS)
-            created[body["metadata"]["name"]] = t
+            created[name] = t
+            if name in spoke_of:  # the other side of the peering, right after
+                i = spoke_of[name]
+                self.spokes[i].kube.create(TUNNEL_ENDPOINTS, self.spoke_body(i), SPOKE_TENANT_NS)
 
         with ThreadPoolExecutor(8) as pool:  # "at once": as fast as an apply of many objects
             list(pool.map(create, bodies))
@@ -167,6 +188,13 @@ class Fanout:
         wait_for("the hub's TunnelEndpoints to go",
                  lambda: not self.hub.kube.list(TUNNEL_ENDPOINTS, HUB_TENANT_NS)["items"], timeout, POLL)
         wait_for("the hub's tunnels to go", lambda: not self.hub.netagent.list_tunnels(), timeout, POLL)
+        if self.mutual:  # each burst creates the remotes' side again
+            for spoke in self.spokes:
+                for obj in spoke.kube.list(TUNNEL_ENDPOINTS, SPOKE_TENANT_NS)["items"]:
+                    spoke.kube.delete(TUNNEL_ENDPOINTS, obj["metadata"]["name"], SPOKE_TENANT_NS)
+            for spoke in self.spokes:
+                wait_for(f"{spoke.name}: its tunnel to go", lambda s=spoke: not s.netagent.list_tunnels(),  # type: ignore[misc]
+                         timeout, POLL)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
