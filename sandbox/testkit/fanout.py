@@ -120,9 +120,11 @@ class Fanout:
         peers, _, routes = out.partition("--\n")
         return set(peers.split()), {line.split()[0] for line in routes.splitlines() if line.strip()}
 
-    def burst(self, n: int, timeout: float = 90.0, live_at: str = "spread") -> FanoutRun:
+    def burst(self, n: int, timeout: float = 90.0, live_at: str = "spread", stagger: float = 0.0) -> FanoutRun:
         """`live_at` places the live TunnelEndpoints in the creation order: "first", "last" or
-        "spread" (evenly), since the controller's queue serves them in that order."""
+        "spread" (evenly), since the controller's queue serves them in that order. `stagger` > 0
+        creates them one at a time, that many seconds apart (one apply after another, no queue),
+        instead of all at once."""
         bodies = self.bodies(n)
         live_bodies, dead_bodies = bodies[: len(self.spokes)], bodies[len(self.spokes):]
         if live_at == "first":
@@ -152,8 +154,13 @@ class Fanout:
                 i = spoke_of[name]
                 self.spokes[i].kube.create(TUNNEL_ENDPOINTS, self.spoke_body(i), SPOKE_TENANT_NS)
 
-        with ThreadPoolExecutor(8) as pool:  # "at once": as fast as an apply of many objects
-            list(pool.map(create, bodies))
+        if stagger > 0:
+            for body in bodies:
+                create(body)
+                time.sleep(stagger)
+        else:
+            with ThreadPoolExecutor(8) as pool:  # "at once": as fast as an apply of many objects
+                list(pool.map(create, bodies))
         programmed: dict[str, float] = {}
         connected: dict[str, float] = {}
 
