@@ -119,7 +119,8 @@ def main() -> int:
           f"p95 {connected['p95']:.3f}s max {connected['max']:.3f}s", file=sys.stderr)
     print(json.dumps({"benchmark": "reconcile_latency", "cpus": os.cpu_count(), "live": args.live,
                       "workers": args.workers, "live_at": args.live_at, "mutual": args.mutual,
-                      "probe_interval": args.probe_interval, "stagger": args.stagger, "setup_seconds": round(setup, 2),
+                      "probe_interval": args.probe_interval, "stagger": args.stagger,
+                      "setup_seconds": round(setup, 2),
                       "time_to_connected": connected, "results": results,
                       "total_seconds": round(time.monotonic() - started, 2)}))
     return 0

@@ -4,7 +4,7 @@ the scale test and the reconcile-latency benchmark report."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +120,8 @@ class Fanout:
         peers, _, routes = out.partition("--\n")
         return set(peers.split()), {line.split()[0] for line in routes.splitlines() if line.strip()}
 
-    def burst(self, n: int, timeout: float = 90.0, live_at: str = "spread", stagger: float = 0.0) -> FanoutRun:
+    def burst(self, n: int, timeout: float = 90.0, live_at: str = "spread",
+              stagger: float = 0.0) -> FanoutRun:
         """`live_at` places the live TunnelEndpoints in the creation order: "first", "last" or
         "spread" (evenly), since the controller's queue serves them in that order. `stagger` > 0
         creates them one at a time, that many seconds apart (one apply after another, no queue),
@@ -154,38 +155,49 @@ class Fanout:
                 i = spoke_of[name]
                 self.spokes[i].kube.create(TUNNEL_ENDPOINTS, self.spoke_body(i), SPOKE_TENANT_NS)
 
-        if stagger > 0:
+        def create_staggered() -> None:
             for body in bodies:
                 create(body)
                 time.sleep(stagger)
+
+        creator: Future[None] | None = None
+        pool = ThreadPoolExecutor(1)
+        if stagger > 0:  # watched while it creates
+            creator = pool.submit(create_staggered)
         else:
-            with ThreadPoolExecutor(8) as pool:  # "at once": as fast as an apply of many objects
-                list(pool.map(create, bodies))
+            with ThreadPoolExecutor(8) as burst_pool:  # "at once": as fast as an apply of many objects
+                list(burst_pool.map(create, bodies))
         programmed: dict[str, float] = {}
         connected: dict[str, float] = {}
 
         def all_seen() -> bool:
             # Each call records what is newly programmed or Connected, with the time it was seen.
+            if creator is not None and creator.done():
+                creator.result()  # a failed creation fails the burst
+            known = set(created)
             peers, routes = self._kernel()
             now = time.monotonic()
             for name, (key, pod, ext) in want.items():
-                if name not in programmed and key in peers and pod in routes and ext in routes:
+                if name in known and name not in programmed and key in peers and pod in routes \
+                        and ext in routes:
                     programmed[name] = now
             items = self.hub.kube.list(TUNNEL_ENDPOINTS, HUB_TENANT_NS)["items"]
             now = time.monotonic()
             for obj in items:
                 name = obj["metadata"]["name"]
                 status = ((obj.get("status") or {}).get("connection") or {}).get("status")
-                if name in live and name not in connected and status == "Connected":
+                if name in known and name in live and name not in connected and status == "Connected":
                     connected[name] = now
             return len(programmed) >= n and len(connected) >= len(live)
 
         try:
-            wait_for("the burst programmed and connected", all_seen, timeout)
+            wait_for("the burst programmed and connected", all_seen, timeout + n * stagger)
         except AssertionError:
             raise AssertionError(
                 f"after {timeout}s: {len(programmed)}/{n} programmed, {len(connected)}/{len(live)} "
                 f"connected; missing {sorted(set(names) - set(programmed))[:5]}") from None
+        finally:
+            pool.shutdown(wait=True)
         return FanoutRun(created, programmed, connected, live)
 
     def clear(self, timeout: float = 90.0) -> None:
