@@ -24,9 +24,10 @@ Issue 11's "time to Connected over 20 TunnelEndpoints" is
 
     bench/reconcile_latency.py --sizes 20 --live 20 --mutual --stagger 1   # one apply after another
     bench/reconcile_latency.py --sizes 20 --live 20 --mutual               # all 40 at once
+    bench/reconcile_latency.py --sizes 20 --live 20 --mutual --stagger 1 --remote-delay 1  # remote 1 s later
 
     bench/reconcile_latency.py [--sizes 1,10,100] [--live 2] [--workers 8] [--live-at spread] [--mutual]
-                               [--probe-interval 2] [--stagger 0] [--timeout 90]
+                               [--probe-interval 2] [--stagger 0] [--remote-delay 0] [--timeout 90]
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def summary(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def measure(fanout: Fanout, n: int, timeout: float, live_at: str, stagger: float) -> dict[str, Any]:
-    run: FanoutRun = fanout.burst(n, timeout=timeout, live_at=live_at, stagger=stagger)
+def measure(fanout: Fanout, n: int, timeout: float, live_at: str, stagger: float,
+            remote_delay: float) -> dict[str, Any]:
+    run: FanoutRun = fanout.burst(n, timeout=timeout, live_at=live_at, stagger=stagger,
+                                  remote_delay=remote_delay)
     result = {
         "n": n,
         "live": len(run.live),
@@ -88,6 +91,9 @@ def main() -> int:
                    help="every agent's --probe-interval in seconds (the product's default: 2)")
     p.add_argument("--stagger", type=float, default=0.0,
                    help="seconds between creations (0: all at once, from 8 clients)")
+    p.add_argument("--remote-delay", type=float, default=0.0,
+                   help="with --mutual: seconds between the hub's TunnelEndpoint and the remote's; a live "
+                   "one's times then count from the remote's (when the peering is complete)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per size (and per clean-up)")
     args = p.parse_args()
     if why := why_unavailable():
@@ -106,7 +112,7 @@ def main() -> int:
         setup = time.monotonic() - started
         print(f"setup: hub + {args.live} live remotes in {setup:.1f}s", file=sys.stderr)
         for n in sizes:
-            r = measure(fanout, n, args.timeout, args.live_at, args.stagger)
+            r = measure(fanout, n, args.timeout, args.live_at, args.stagger, args.remote_delay)
             results.append(r)
             pr, co = r["programmed"], r["connected"]
             print(f"N={n:4d}  created->programmed p50 {pr['p50']:.3f}s p95 {pr['p95']:.3f}s "
@@ -120,6 +126,7 @@ def main() -> int:
     print(json.dumps({"benchmark": "reconcile_latency", "cpus": os.cpu_count(), "live": args.live,
                       "workers": args.workers, "live_at": args.live_at, "mutual": args.mutual,
                       "probe_interval": args.probe_interval, "stagger": args.stagger,
+                      "remote_delay": args.remote_delay,
                       "setup_seconds": round(setup, 2),
                       "time_to_connected": connected, "results": results,
                       "total_seconds": round(time.monotonic() - started, 2)}))

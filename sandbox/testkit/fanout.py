@@ -3,9 +3,10 @@ the scale test and the reconcile-latency benchmark report."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.testkit.hosts import link_nodes
@@ -48,10 +49,14 @@ class FanoutRun:
     programmed: dict[str, float]  # its peer and both routes first seen in the hub's kernel
     connected: dict[str, float]  # status Connected first seen (live remotes only)
     live: list[str]
+    # When the remote's side was created, if later than the hub's (remote_delay): Connected counts
+    # from there, since it cannot happen before.
+    remote_created: dict[str, float] = field(default_factory=dict)
 
     def latencies(self, which: str) -> list[float]:
-        done = self.programmed if which == "programmed" else self.connected
-        return sorted(done[k] - self.created[k] for k in done)
+        if which == "programmed":
+            return sorted(t - self.created[k] for k, t in self.programmed.items())
+        return sorted(t - self.remote_created.get(k, self.created[k]) for k, t in self.connected.items())
 
     @property
     def start(self) -> float:
@@ -121,11 +126,13 @@ class Fanout:
         return set(peers.split()), {line.split()[0] for line in routes.splitlines() if line.strip()}
 
     def burst(self, n: int, timeout: float = 90.0, live_at: str = "spread",
-              stagger: float = 0.0) -> FanoutRun:
+              stagger: float = 0.0, remote_delay: float = 0.0) -> FanoutRun:
         """`live_at` places the live TunnelEndpoints in the creation order: "first", "last" or
         "spread" (evenly), since the controller's queue serves them in that order. `stagger` > 0
         creates them one at a time, that many seconds apart (one apply after another, no queue),
-        instead of all at once."""
+        instead of all at once. `remote_delay` (mutual only): a remote's TunnelEndpoint is created
+        that long after the hub's, and a live TunnelEndpoint's times count from the later one (the
+        moment the peering is complete)."""
         bodies = self.bodies(n)
         live_bodies, dead_bodies = bodies[: len(self.spokes)], bodies[len(self.spokes):]
         if live_at == "first":
@@ -143,6 +150,8 @@ class Fanout:
                                         b["spec"]["remoteExternalCIDR"]) for b in bodies}
         live = [b["metadata"]["name"] for b in live_bodies]
         created: dict[str, float] = {}
+        timers: list[threading.Timer] = []
+        remote_created: dict[str, float] = {}
 
         spoke_of = {b["metadata"]["name"]: i for i, b in enumerate(live_bodies)} if self.mutual else {}
 
@@ -151,9 +160,19 @@ class Fanout:
             t = time.monotonic()
             self.hub.kube.create(TUNNEL_ENDPOINTS, body, HUB_TENANT_NS)
             created[name] = t
-            if name in spoke_of:  # the other side of the peering, right after
+            if name in spoke_of:  # the other side of the peering, right after (or remote_delay later)
                 i = spoke_of[name]
-                self.spokes[i].kube.create(TUNNEL_ENDPOINTS, self.spoke_body(i), SPOKE_TENANT_NS)
+                if remote_delay > 0:
+                    timer = threading.Timer(remote_delay, create_remote, (name, i))
+                    timers.append(timer)
+                    timer.start()
+                else:
+                    create_remote(name, i)
+
+        def create_remote(name: str, i: int) -> None:
+            self.spokes[i].kube.create(TUNNEL_ENDPOINTS, self.spoke_body(i), SPOKE_TENANT_NS)
+            if remote_delay > 0:
+                remote_created[name] = time.monotonic()
 
         def create_staggered() -> None:
             for body in bodies:
@@ -198,7 +217,9 @@ class Fanout:
                 f"connected; missing {sorted(set(names) - set(programmed))[:5]}") from None
         finally:
             pool.shutdown(wait=True)
-        return FanoutRun(created, programmed, connected, live)
+            for timer in timers:
+                timer.join()
+        return FanoutRun(created, programmed, connected, live, remote_created)
 
     def clear(self, timeout: float = 90.0) -> None:
         """Deletes every hub TunnelEndpoint and waits until the hub's agent holds no tunnel."""
