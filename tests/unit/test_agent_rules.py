@@ -99,6 +99,12 @@ class FakeProber:
     def status(self, cid: str) -> None:
         return None
 
+    def probe_now(self, cids: Any) -> None:
+        self.probed_now = [*getattr(self, "probed_now", []), *cids]
+
+    def connecting(self) -> set[str]:
+        return set()
+
 
 @dataclass
 class FakeRouting:
