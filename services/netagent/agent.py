@@ -400,6 +400,8 @@ class Agent:
         if before.role is not grant.role:
             log.info("role changed", extra={"role": grant.role.value, "epoch": grant.epoch, "reason": reason})
             self._mark_all_changed()
+            if grant.role is Role.ACTIVE:  # every peer was just programmed: probe now, not at the tick
+                self._prober.probe_now(list(self._state.tunnels))
         self._persist()
         self._notify()
         return grant

@@ -570,3 +570,19 @@ def test_a_connecting_tunnel_is_probed_once_per_new_handshake_and_after_a_nudge(
         assert prober.probed_now.count("cluster-1") == 2
     finally:
         a.stop()
+
+
+def test_a_promotion_probes_every_tunnel_at_once(tmp_path: Path, kernel: Kernel) -> None:
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        a.ensure_tunnel(spec(1), SAMPLE_OWNER)
+        a.set_role(Role.STANDBY, 1, 0, "test")
+        prober: Any = a._prober
+        prober.probed_now = []
+        a.set_role(Role.ACTIVE, 2, 600, "test")  # the peers are programmed again
+        assert prober.probed_now == ["cluster-1"]
+        a.set_role(Role.ACTIVE, 2, 600, "renewal")  # a renewal programs nothing: no probe
+        assert prober.probed_now == ["cluster-1"]
+    finally:
+        a.stop()
