@@ -47,7 +47,13 @@ from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
 from services.netagent.kernel.wireguard.watch import LinkWatcher
 from services.netagent.plan import claims, natrules
-from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.handshake import (
+    HANDSHAKE_NUDGES,
+    clusters_of,
+    new_handshakes,
+    plan_nudges,
+    poll_interval,
+)
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
 from services.netagent.plan.protect import Protection, base_protection
@@ -158,6 +164,9 @@ class Agent:
         self._dirty = threading.Event()
         # Peers programmed recently and not yet handshaken: key -> (programmed at, nudges done).
         self._fresh_peers: dict[str, tuple[float, int]] = {}
+        # Last handshakes (key -> wall s) of the peers of Connecting tunnels, as last read: a newer
+        # one is probed at once. Only the handshake thread touches it.
+        self._handshakes_seen: dict[str, float] = {}
         self._nudge_thread = threading.Thread(target=self._nudge_loop, name="handshake-nudge", daemon=True)
         self._persist_thread = threading.Thread(target=self._persist_loop, name="persist", daemon=True)
         # The protected address space (docs/security.md): kept current from the kernel once started.
@@ -391,6 +400,8 @@ class Agent:
         if before.role is not grant.role:
             log.info("role changed", extra={"role": grant.role.value, "epoch": grant.epoch, "reason": reason})
             self._mark_all_changed()
+            if grant.role is Role.ACTIVE:  # every peer was just programmed: probe now, not at the tick
+                self._prober.probe_now(list(self._state.tunnels))
         self._persist()
         self._notify()
         return grant
@@ -522,7 +533,9 @@ class Agent:
             if changed:
                 self._state_since[cid] = time.time()
             view = self._view(new, cid, self._peer_states())
-        self._update_probe_targets()
+        self._update_probe_targets()  # a new target pings at once
+        if changed:  # a changed peer (key, endpoint) whose probe is not Connected: ping it now too
+            self._prober.probe_now([cid])
         self._notify()
         return view, changed or kernel_changed
 
@@ -744,21 +757,44 @@ class Agent:
         return changed
 
     def _nudge_loop(self) -> None:
-        while not self._stopping.wait(0.25):
+        """Nudges fresh peers on their schedule and, while a tunnel is Connecting, probes a peer as
+        soon as its handshake completes. Idle (nothing Connecting) it wakes every IDLE_POLL and
+        reads nothing; while Connecting it reads the device every HANDSHAKE_POLL, for at most the
+        probe's loss window per tunnel (Connecting then turns Disconnected)."""
+        connecting: set[str] = set()
+        while not self._stopping.wait(poll_interval(bool(connecting))):
+            nudged: list[str] = []
             try:
                 with self._peer_lock:
                     if self._fence.current().role is Role.ACTIVE:
-                        self._nudge_fresh_peers()
+                        nudged = self._nudge_fresh_peers()
+                connecting = self._prober.connecting()
+                self._probe_new_handshakes(connecting, nudged)
             except Exception as e:  # the next round retries
                 log.warning("handshake nudge failed", extra={"error": str(e)})
 
-    def _nudge_fresh_peers(self) -> None:
+    def _probe_new_handshakes(self, connecting: set[str], nudged: list[str]) -> None:
+        """Probes at once the Connecting tunnels whose peer just handshook, and the nudged ones (a
+        reset peer dropped its queued packets: the PING starts its new handshake now instead of at
+        the next tick)."""
+        if not connecting:
+            self._handshakes_seen = {}
+            return
+        by_key = {spec.public_key: cid for cid, spec in self._state.tunnels.items() if cid in connecting}
+        current = {p.public_key: p.last_handshake or 0.0 for p in self.device.peers()
+                   if p.public_key in by_key}
+        due = clusters_of([*new_handshakes(self._handshakes_seen, current), *nudged], by_key)
+        self._handshakes_seen = current
+        if due:
+            self._prober.probe_now(due)
+
+    def _nudge_fresh_peers(self) -> list[str]:
         """Under _peer_lock, while ACTIVE: re-programs new peers that have not handshaken in time:
         removing and re-adding a peer (one request: it never looks missing) resets WireGuard's
-        handshake state, so the next packet starts a new handshake."""
+        handshake state, so the next packet starts a new handshake. Returns the nudged keys."""
         now = time.monotonic()
         if not any(now - t0 >= HANDSHAKE_NUDGES[n] for t0, n in self._fresh_peers.values()):
-            return
+            return []
         peers = {p.public_key: p for p in self.device.peers()}
         handshaken = {k for k, p in peers.items() if p.last_handshake}
         desired = self._peers_wanted
@@ -768,6 +804,7 @@ class Agent:
         for key in nudge:
             self.device.reset_peer(desired[key])
             log.info("no handshake yet: peer re-programmed", extra={"public_key": key})
+        return nudge
 
     def _timed(self, what: str, fn: Callable[[], bool | object]) -> bool:
         start = time.perf_counter()

@@ -12,7 +12,11 @@
   stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
   tunnels whose owner TunnelEndpoint is gone.
 - Status comes from the netagent's WatchTunnelStatus stream (the probe, with hysteresis there) and
-  is merge-patched only when it changed; latency at most every `latency_interval` seconds.
+  is merge-patched only when it changed; latency at most every `latency_interval` seconds. The
+  stream and EnsureTunnel's reply both carry a tunnel's status: the newer (by `state_since`) wins
+  and a cluster's writes are serialized, so a reconcile never overwrites a Connected the stream
+  delivered during its EnsureTunnel with that call's older Connecting (it stayed until the next
+  stream update, `status_min_interval` later).
 - The device keeper makes sure the netagent's device holds the shared key pair (also after a
   netagent restart): every `device_check_interval`, and at once when the netagent's WatchRole
   stream says the device has no key (it re-created a device after wireguard-go restarted and has
@@ -97,7 +101,8 @@ class TunnelController:
         # would flip the status on every stream update).
         self._refused: set[str] = set()
         self._lock = threading.Lock()
-        self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> latest from the stream
+        self._last_status: dict[str, pb.TunnelStatus] = {}  # clusterID -> newest (stream or reply)
+        self._status_locks: dict[str, threading.Lock] = {}  # clusterID -> serializes its status writes
         self._gc_wanted = threading.Event()
         # Runs while ACTIVE and the device holds the shared key; a resume also collects orphans.
         # Set to run the device keeper now: the netagent reported a device without its key.
@@ -209,17 +214,18 @@ class TunnelController:
             raise RetryableError(str(e)) from None
         with self._lock:
             self._programmed[key] = tunnel.cluster_id
-            self._last_status[tunnel.cluster_id] = resp.status
+            self._keep_newer(resp.status)
             self._refused.discard(key)
         md = obj["metadata"]
         self.connect_timer.ensured(key, str(md.get("uid") or ""), int(md.get("generation") or 0))
+        # The status first: it is what a user waits for; the Event can follow.
+        self._write_newest(tunnel.cluster_id, obj)
         if resp.changed:
             self.events.normal(
                 obj, "TunnelConfigured",
                 f"tunnel to {tunnel.cluster_name or tunnel.cluster_id} configured "
                 f"(endpoint {tunnel.endpoint}:{tunnel.endpoint_port})",
             )
-        self._write_status(obj, resp.status)
         return self.opts.dns_refresh if is_dns_endpoint(tunnel.endpoint) else None
 
     def _finalize(self, key: str, obj: JSON) -> None:
@@ -240,6 +246,7 @@ class TunnelController:
             self._refused.discard(key)
             for cid in cids:
                 self._last_status.pop(cid, None)
+                self._status_locks.pop(cid, None)
         log.info("tunnel removed", extra={"key": key, "clusters": sorted(cids)})
         # A TunnelEndpoint refused as a duplicate of this one can now take the cluster over.
         for other in self.informer.items():
@@ -272,6 +279,24 @@ class TunnelController:
                 raise RetryableError(f"writing status: {e}") from None
 
     # --- status from the netagent ----------------------------------------------------------------
+
+    def _keep_newer(self, ts: pb.TunnelStatus) -> None:
+        """Under _lock: keeps `ts` as its cluster's status unless the one kept is newer (a state
+        entered later); an equal age is a fresher reading of the same state (counters)."""
+        have = self._last_status.get(ts.cluster_id)
+        if have is None or ts.state_since.ToNanoseconds() >= have.state_since.ToNanoseconds():
+            self._last_status[ts.cluster_id] = ts
+
+    def _write_newest(self, cid: str, obj: JSON) -> None:
+        """Writes the newest status kept for `cid`; one writer per cluster at a time, so an older
+        status is never written after a newer one."""
+        with self._lock:
+            lock = self._status_locks.setdefault(cid, threading.Lock())
+        with lock:
+            with self._lock:
+                ts = self._last_status.get(cid)
+            if ts is not None:
+                self._write_status(obj, ts)
 
     def _write_status(self, obj: JSON, ts: pb.TunnelStatus) -> None:
         current = obj.get("status") or {}
@@ -312,7 +337,7 @@ class TunnelController:
                 self._last_status.pop(cid, None)
             return
         with self._lock:
-            self._last_status[cid] = msg.status
+            self._keep_newer(msg.status)
         if not self.role.active:
             return
         key = self._key_for_cluster(cid, msg.status.owner)
@@ -323,7 +348,7 @@ class TunnelController:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         try:
-            self._write_status(obj, msg.status)
+            self._write_newest(cid, obj)
         except RetryableError as e:
             # The next stream update or reconcile writes it again.
             log.warning("status write failed", extra={"key": key, "error": str(e)})

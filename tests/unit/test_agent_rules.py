@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from sandbox.testkit.resources import SAMPLE_KEY, SAMPLE_OWNER, SAMPLE_TUNNEL
+from sandbox.testkit.wait import wait_for
 from services.common.keys import generate
 from services.common.tunnelspec import SpecError, TunnelSpec
 from services.netagent import agent as agent_mod
@@ -40,6 +41,7 @@ class FakeDevice:
     mtu: int = 0
     peer_map: dict[str, PeerConfig] = field(default_factory=dict)
     fail_port: int | None = None
+    handshakes: dict[str, float] = field(default_factory=dict)  # key -> last handshake (wall s)
 
     def ensure(self, private_key_b64: str | None, listen_port: int, mtu: int) -> bool:
         if listen_port == self.fail_port:
@@ -62,7 +64,8 @@ class FakeDevice:
 
     def peers(self) -> list[PeerState]:
         return [
-            PeerState(p.public_key, p.endpoint_ip, p.endpoint_port, p.allowed_ips, p.persistent_keepalive)
+            PeerState(p.public_key, p.endpoint_ip, p.endpoint_port, p.allowed_ips, p.persistent_keepalive,
+                      last_handshake=self.handshakes.get(p.public_key))
             for p in self.peer_map.values()
         ]
 
@@ -98,6 +101,15 @@ class FakeProber:
 
     def status(self, cid: str) -> None:
         return None
+
+    probed_now: list[str]  # what probe_now was asked, in order
+    connecting_now: set[str]  # what connecting() answers
+
+    def probe_now(self, cids: Any) -> None:
+        self.probed_now = [*getattr(self, "probed_now", []), *cids]
+
+    def connecting(self) -> set[str]:
+        return set(getattr(self, "connecting_now", set()))
 
 
 @dataclass
@@ -524,4 +536,53 @@ def test_resolution_is_bounded_in_time_and_in_threads(
         assert "cluster-7" in {v.spec.cluster_id for v in a.list_tunnels()}
     finally:
         never.set()
+        a.stop()
+
+
+# ---- probing at once: a completed handshake, a nudged peer -----------------------------------------
+
+
+def test_a_connecting_tunnel_is_probed_once_per_new_handshake_and_after_a_nudge(
+    tmp_path: Path, kernel: Kernel
+) -> None:
+    dev, _ = kernel
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        shook, silent = spec(1), spec(2)
+        a.ensure_tunnel(shook, SAMPLE_OWNER)
+        a.ensure_tunnel(silent, SAMPLE_OWNER)
+        prober: Any = a._prober
+        prober.probed_now = []
+        prober.connecting_now = {"cluster-1", "cluster-2"}
+        dev.handshakes[shook.public_key] = time.time()  # before its first nudge (0.5 s)
+        wait_for("the handshaken tunnel probed", lambda: "cluster-1" in prober.probed_now, 2.0, 0.01)
+        # The silent peer is nudged at 0.5 s (reset: its queue is gone) and probed right after.
+        wait_for("the nudged tunnel probed", lambda: "cluster-2" in prober.probed_now, 3.0, 0.01)
+        time.sleep(0.5)
+        assert prober.probed_now.count("cluster-1") == 1  # the same handshake is probed once
+        dev.handshakes[shook.public_key] += 10  # a newer one
+        wait_for("probed again", lambda: prober.probed_now.count("cluster-1") == 2, 2.0, 0.01)
+        # Once Connected (not Connecting), a new handshake asks for nothing.
+        prober.connecting_now = set()
+        dev.handshakes[shook.public_key] += 10
+        time.sleep(0.6)
+        assert prober.probed_now.count("cluster-1") == 2
+    finally:
+        a.stop()
+
+
+def test_a_promotion_probes_every_tunnel_at_once(tmp_path: Path, kernel: Kernel) -> None:
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        a.ensure_tunnel(spec(1), SAMPLE_OWNER)
+        a.set_role(Role.STANDBY, 1, 0, "test")
+        prober: Any = a._prober
+        prober.probed_now = []
+        a.set_role(Role.ACTIVE, 2, 600, "test")  # the peers are programmed again
+        assert prober.probed_now == ["cluster-1"]
+        a.set_role(Role.ACTIVE, 2, 600, "renewal")  # a renewal programs nothing: no probe
+        assert prober.probed_now == ["cluster-1"]
+    finally:
         a.stop()

@@ -1,10 +1,19 @@
-"""When a new WireGuard peer that has not handshaken is re-programmed, as a table."""
+"""When a new WireGuard peer that has not handshaken is re-programmed, and when a handshake calls for
+an immediate probe, as tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.netagent.plan.handshake import HANDSHAKE_NUDGES, plan_nudges
+from services.netagent.plan.handshake import (
+    HANDSHAKE_NUDGES,
+    HANDSHAKE_POLL,
+    IDLE_POLL,
+    clusters_of,
+    new_handshakes,
+    plan_nudges,
+    poll_interval,
+)
 
 T0 = 100.0
 
@@ -46,3 +55,48 @@ def test_plan_nudges(
 def test_nudge_ages_grow_and_stay_under_wireguards_own_retry() -> None:
     assert list(HANDSHAKE_NUDGES) == sorted(HANDSHAKE_NUDGES)
     assert HANDSHAKE_NUDGES[0] < 5.0  # WireGuard's REKEY_TIMEOUT: nudging later would be pointless
+
+
+# ---- a completed handshake probes at once ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seen", "current", "new"),
+    [
+        ({}, {}, []),
+        # Never handshaken (0) and not seen before: nothing to probe.
+        ({}, {"k": 0.0}, []),
+        # First read of a peer that already handshook: counts (its PING may have been lost).
+        ({}, {"k": 50.0}, ["k"]),
+        # Same handshake as last read: nothing (the loop must not ping again and again).
+        ({"k": 50.0}, {"k": 50.0}, []),
+        # A newer handshake: probe.
+        ({"k": 50.0}, {"k": 55.0}, ["k"]),
+        # A clock reading older than seen (a reset peer reports 0): nothing.
+        ({"k": 50.0}, {"k": 0.0}, []),
+        # Several peers, sorted; peers gone from `current` are simply not reported.
+        ({"a": 1.0, "b": 1.0, "gone": 1.0}, {"b": 2.0, "a": 2.0, "c": 0.0}, ["a", "b"]),
+    ],
+)
+def test_new_handshakes(seen: dict[str, float], current: dict[str, float], new: list[str]) -> None:
+    assert new_handshakes(seen, current) == new
+
+
+@pytest.mark.parametrize(
+    ("keys", "by_key", "clusters"),
+    [
+        ([], {"k": "c1"}, []),
+        (["k"], {"k": "c1"}, ["c1"]),
+        (["k", "unknown"], {"k": "c1"}, ["c1"]),  # a key no Connecting tunnel claims
+        (["k2", "k1", "k1"], {"k1": "b", "k2": "a"}, ["a", "b"]),  # once each, sorted
+    ],
+)
+def test_clusters_of(keys: list[str], by_key: dict[str, str], clusters: list[str]) -> None:
+    assert clusters_of(keys, by_key) == clusters
+
+
+def test_poll_interval_is_fast_only_while_connecting() -> None:
+    assert poll_interval(True) == HANDSHAKE_POLL
+    assert poll_interval(False) == IDLE_POLL
+    # Bounded rates: never a busy loop, and the idle pace is the nudge schedule's (no extra wakeups).
+    assert 0.05 <= HANDSHAKE_POLL < IDLE_POLL <= min(HANDSHAKE_NUDGES)

@@ -13,11 +13,13 @@ import pytest
 from sandbox.testkit.wait import wait_for
 from services.netagent.kernel.probe import Prober
 from services.netagent.plan.probe import (
+    EXPEDITE_GAP,
     PeerProbe,
     ProbeState,
     ProbeStatus,
     decode_message,
     encode_message,
+    expedited_send,
     format_timestamp,
     parse_timestamp,
 )
@@ -257,6 +259,39 @@ def test_prober_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
         Prober(on_change=lambda c, s: None, **args)  # type: ignore[arg-type]
 
 
+# ---- scheduling: a PING ahead of the schedule, at a bounded rate ------------------------------------
+
+G = EXPEDITE_GAP
+
+
+@pytest.mark.parametrize(
+    ("next_send", "last_sent", "now", "at"),
+    [
+        (0.0, None, 10.0, 0.0),  # a new target is due already: unchanged
+        (12.0, None, 10.0, 10.0),  # never sent: at once
+        (12.0, 9.0, 10.0, 10.0),  # the last PING is older than the gap: at once
+        (12.0, 10.0 - G / 2, 10.0, 10.0 + G / 2),  # too soon after the last: the gap is kept
+        (12.0, 10.0, 10.0, 10.0 + G),  # asked again right after sending: the gap is kept
+        (10.05, 10.0, 10.0, 10.05),  # the schedule is sooner than the gap: never delayed
+        (10.0, 9.0, 10.0, 10.0),  # due now anyway
+    ],
+)
+def test_expedited_send(next_send: float, last_sent: float | None, now: float, at: float) -> None:
+    assert expedited_send(next_send, last_sent, now) == pytest.approx(at)
+
+
+def test_expedited_pings_are_bounded_whatever_the_asking_rate() -> None:
+    """Asked every millisecond for a second, a target sends at most one PING per gap."""
+    next_send, last_sent, sent = 1e9, None, 0
+    for ms in range(1000):
+        now = ms / 1000
+        next_send = expedited_send(next_send, last_sent, now)
+        if now >= next_send:  # what the send loop does
+            sent += 1
+            last_sent, next_send = now, now + 2.0
+    assert sent <= 1 / G + 1
+
+
 # ---- threads over loopback, no root: a prober that pings itself answers itself ----------------------
 
 
@@ -372,6 +407,34 @@ def test_silent_remote_disconnects_after_the_window_and_needs_two_pongs_back() -
         remote.echo(*remote.next_ping()[:2])
         wait_for("two changes", lambda: len(changes) == 2, 1.0, 0.01)
         assert changes[1][0] is D
+    finally:
+        prober.stop()
+        remote.sock.close()
+
+
+def test_probe_now_pings_ahead_of_the_interval_until_connected() -> None:
+    """With a 5 s interval: the first PING goes at once, `probe_now` sends the next one at once (its
+    answer connects), and a CONNECTED target is not pinged ahead of its schedule."""
+    port = free_udp_port()
+    interval = 5.0
+    changes: list[ProbeState] = []
+    remote = FakeRemote(port)
+    prober = Prober(None, port, interval, 3, bind_address="127.0.0.1",
+                    on_change=lambda cid, st: changes.append(st.state))
+    prober.start()
+    try:
+        prober.set_targets({"remote": IPv4Address("127.0.0.2")})
+        remote.next_ping()  # the first, lost (not answered)
+        asked = time.monotonic()
+        prober.probe_now(["remote", "unknown"])  # an unknown target is ignored
+        data, source, at = remote.next_ping()
+        assert at - asked < interval / 4, at - asked
+        remote.echo(data, source)
+        wait_for("CONNECTED", lambda: changes == [D], interval / 4, 0.01)
+        prober.probe_now(["remote"])
+        remote.sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            remote.next_ping()
     finally:
         prober.stop()
         remote.sock.close()

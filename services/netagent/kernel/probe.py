@@ -16,7 +16,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
@@ -31,6 +31,7 @@ from services.netagent.plan.probe import (
     ProbeStatus,
     decode_message,
     encode_message,
+    expedited_send,
     format_timestamp,
 )
 
@@ -65,6 +66,7 @@ class _Target:
     address: IPv4Address
     machine: PeerProbe
     next_send: float = 0.0  # first PING immediately
+    last_sent: float | None = None  # when the last PING went out (the send loop's clock)
     send_error: str = ""  # last send error, logged once per change
 
 
@@ -165,6 +167,28 @@ class Prober:
                     self._emit(cid, fresh.machine.status())
         self._wake.set()
 
+    def probe_now(self, cluster_ids: Iterable[str]) -> None:
+        """Pings these targets at once unless CONNECTED (`expedited_send` bounds the rate): called
+        when a peer was just programmed or just handshook, when an answer is likely to come back
+        now rather than at the next tick."""
+        now = self._clock()
+        woke = False
+        with self._lock:
+            for cid in cluster_ids:
+                t = self._targets.get(cid)
+                if t is None or t.machine.status().state is ProbeState.CONNECTED:
+                    continue
+                t.next_send = expedited_send(t.next_send, t.last_sent, now)
+                woke = True
+        if woke:
+            self._wake.set()
+
+    def connecting(self) -> set[str]:
+        """The targets still CONNECTING (no PONG yet since they were set)."""
+        with self._lock:
+            return {cid for cid, t in self._targets.items()
+                    if t.machine.status().state is ProbeState.CONNECTING}
+
     def status(self, cluster_id: str) -> ProbeStatus | None:
         with self._lock:
             target = self._targets.get(cluster_id)
@@ -206,6 +230,7 @@ class Prober:
                         ts = t.machine.ping(now, time.time_ns())
                         pings.append((t, encode_message(cid, PING, format_timestamp(ts))))
                         t.next_send = now + self._interval
+                        t.last_sent = now
                     # tick() fires strictly after the deadline: wake just past it.
                     wake_at = min(wake_at, t.next_send, t.machine.next_check + 0.001)
             for t, data in pings:

@@ -1,8 +1,9 @@
-"""When to re-program a new WireGuard peer that has not handshaken yet (pure)."""
+"""When to re-program a new WireGuard peer that has not handshaken yet, and when a handshake calls
+for a probe at once (pure)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 # A new peer without a handshake is re-programmed at these ages (seconds): its first handshake can be
 # lost while a load balancer still points the remote's answers at the previous gateway, and
@@ -28,3 +29,27 @@ def plan_nudges(
         if n + 1 < len(HANDSHAKE_NUDGES):
             after[key] = (t0, n + 1)
     return sorted(nudge), after
+
+
+# While a tunnel is Connecting, the device's last-handshake times are read this often, so that a
+# completed handshake is probed at once rather than at the next probe tick (2 s by default): the
+# first PING may have been lost with a handshake the remote could not answer yet, or dropped with
+# the queue of a nudged peer. Otherwise the loop keeps its idle pace (no device read at all).
+HANDSHAKE_POLL = 0.1  # seconds, while some tunnel is Connecting
+IDLE_POLL = 0.25  # seconds: the nudge schedule's resolution
+
+
+def poll_interval(connecting: bool) -> float:
+    """How long the handshake loop sleeps before its next round."""
+    return HANDSHAKE_POLL if connecting else IDLE_POLL
+
+
+def new_handshakes(seen: Mapping[str, float], current: Mapping[str, float]) -> list[str]:
+    """The peers (by key) whose last handshake (wall clock s, 0 for none) is newer in `current`
+    than in `seen`; a peer not seen before counts from 0, so a handshake it already has counts."""
+    return sorted(k for k, t in current.items() if t > seen.get(k, 0.0))
+
+
+def clusters_of(keys: Iterable[str], cluster_by_key: Mapping[str, str]) -> list[str]:
+    """The clusters of these peers (keys no tunnel claims are skipped)."""
+    return sorted({cluster_by_key[k] for k in keys if k in cluster_by_key})

@@ -27,6 +27,7 @@ __all__ = [
     "ProbeStatus",
     "decode_message",
     "encode_message",
+    "expedited_send",
     "format_timestamp",
     "parse_timestamp",
 ]
@@ -36,6 +37,10 @@ MAX_CLUSTER_ID_LEN = 253
 PING, PONG = "PING", "PONG"
 RECOVER_PONGS = 2  # consecutive PONGs that bring a DISCONNECTED peer back
 PING_HISTORY = 64  # pings remembered per target, to match PONGs to the ping they echo
+# A PING sent ahead of the schedule (the peer was just programmed, or just handshook) never follows
+# the previous PING of its target closer than this: however often something asks, the extra
+# traffic is bounded at 10 PINGs/s per target, and only while it is not Connected.
+EXPEDITE_GAP = 0.1  # seconds
 _NS = 1_000_000_000
 
 # Go marshals time.Time as RFC 3339 with up to nine fractional digits (trailing zeros trimmed) and
@@ -103,6 +108,20 @@ def decode_message(data: bytes) -> Message:
     if not isinstance(ts, str):
         raise ValueError("timeStamp: an RFC 3339 string is required")
     return Message(cid, kind, ts, parse_timestamp(ts))
+
+
+# ---- scheduling ------------------------------------------------------------------------------------
+
+
+def expedited_send(next_send: float, last_sent: float | None, now: float,
+                   gap: float = EXPEDITE_GAP) -> float:
+    """When a target asked to be probed now sends its next PING: now, but never closer than `gap`
+    to its previous PING (`last_sent`, None when it sent none), and never later than its schedule.
+
+    Only when PINGs go out changes: PONGs are judged as before, so the hysteresis holds (a PONG to an
+    extra PING counts as any other; DISCONNECTED still needs RECOVER_PONGS consecutive ones)."""
+    earliest = now if last_sent is None else max(now, last_sent + gap)
+    return min(next_send, earliest)
 
 
 # ---- the state machine -----------------------------------------------------------------------------
