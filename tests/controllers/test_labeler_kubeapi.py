@@ -271,8 +271,16 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
     assert leader.netagent.calls[-1].active is False  # fenced on the way out
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0 and env.double_active == 0
-    fm = urllib.request.urlopen(f"http://127.0.0.1:{follower.http_port('metrics')}/metrics", timeout=5)
-    text = fm.read().decode()
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{follower.http_port('metrics')}/metrics",
+                                    timeout=5) as r:
+            return str(r.read().decode())
+
+    # Observed once SetRole(ACTIVE) has returned, a little after the agent recorded ACTIVE.
+    observed = 'failover_duration_seconds_count{cause="released"}'
+    wait_for("the failover observed", lambda: observed in scrape(), 5)
+    text = scrape()
     assert labelled(text, "failover_duration_seconds_count", 'cause="released"') == 1
     assert labelled(text, "failover_duration_seconds_sum", 'cause="released"') < became - stopped
 
