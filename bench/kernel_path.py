@@ -40,7 +40,7 @@ from sandbox.testkit.hosts import link_nodes  # noqa: E402
 from sandbox.testkit.kernelguest import BOOT_DIR, KernelGuest, python_script  # noqa: E402
 from sandbox.testkit.netagent import NetAgent, activate  # noqa: E402
 from sandbox.testkit.nodes import NodeFactory  # noqa: E402
-from sandbox.testkit.resources import SAMPLE_OWNER  # noqa: E402
+from sandbox.testkit.resources import SAMPLE_OWNER, overlapping_tunnel  # noqa: E402
 from sandbox.testkit.traffic import Pinger, ping_ok  # noqa: E402
 from sandbox.testkit.wait import wait_for  # noqa: E402
 from services.api.netagent.v1 import netagent_pb2 as pb  # noqa: E402
@@ -53,15 +53,6 @@ A_SEES_B = "10.60.2.7"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def tunnel(peer: str, cluster_id: str, pub: str, seen_as: int, sees: int) -> pb.Tunnel:
-    return pb.Tunnel(
-        cluster_id=cluster_id, endpoint=UNDERLAY[peer], endpoint_port=5871, public_key=pub,
-        local_pod_cidr="10.0.0.0/16", local_external_cidr="10.201.0.0/16",
-        remote_pod_cidr="10.0.0.0/16", remote_external_cidr="10.201.0.0/16",
-        local_nat_pod_cidr=f"10.{seen_as}.0.0/16", local_nat_external_cidr=f"10.{seen_as + 10}.0.0/16",
-        remote_nat_pod_cidr=f"10.{sees}.0.0/16", remote_nat_external_cidr=f"10.{sees + 10}.0.0/16")
 
 
 def measure(implementation: str, rounds: int, seconds: int, work: Path) -> dict[str, Any]:
@@ -80,8 +71,10 @@ def measure(implementation: str, rounds: int, seconds: int, work: Path) -> dict[
                 activate(agent, keys.private_key)
                 pubs[name] = keys.public_key
             a, b = agents["a"].api, agents["b"].api
-            to_b = tunnel("b", ID_B, pubs["b"], seen_as=80, sees=60)
-            to_a = tunnel("a", ID_A, pubs["a"], seen_as=60, sees=80)
+            to_b = overlapping_tunnel(cluster_id=ID_B, endpoint=UNDERLAY["b"], public_key=pubs["b"],
+                                      seen_as=80, sees=60)
+            to_a = overlapping_tunnel(cluster_id=ID_A, endpoint=UNDERLAY["a"], public_key=pubs["a"],
+                                      seen_as=60, sees=80)
 
             def connected() -> bool:
                 entries = a.ListTunnels(pb.ListTunnelsRequest()).tunnels

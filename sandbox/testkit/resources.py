@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.tunnelspec import TunnelSpec
 from services.common.vocabulary import (
     CLUSTER_ID_LABEL,
@@ -16,7 +17,7 @@ from services.common.vocabulary import (
     WIREGUARD_PORT,
 )
 
-__all__ = ["SAMPLE_KEY", "SAMPLE_TUNNEL", "namespace", "nat_mapping", "tunnel_endpoint"]
+__all__ = ["SAMPLE_KEY", "SAMPLE_TUNNEL", "namespace", "nat_mapping", "overlapping_tunnel", "tunnel_endpoint"]
 
 # What Liqo writes for a CIDR that needs no remapping.
 NONE = "None"
@@ -53,6 +54,19 @@ def sample_spec(**over: Any) -> TunnelSpec:
     return TunnelSpec.parse(**{**SAMPLE_TUNNEL, "cluster_id": "remote-1", "endpoint": "172.31.0.2",
                                "remote_external_cidr": "10.70.0.0/16", "remote_nat_external_cidr": "",
                                **over})
+
+def overlapping_tunnel(*, cluster_id: str, endpoint: str, public_key: str, seen_as: int, sees: int
+                       ) -> pb.Tunnel:
+    """An EnsureTunnel tunnel between two clusters with the same pod CIDR (10.0.0.0/16) and external
+    CIDR (10.201.0.0/16): this cluster's pods are 10.<seen_as>.0.0/16 (external 10.<seen_as+10>) to
+    the other, which it reaches through 10.<sees>.0.0/16 (external 10.<sees+10>)."""
+    return pb.Tunnel(
+        cluster_id=cluster_id, endpoint=endpoint, endpoint_port=WIREGUARD_PORT, public_key=public_key,
+        local_pod_cidr="10.0.0.0/16", local_external_cidr="10.201.0.0/16",
+        remote_pod_cidr="10.0.0.0/16", remote_external_cidr="10.201.0.0/16",
+        local_nat_pod_cidr=f"10.{seen_as}.0.0/16", local_nat_external_cidr=f"10.{seen_as + 10}.0.0/16",
+        remote_nat_pod_cidr=f"10.{sees}.0.0/16", remote_nat_external_cidr=f"10.{sees + 10}.0.0/16")
+
 
 def tunnel_endpoint(
     *,

@@ -21,7 +21,6 @@ import pytest
 
 from sandbox.testkit.cluster import (
     EmulatedCluster,
-    GatewayReplica,
     Peering,
     PeerSampler,
     Wan,
@@ -70,13 +69,6 @@ class Env:
         return "\n".join(out)
 
 
-def leader(c: EmulatedCluster) -> GatewayReplica:
-    """The one replica whose netagent is ACTIVE (asserts there is exactly one)."""
-    active = [r for r in c.replicas if r.node is not None and r.is_active()]
-    assert len(active) == 1, f"{c.name}: active replicas {[r.name for r in active]}"
-    return active[0]
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     with Wan() as wan, \
@@ -109,7 +101,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 @pytest.mark.timeout(240)
 def test_one_leader_labels_annotation_connected_traffic_and_natmapping(env: Env) -> None:
     a, b = env.a, env.b
-    lead = leader(a)
+    lead = a.leader()
     other = next(r for r in a.replicas if r is not lead)
     lease = a.lease()
     assert lease["spec"]["holderIdentity"] == lead.name
@@ -123,7 +115,7 @@ def test_one_leader_labels_annotation_connected_traffic_and_natmapping(env: Env)
         status = c.tunnel_status(*ref)
         conn = status["connection"]
         assert conn["status"] == "Connected" and conn["latency"]["value"] not in ("", "N/A"), conn
-        assert status["gatewayIP"] == leader(c).ip
+        assert status["gatewayIP"] == c.leader().ip
         assert conn["peerConfiguration"]["endpointIP"] == (b.vip_ip if c is a else a.vip_ip)
     assert ping_ok(env.pod_a, POD_B_FROM_A, count=2) and ping_ok(env.pod_b, POD_A_FROM_B, count=2)
     # B's NatMapping exports its pod in the external CIDR A uses for B.
@@ -141,7 +133,7 @@ def test_one_leader_labels_annotation_connected_traffic_and_natmapping(env: Env)
 @pytest.mark.timeout(240)
 def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -> None:
     a = env.a
-    old = leader(a)
+    old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     epoch = int(a.lease()["spec"].get("leaseTransitions", 0))
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
@@ -182,7 +174,7 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
 @pytest.mark.timeout(240)
 def test_sigkilled_labeler_fences_its_agent_before_the_standby_activates(env: Env, tmp_path: Path) -> None:
     a = env.a
-    old = leader(a)
+    old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     i_old, i_new = a.replicas.index(old), a.replicas.index(new)
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
@@ -217,7 +209,7 @@ def test_sigkilled_labeler_fences_its_agent_before_the_standby_activates(env: En
 @pytest.mark.timeout(240)
 def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -> None:
     a = env.a
-    old = leader(a)
+    old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
         time.sleep(2)
@@ -251,7 +243,7 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env, tmp_path: Path) -
 @pytest.mark.timeout(300)
 def test_api_server_outage_keeps_traffic_and_controllers_catch_up(env: Env, tmp_path: Path) -> None:
     a, b = env.a, env.b
-    lead = leader(a)
+    lead = a.leader()
     lease_before = a.lease()["spec"]
     outage = 30.0
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A) as pinger:
@@ -281,7 +273,7 @@ def test_api_server_outage_keeps_traffic_and_controllers_catch_up(env: Env, tmp_
     assert all(all(c.processes_alive().values()) for c in (a, b)), [c.processes_alive() for c in (a, b)]
     assert res.lost <= res.sent * 0.01, f"lost {res.lost}/{res.sent}"
     assert expected > (t_back - t0) * 10 and missing <= expected * 0.01, (missing, expected)
-    assert leader(a) is lead and a.lease()["spec"]["holderIdentity"] == lead.name
+    assert a.leader() is lead and a.lease()["spec"]["holderIdentity"] == lead.name
     assert a.lease()["spec"].get("leaseTransitions") == lease_before.get("leaseTransitions")
     assert not sampler.overlaps()
     assert caught_up < 10

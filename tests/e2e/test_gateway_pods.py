@@ -81,12 +81,6 @@ class Env:
                          for c in (self.a, self.b) for r in c.replicas for n in r.processes())
 
 
-def leader(c: EmulatedCluster) -> GatewayReplica:
-    active = [r for r in c.replicas if r.node is not None and r.is_active()]
-    assert len(active) == 1, f"{c.name}: active replicas {[r.name for r in active]}"
-    return active[0]
-
-
 def pods_of(r: GatewayReplica) -> PodRuntime:
     assert isinstance(r.runtime, PodRuntime)
     return r.runtime
@@ -190,7 +184,7 @@ def test_containers_run_as_the_chart_says(env: Env) -> None:
     """User, groups, capabilities, privilege escalation, seccomp and read-only root, read from inside
     each running container of A's (privileged) and B's (capabilities) active pods."""
     for c, privileged in ((env.a, True), (env.b, False)):
-        r = leader(c)
+        r = c.leader()
         pods = pods_of(r)
         spec = chart.containers(pods.objects)
         groups = chart.deployment(pods.objects)["spec"]["template"]["spec"]["securityContext"][
@@ -241,7 +235,7 @@ def test_restarting_each_container_of_the_active_pod_under_traffic_loses_under_a
     gaps: dict[str, float] = {}
     # The labeler last: its restart hands the lease over (graceful failover to the other pod).
     for name in ("wireguard", "netagent", "tunnel", "natmap", "labeler"):
-        r = leader(env.a)
+        r = env.a.leader()
         with PeerSampler(env.a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, interval=0.02) as pinger:
             time.sleep(1.5)
             t = time.time()
@@ -267,7 +261,7 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     healthy(env)
     a = env.a
     # Graceful: the active pod is stopped (every container SIGTERMed at once, as a pod deletion does).
-    old = leader(a)
+    old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, interval=0.02) as pinger:
         time.sleep(1.5)
@@ -289,7 +283,7 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     healthy(env)
 
     # Crash: the active replica's node dies with everything in it.
-    old = leader(a)
+    old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     with PeerSampler(a) as sampler, Pinger(env.pod_a, POD_B_FROM_A, interval=0.02) as pinger:
         time.sleep(1.5)

@@ -273,6 +273,13 @@ class EmulatedCluster:
         active = [n for n, v in self.labels().items() if v == ACTIVE]
         return self.replica(active[0]) if len(active) == 1 else None
 
+    def leader(self) -> GatewayReplica:
+        """The one replica whose netagent is ACTIVE (by the agent's role, not the label; asserts
+        there is exactly one)."""
+        active = [r for r in self.replicas if r.node is not None and r.is_active()]
+        assert len(active) == 1, f"{self.name}: active replicas {[r.name for r in active]}"
+        return active[0]
+
     def lease(self) -> dict[str, Any]:
         return self.client.get(LEASES, LEASE_NAME, self.namespace)
 

@@ -22,7 +22,7 @@ import pytest
 from sandbox.testkit.hosts import Node, Pod, link_nodes
 from sandbox.testkit.netagent import NetAgent, activate
 from sandbox.testkit.nodes import NodeFactory
-from sandbox.testkit.resources import SAMPLE_OWNER
+from sandbox.testkit.resources import SAMPLE_OWNER, overlapping_tunnel
 from sandbox.testkit.traffic import ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
@@ -66,18 +66,6 @@ class Side:
         return self.node.exec_in_netns("liqo-netns", ["wg", "show", "liqo.tunnel", *what]).stdout
 
 
-def tunnel(towards: Side, cluster_id: str, seen_as: int, sees: int) -> pb.Tunnel:
-    """A tunnel towards `towards`; this cluster is `seen_as` (pods, external) there and reaches the
-    other cluster's pods and external CIDR through `sees`."""
-    return pb.Tunnel(
-        cluster_id=cluster_id, cluster_name="peer", endpoint_port=5871, public_key=towards.pub,
-        endpoint=UNDERLAY_K if towards.implementation == pb.WIREGUARD_IMPLEMENTATION_KERNEL else UNDERLAY_U,
-        local_pod_cidr="10.0.0.0/16", local_external_cidr="10.201.0.0/16",
-        remote_pod_cidr="10.0.0.0/16", remote_external_cidr="10.201.0.0/16",
-        local_nat_pod_cidr=f"10.{seen_as}.0.0/16", local_nat_external_cidr=f"10.{seen_as + 10}.0.0/16",
-        remote_nat_pod_cidr=f"10.{sees}.0.0/16", remote_nat_external_cidr=f"10.{sees + 10}.0.0/16")
-
-
 @dataclass
 class Mixed:
     k: Side
@@ -85,9 +73,11 @@ class Mixed:
 
     def ensure(self) -> None:
         self.k.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(
-            tunnel=tunnel(self.u, ID_U, seen_as=80, sees=60), owner=SAMPLE_OWNER))
+            tunnel=overlapping_tunnel(cluster_id=ID_U, endpoint=UNDERLAY_U, public_key=self.u.pub,
+                                      seen_as=80, sees=60), owner=SAMPLE_OWNER))
         self.u.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(
-            tunnel=tunnel(self.k, ID_K, seen_as=60, sees=80), owner=SAMPLE_OWNER))
+            tunnel=overlapping_tunnel(cluster_id=ID_K, endpoint=UNDERLAY_K, public_key=self.k.pub,
+                                      seen_as=60, sees=80), owner=SAMPLE_OWNER))
 
     def status(self, side: Side) -> pb.TunnelStatus:
         (entry,) = side.agent.api.ListTunnels(pb.ListTunnelsRequest()).tunnels
