@@ -198,7 +198,17 @@ def start_pair(env: Env, *extra: str) -> tuple[Labeler, Labeler]:
     env.start(b)
     wait_or_dump("a or b active", lambda: a.netagent.active() or b.netagent.active(), 15, env.dump_logs)
     leader, follower = (a, b) if a.netagent.active() else (b, a)
+    # A pair is steady once the follower has read the leader's live Lease: before that, a release
+    # would be a cold start to the follower (no failover to time), not a hand-over.
+    held = re.compile(r'^liqo_labeler_lease_attempts_total\{result="held"\} [1-9]', re.M)
+    wait_or_dump("the follower seeing the leader's Lease", lambda: held.search(scrape(follower)), 10,
+                 env.dump_logs)
     return leader, follower
+
+
+def scrape(lb: Labeler) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{lb.http_port('metrics')}/metrics", timeout=5) as r:
+        return str(r.read().decode())
 
 
 def expect_labels(env: Env, leader: str, timeout: float = 5.0) -> None:
@@ -215,11 +225,11 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     assert env.holder() == leader.name and not follower.netagent.active()
     assert [c.active for c in follower.netagent.calls] == [False]
 
-    health, port = leader.http_port("health"), leader.http_port("metrics")
-    assert health is not None and port is not None
+    health = leader.http_port("health")
+    assert health is not None
     assert urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5).status == 200
     assert urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5).status == 200
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    metrics = scrape(leader)
     assert re.search(r"^liqo_labeler_is_leader 1\.0$", metrics, re.M), metrics
     assert re.search(r"^liqo_labeler_netagent_role_active 1\.0$", metrics, re.M)
     assert re.search(r'^liqo_labeler_leadership_changes_total\{change="acquired"\} 1\.0$', metrics, re.M)
@@ -236,8 +246,7 @@ def test_one_leader_labels_metrics_and_crash_handover(env: Env) -> None:
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0
     assert env.double_active == 0 and env.samples > 100
-    fport = follower.http_port("metrics")
-    fm = urllib.request.urlopen(f"http://127.0.0.1:{fport}/metrics", timeout=5).read().decode()
+    fm = scrape(follower)
     failover, leaderless = (metric(fm, n) for n in ("last_failover_seconds", "last_leaderless_seconds"))
     print(f"acquire->ACTIVE {failover * 1000:.1f} ms, leaderless (since last renewal) {leaderless:.2f}s")
     assert 0 <= failover < 1.0
@@ -272,15 +281,11 @@ def test_graceful_stop_hands_over_within_two_seconds(env: Env) -> None:
     expect_labels(env, follower.name)
     assert env.active_overlap() == 0.0 and env.double_active == 0
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{follower.http_port('metrics')}/metrics",
-                                    timeout=5) as r:
-            return str(r.read().decode())
-
     # Observed once SetRole(ACTIVE) has returned, a little after the agent recorded ACTIVE.
     observed = 'failover_duration_seconds_count{cause="released"}'
-    wait_for("the failover observed", lambda: observed in scrape(), 5)
-    text = scrape()
+    wait_or_dump("the failover observed", lambda: observed in scrape(follower), 5,
+                 lambda: scrape(follower) + env.dump_logs())
+    text = scrape(follower)
     assert labelled(text, "failover_duration_seconds_count", 'cause="released"') == 1
     assert labelled(text, "failover_duration_seconds_sum", 'cause="released"') < became - stopped
 
