@@ -160,8 +160,9 @@ def test_remapping_change_converges(pair: Pair) -> None:
     assert not no_trace(snap_a, "10.60.0.0/16"), "A kept the old remapping"
     assert not no_trace(snap_b, "10.60.0.0/16"), "B kept the old remapping"
     assert "10.61.0.0/16 dev liqo.tunnel" in snap_a["netns routes"]
-    assert f"from 10.61.0.0/16 lookup {LIQO_TABLE}" in snap_a["host rules"]
-    assert f"to 10.61.0.0/16 lookup {LIQO_TABLE}" in snap_a["host rules"]
+    assert f"from all lookup {LIQO_TABLE}" in snap_a["host rules"]
+    assert any(r.startswith(f"10.61.0.0/16 via 169.254.100.1 dev liqo.host table {LIQO_TABLE}")
+               for r in snap_a["host routes"].splitlines())
     assert "10.61.0.0/16" in snap_a["wg"] and "10.61.0.0/16" in snap_b["iptables"]
     a.wait_status("cluster-b", NS_B, st.CONNECTED,
                   where=lambda c: c.get("peerConfiguration", {}).get("allowedIPs")

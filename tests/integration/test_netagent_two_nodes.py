@@ -259,7 +259,7 @@ def test_drift_is_repaired(pair: Pair) -> None:
     chain = f"LIQO-PSTRT-CLS-{chain_suffix(ID_B)}"
     node.exec_in_netns("liqo-netns", ["iptables-legacy", "-t", "nat", "-F", chain])
     node.exec_in_netns("liqo-netns", ["ip", "route", "del", "10.60.0.0/16"])
-    node.run("ip", "rule", "del", "to", "10.60.0.0/16", "lookup", "18952")
+    node.run("ip", "rule", "del", "priority", "18952", "lookup", "18952")
     assert kernel_snapshot(node) != before
     wait_for("drift repaired", lambda: kernel_snapshot(node) == before, 10)
     assert ping_ok(pair.a.pod, "10.60.2.7", count=2)
