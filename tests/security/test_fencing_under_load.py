@@ -53,6 +53,7 @@ SILENT_DNS = (
     "    s.recv(4096)\n"
 )
 HANGING_NAME = "gw.never-answers.test"
+STANDBY_REFUSAL = "agent is standby"  # what a mutation sent while standby is told
 NAT_ENTRIES = 40000
 DEMOTIONS = 7
 FLOOD_WATCH_ROLE = 32  # idle WatchRole streams per role socket
@@ -158,6 +159,8 @@ class Background:
                 self.hang_result.append(f"{e.code().name}: {e.details()}")
                 if "being resolved already" in (e.details() or ""):
                     time.sleep(0.5)  # every resolver thread is stuck: the agent refused at once
+                elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    time.sleep(0.05)  # standby (demoted or lapsed by the test): refused at once
         channel.close()
 
     def _nat(self) -> None:
@@ -180,10 +183,12 @@ class Background:
         channel.close()
 
     def assert_hang_gave_up(self, since: float) -> None:
-        """The stuck call gave up after the agent's bounded wait, never succeeded, and was re-sent."""
+        """The stuck call gave up after the agent's bounded wait, never succeeded, and was re-sent.
+        A call sent while the test holds the agent standby is refused at once, as it must be."""
         waited = time.monotonic() - since
         assert self.hang_result, f"no stuck call gave up in {waited:.1f} s"
-        assert all(r.startswith("UNAVAILABLE") for r in self.hang_result), self.hang_result
+        assert all(r.startswith("UNAVAILABLE") or r.startswith(f"FAILED_PRECONDITION: {STANDBY_REFUSAL}")
+                   for r in self.hang_result), self.hang_result
         assert any("no DNS answer" in r for r in self.hang_result), self.hang_result
 
 
@@ -224,10 +229,9 @@ def lapse_after(lab: Lab, stub: pb_grpc.NetAgentServiceStub, during: Callable[[]
     expires = granted.expires_at.ToNanoseconds() / 1e9
     gone_at = None
     while time.time() < expires + 3:
-        if not lab.peers():
+        if not lab.peers():  # the first poll that sees them gone: removed before this moment
             gone_at = time.time()
-            if gone_at >= expires - 0.05:
-                break
+            break
         during()
         time.sleep(0.02)
     assert gone_at is not None, "peers still programmed 3 s after the grant lapsed"
@@ -367,8 +371,9 @@ def test_fencing_and_starvation_under_load(lab: Lab) -> None:
 
             # 2. SetRole(STANDBY), several times, reads between.
             latencies = demote_repeatedly(lab, lambda: unary_round(active=False), labeler)
-            median = sorted(latencies)[DEMOTIONS // 2]
+            slowest, median = max(latencies), sorted(latencies)[DEMOTIONS // 2]
             assert median < 0.1, f"SetRole(STANDBY) median {median * 1000:.0f} ms: {latencies}"
+            assert slowest < 1.0, f"SetRole(STANDBY) took up to {slowest * 1000:.0f} ms: {latencies}"
 
             # 3. A short grant lapses, reads answering meanwhile.
             lapse = lapse_after(lab, labeler, lambda: unary_round(active=False))
