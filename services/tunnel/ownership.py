@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Claim", "Verdict", "claim_of", "held_back", "held_record", "owner_named", "owned_message"]
+__all__ = ["Claim", "Verdict", "claim_of", "held_back", "held_record", "owned_message", "owner_named"]
 
 OWNED_BY = "is owned by TunnelEndpoint"
 # Names are DNS-1123 (no space, no colon), and a cluster id cannot hold a space: the first match is
@@ -125,7 +125,8 @@ def _order(c: Claim) -> tuple[str, str]:
 
 
 def _conflicts(a: Claim, b: Claim) -> bool:
-    return a.key != b.key and (a.cluster_id == b.cluster_id or (bool(a.public_key) and a.public_key == b.public_key))
+    same_key = bool(a.public_key) and a.public_key == b.public_key
+    return a.key != b.key and (a.cluster_id == b.cluster_id or same_key)
 
 
 def held_back(me: Claim, claims: Iterable[Claim]) -> Verdict | None:
