@@ -8,7 +8,8 @@ remembers no claim (killed and restarted without its state file, as a new gatewa
 to a replica that never saw the claim), the first EnsureTunnel would own the cluster id. The
 controller decides the owner from the status the gateway wrote (A's records that it holds ID_B and
 PEER; the intruders' name A), so A keeps its tunnel after every restart and the intruders never
-reach the netagent.
+reach the netagent (their Error is the controller's own). A's invalid edit, with the netagent losing its
+state meanwhile, does not hand the cluster id over either.
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def owners(c: Cluster) -> dict[str, tuple[str, str, str]]:
 
 def restart_without_state(c: Cluster, epoch: int) -> None:
     """A crash and a restart with an empty state (what a new pod or a replica that never held the
-    claims sees); then the role is granted again, which resumes the controller with a full resync."""
+    claims sees); then the role is granted again, which resumes the controller with a full resync.
+    Returns once that resync is done."""
+    assert c.tunnel is not None
+    ctl = c.tunnel.controller
     c.netagent_process.kill()
+    wait_for("the controller to pause (role stream lost)", lambda: ctl.paused)
     c.netagent_process.state.unlink(missing_ok=True)
     c.netagent_process.start()
     assert owners(c) == {}, "the restarted netagent must remember no tunnel"
     c.activate(epoch=epoch)
+    wait_for("the controller to resume", lambda: not ctl.paused, timeout=60)
+    wait_for("the full resync to be done", ctl.idle, timeout=60)
 
 
 def test_first_claimant_keeps_cluster_id_and_key_across_netagent_state_loss(gw: Cluster) -> None:
@@ -78,18 +85,23 @@ def test_first_claimant_keeps_cluster_id_and_key_across_netagent_state_loss(gw: 
                                remote_nat_ext="10.74.0.0/16", endpoint="203.0.113.67", public_key=peer)
     intruders = (("intruder", NS_SAME_ID, ID_B), ("key-intruder", NS_SAME_KEY, ID_C))
 
+    # The gateway's own decision, word for word: had an intruder reached the netagent, its
+    # message would carry the netagent's refusal instead.
+    held_back = {
+        ("intruder", NS_SAME_ID): f"clusterID {ID_B} is owned by TunnelEndpoint {OWNER}",
+        ("key-intruder", NS_SAME_KEY): f"clusterID {ID_C}: public_key is already used by cluster "
+                                       f"'{ID_B}', which is owned by TunnelEndpoint {OWNER}",
+    }
+
     def refused_naming_owner() -> bool:
-        for name, ns, cid in intruders:
-            msg = gw.connection(name, ns).get("statusMessage") or ""
-            if gw.connection(name, ns).get("status") != st.ERROR or OWNER not in msg or cid not in msg:
-                return False
-        return True
+        return all(gw.connection(name, ns).get("status") == st.ERROR
+                   and gw.connection(name, ns).get("statusMessage") == msg
+                   for (name, ns), msg in held_back.items())
 
     try:
         gw.create_tep(same_id)
         gw.create_tep(same_key)
         wait_for("both intruders refused naming A", refused_naming_owner)
-        assert "public_key" in gw.connection("key-intruder", NS_SAME_KEY)["statusMessage"]
         assert owners(gw) == {ID_B: mine}
         for round_ in range(ROUNDS):
             restart_without_state(gw, epoch=2 + round_)
@@ -102,6 +114,19 @@ def test_first_claimant_keeps_cluster_id_and_key_across_netagent_state_loss(gw: 
             gw.wait_status("cluster-b", NS_B, st.CONNECTING)
             assert refused_naming_owner(), [gw.connection(n, ns) for n, ns, _ in intruders]
             assert owners(gw) == {ID_B: mine}, f"round {round_}: the key intruder got a tunnel"
+        # A's invalid edit keeps its record (its last valid tunnel runs on): a netagent that loses
+        # its state meanwhile gets no tunnel at all, and A's fix takes the cluster id back.
+        gw.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.5/16"})
+        conn = gw.wait_status("cluster-b", NS_B, st.ERROR)
+        assert "spec.remoteNATExternalCIDR" in conn["statusMessage"], conn
+        assert conn.get("peerConfiguration") == {"clusterID": ID_B, "publicKey": peer}, conn
+        restart_without_state(gw, epoch=2 + ROUNDS)
+        assert owners(gw) == {}, "an intruder was sent while the owner's spec was invalid"
+        assert refused_naming_owner(), [gw.connection(n, ns) for n, ns, _ in intruders]
+        gw.patch_tep_spec("cluster-b", NS_B, {"remoteNATExternalCIDR": "10.70.0.0/16"})
+        wait_for("A's tunnel back after its fix", lambda: owners(gw).get(ID_B) == mine, timeout=60)
+        gw.wait_status("cluster-b", NS_B, st.CONNECTING)
+        assert refused_naming_owner(), [gw.connection(n, ns) for n, ns, _ in intruders]
     finally:
         for name, ns, _ in intruders:
             try:
