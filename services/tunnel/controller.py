@@ -10,7 +10,8 @@
   state) is never asked by a later claimant first; the netagent's own first-claim check stays the
   second line. Either refusal becomes status Error naming the owner and a Warning Event, and is not
   retried until that owner goes away (its finalizer re-enqueues the others naming the cluster or
-  the owner) or the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff and an Event.
+  the owner) or the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff
+  and an Event.
 - Runs only while the netagent's role is ACTIVE: the controller is paused at once when the role
   stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
   tunnels whose owner TunnelEndpoint is gone.
@@ -58,7 +59,7 @@ from services.tunnel.connecttimer import ConnectTimer
 from services.tunnel.keysecret import ensure_key_secret
 from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
 from services.tunnel.metrics import TunnelMetrics
-from services.tunnel.ownership import Verdict, claim_of, held_back, held_record, owned_message, owner_named
+from services.tunnel.ownership import Verdict, claim_of, held_back, owned_message, owner_named, record_to_keep
 
 log = logging.getLogger(__name__)
 # The owner the orphan collector names when deleting a tunnel adopted without one (any owner may).
@@ -236,7 +237,6 @@ class TunnelController:
 
     def _finalize(self, key: str, obj: JSON) -> None:
         """Deletes the tunnel(s) of a TunnelEndpoint being deleted (before its finalizer goes)."""
-        md = obj["metadata"]
         cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
         for cid in cids:
             try:
@@ -256,7 +256,7 @@ class TunnelController:
         log.info("tunnel removed", extra={"key": key, "clusters": sorted(cids)})
         # A TunnelEndpoint refused as a duplicate of this one can now take the cluster (or key) over.
         for other in self.informer.items():
-            if other["metadata"].get("uid") == md.get("uid"):
+            if object_key(other) == key:
                 continue
             if cluster_id_of(other) in cids or owner_named(other.get("status")) == key:
                 omd = other["metadata"]
@@ -283,10 +283,10 @@ class TunnelController:
         with self._lock:
             self._refused.add(object_key(obj))
         self.events.warning(obj, reason, message)
-        # An owner's own failure keeps its holder record (its last valid tunnel runs on); a refusal
-        # naming another owner never does.
-        held = None if reason == "ClusterOwned" else held_record(obj.get("status"))
-        self._patch(obj, st.error_status(message, self.opts.pod_ip, held))
+        # An owner's own failure keeps its holder record while the spec still names that cluster
+        # (its last valid tunnel runs on); a refusal naming another owner never does.
+        keep = None if reason == "ClusterOwned" else record_to_keep(obj.get("status"), cluster_id_of(obj))
+        self._patch(obj, st.error_status(message, self.opts.pod_ip, keep))
 
     def _patch(self, obj: JSON, desired: JSON) -> None:
         if not self.role.active:

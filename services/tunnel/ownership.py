@@ -27,7 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Claim", "Verdict", "claim_of", "held_back", "held_record", "owned_message", "owner_named"]
+__all__ = ["Claim", "Verdict", "claim_of", "held_back", "held_record", "owned_message", "owner_named",
+           "record_to_keep"]
 
 OWNED_BY = "is owned by TunnelEndpoint"
 # Names are DNS-1123 (no space, no colon), and a cluster id cannot hold a space: the first match is
@@ -92,6 +93,14 @@ def held_record(status: Any) -> dict[str, str]:
         return {}
     key = peer.get("publicKey")
     return {"clusterID": peer["clusterID"], "publicKey": key if isinstance(key, str) else ""}
+
+
+def record_to_keep(status: Any, cluster_id: str) -> dict[str, str] | None:
+    """The holder record an owner's own Error keeps: the one for the cluster id its spec still
+    names (its last valid tunnel runs on); None for a record of another cluster id (the spec moved
+    away, and that tunnel was deleted or no longer matters)."""
+    held = held_record(status)
+    return held if held and held["clusterID"] == cluster_id else None
 
 
 def _str(d: Any, *path: str) -> str:

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from services.tunnel.ownership import Claim, Verdict, claim_of, held_back, owned_message, owner_named
+from services.tunnel.ownership import (
+    Claim,
+    Verdict,
+    claim_of,
+    held_back,
+    owned_message,
+    owner_named,
+    record_to_keep,
+)
 
 X, Y = "cluster-x", "cluster-y"
 KA, KB, KC = "A" * 43 + "=", "B" * 43 + "=", "C" * 43 + "="
@@ -99,3 +107,22 @@ def test_claim_of() -> None:
     bare = tep()
     del bare["status"]
     assert claim_of(bare) == Claim("ns-a/a", X, KA, T1)
+
+
+HELD = {"connection": {"status": "Connected", "peerConfiguration": {"clusterID": X, "publicKey": KA, "port": "51840"}}}
+
+
+@pytest.mark.parametrize(
+    ("status", "cluster_id", "kept"),
+    [
+        (HELD, X, {"clusterID": X, "publicKey": KA}),  # an invalid edit of other fields
+        (HELD, Y, None),  # the spec moved to another cluster id
+        (HELD, "", None),  # no cluster id any more
+        ({"connection": {"status": "Error", "peerConfiguration": {"clusterID": X}}}, X, {"clusterID": X, "publicKey": ""}),
+        ({"connection": {"status": "Connected", "peerConfiguration": {"endpointIP": "192.0.2.2"}}}, X, None),  # an older gateway's status
+        (err(Verdict("ns-b/b", X, by_key=False).message(X)), X, None),
+        (None, X, None),
+    ],
+)
+def test_record_to_keep(status: Any, cluster_id: str, kept: dict[str, str] | None) -> None:
+    assert record_to_keep(status, cluster_id) == kept
