@@ -4,10 +4,14 @@
   EnsureTunnel with the TunnelEndpoint's "namespace/name" as owner, DeleteTunnel on deletion; DNS
   endpoints are re-ensured every `dns_refresh` seconds (the netagent re-resolves on each
   EnsureTunnel, keeping the current address while still valid).
-- Ownership is the netagent's: a cluster id belongs to the TunnelEndpoint that first claimed it. A
-  refusal naming another owner becomes status Error naming it and a Warning Event, and is not
-  retried until that owner goes away (its finalizer re-enqueues the others naming the cluster) or
-  the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff and an Event.
+- Ownership: a cluster id (and its public key) belongs to the TunnelEndpoint that first claimed it.
+  The controller first decides from the records the gateway keeps in the status subresource
+  (services.tunnel.ownership), so that a netagent without the claims (failover, new pod, lost
+  state) is never asked by a later claimant first; the netagent's own first-claim check stays the
+  second line. Either refusal becomes status Error naming the owner and a Warning Event, and is not
+  retried until that owner goes away (its finalizer re-enqueues the others naming the cluster or
+  the owner) or the periodic resync. RESOURCE_EXHAUSTED (--max-tunnels) is retried with backoff
+  and an Event.
 - Runs only while the netagent's role is ACTIVE: the controller is paused at once when the role
   stream says otherwise (or is lost), and resumed with a full resync, which also deletes netagent
   tunnels whose owner TunnelEndpoint is gone.
@@ -55,6 +59,7 @@ from services.tunnel.connecttimer import ConnectTimer
 from services.tunnel.keysecret import ensure_key_secret
 from services.tunnel.mapping import is_dns_endpoint, tunnel_from_endpoint
 from services.tunnel.metrics import TunnelMetrics
+from services.tunnel.ownership import Verdict, claim_of, held_back, owned_message, owner_named, record_to_keep
 
 log = logging.getLogger(__name__)
 # The owner the orphan collector names when deleting a tunnel adopted without one (any owner may).
@@ -194,6 +199,10 @@ class TunnelController:
         old_cid = self._programmed.get(key)
         if old_cid and old_cid != tunnel.cluster_id:
             self._call(obj, lambda: self.netagent.delete_tunnel(old_cid, key))
+        verdict = self._held_back(obj)
+        if verdict is not None:
+            self._fail(obj, "ClusterOwned", verdict.message(tunnel.cluster_id))
+            return None
         try:
             resp = self.netagent.ensure_tunnel(tunnel, key)
         except NetAgentError as e:
@@ -203,9 +212,7 @@ class TunnelController:
             if e.not_owner:
                 # Another TunnelEndpoint owns the cluster (or the key): never retried in a loop; the
                 # owner's finalizer re-enqueues this one when it goes.
-                self._fail(obj, "ClusterOwned",
-                           f"clusterID {tunnel.cluster_id} is owned by TunnelEndpoint {e.owner or '?'}: "
-                           f"{e.details}")
+                self._fail(obj, "ClusterOwned", owned_message(tunnel.cluster_id, e.owner or "?", e.details))
                 return None
             if e.exhausted:
                 self.events.warning(obj, "ResourceExhausted", f"the netagent has no room: {e.details}")
@@ -230,7 +237,6 @@ class TunnelController:
 
     def _finalize(self, key: str, obj: JSON) -> None:
         """Deletes the tunnel(s) of a TunnelEndpoint being deleted (before its finalizer goes)."""
-        md = obj["metadata"]
         cids = {c for c in (cluster_id_of(obj), self._programmed.get(key)) if c}
         for cid in cids:
             try:
@@ -248,9 +254,11 @@ class TunnelController:
                 self._last_status.pop(cid, None)
                 self._status_locks.pop(cid, None)
         log.info("tunnel removed", extra={"key": key, "clusters": sorted(cids)})
-        # A TunnelEndpoint refused as a duplicate of this one can now take the cluster over.
+        # A TunnelEndpoint refused as a duplicate of this one can now take the cluster (or key) over.
         for other in self.informer.items():
-            if cluster_id_of(other) in cids and other["metadata"]["name"] != md["name"]:
+            if object_key(other) == key:
+                continue
+            if cluster_id_of(other) in cids or owner_named(other.get("status")) == key:
                 omd = other["metadata"]
                 self.controller.enqueue(f"{omd.get('namespace')}/{omd['name']}")
 
@@ -263,11 +271,22 @@ class TunnelController:
             self.events.warning(obj, "Processing", str(e))
             return None
 
+    def _held_back(self, obj: JSON) -> Verdict | None:
+        """Whether another live TunnelEndpoint owns this one's cluster id or key by the gateway's
+        records (informer cache; `obj` itself as the caller read it)."""
+        me = claim_of(obj)
+        if me is None:
+            return None
+        return held_back(me, (c for o in self.informer.items() if (c := claim_of(o)) is not None))
+
     def _fail(self, obj: JSON, reason: str, message: str) -> None:
         with self._lock:
             self._refused.add(object_key(obj))
         self.events.warning(obj, reason, message)
-        self._patch(obj, st.error_status(message, self.opts.pod_ip))
+        # An owner's own failure keeps its holder record while the spec still names that cluster
+        # (its last valid tunnel runs on); a refusal naming another owner never does.
+        keep = None if reason == "ClusterOwned" else record_to_keep(obj.get("status"), cluster_id_of(obj))
+        self._patch(obj, st.error_status(message, self.opts.pod_ip, keep))
 
     def _patch(self, obj: JSON, desired: JSON) -> None:
         if not self.role.active:

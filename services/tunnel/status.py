@@ -46,7 +46,10 @@ def _parse_time(s: Any) -> datetime | None:
 
 
 def peer_configuration(ts: pb.TunnelStatus) -> dict[str, str]:
+    """What is programmed for the peer; `clusterID` with `publicKey` is also the gateway's record that
+    this TunnelEndpoint holds them (services.tunnel.ownership)."""
     return {
+        "clusterID": ts.cluster_id,
         "publicKey": ts.public_key,
         "port": str(ts.endpoint_port) if ts.endpoint_port else "",
         "endpointIP": ts.endpoint_ip,
@@ -90,12 +93,18 @@ def desired_status(
     return {"connection": conn, "gatewayIP": gateway_ip}
 
 
-def error_status(message: str, gateway_ip: str) -> dict[str, Any]:
+def error_status(message: str, gateway_ip: str, held: dict[str, str] | None = None) -> dict[str, Any]:
     """Status for a TunnelEndpoint the gateway cannot program (invalid spec, refused by the netagent).
 
     The peer configuration and latency of an earlier, valid spec are removed: they no longer
-    describe what this object asks for (Liqo's Error carries neither)."""
+    describe what this object asks for (Liqo's Error carries neither). `held`, the holder record of
+    the tunnel that keeps running (ownership.held_record), stays: an owner's invalid edit must not
+    hand its cluster id to the next claimant after a failover."""
+    peer: dict[str, Any] | None = None
+    if held:
+        peer = {"port": None, "endpointIP": None, "allowedIPs": None,
+                "clusterID": held["clusterID"], "publicKey": held.get("publicKey") or None}
     return {
-        "connection": {"status": ERROR, "statusMessage": message, "peerConfiguration": None, "latency": None},
+        "connection": {"status": ERROR, "statusMessage": message, "peerConfiguration": peer, "latency": None},
         "gatewayIP": gateway_ip,
     }

@@ -155,6 +155,7 @@ def test_state_maps_to_liqo_strings(state: int, expect: tuple[str, str, str]) ->
     c = d["connection"]
     assert (c["status"], c["statusMessage"], c["latency"]["value"]) == expect
     assert c["peerConfiguration"] == {
+        "clusterID": "c",
         "publicKey": "K",
         "port": "5871",
         "endpointIP": "192.0.2.10",
@@ -232,3 +233,30 @@ def test_error_status_clears_what_the_last_valid_spec_reported() -> None:
         "gatewayIP": "192.0.2.1",
     }
     assert merge_patch_diff(cleared, error_status("remote_pod_cidr: bad", "192.0.2.1")) is None
+
+
+def test_error_status_of_an_owner_keeps_its_holder_record() -> None:
+    """An owner's invalid edit keeps the record that it holds the cluster id and key (its last valid
+    tunnel runs on), and only that of its peer configuration."""
+    from services.common.kube.status import merge_patch_diff
+    from services.tunnel.ownership import held_record
+    from services.tunnel.status import error_status
+
+    current = {
+        "connection": {
+            "status": "Connected",
+            "statusMessage": "VPN connection established",
+            "peerConfiguration": {"clusterID": "c", "publicKey": "K", "endpointIP": "192.0.2.2",
+                                  "port": "5871", "allowedIPs": "10.60.0.0/16"},
+        },
+        "gatewayIP": "192.0.2.1",
+    }
+    held = held_record(current)
+    assert held == {"clusterID": "c", "publicKey": "K"}
+    patch = merge_patch_diff(current, error_status("spec.endpointIP: bad", "192.0.2.1", held))
+    cleared = {"endpointIP": None, "port": None, "allowedIPs": None}
+    assert patch == {"connection": {"status": "Error", "statusMessage": "spec.endpointIP: bad",
+                                    "peerConfiguration": cleared}}
+    after = {"connection": {"status": "Error", "statusMessage": "spec.endpointIP: bad",
+                            "peerConfiguration": {"clusterID": "c", "publicKey": "K"}}}
+    assert held_record(after) == held
