@@ -189,7 +189,8 @@ def survives_resync(s: Secure) -> None:
 def demoted(s: Secure) -> None:
     assert peers(s.node) == [], "peers left after a demotion"
     info = s.agent.api.GetInfo(pb.GetInfoRequest(), timeout=5)
-    assert info.role == pb.ROLE_STANDBY and info.epoch == 1  # a demotion never lowers the epoch
+    # a demotion never lowers the epoch, nor adopts an out-of-range one
+    assert info.role == pb.ROLE_STANDBY and info.epoch == 1
 
 
 def nat_counts(**want: int) -> Callable[[Secure], None]:
@@ -279,6 +280,8 @@ ROWS = [
     Row("fencing-epoch-2^64-1", set_role(pb.ROLE_ACTIVE, 2**64 - 1, 3600), INVALID, "epoch"),
     Row("fencing-epoch-2^31", set_role(pb.ROLE_ACTIVE, 2**31, 3600), INVALID, "epoch"),
     Row("fencing-demotion-lower-epoch-accepted", set_role(pb.ROLE_STANDBY, 0), OK, check=demoted,
+        undo=reactivate),
+    Row("fencing-demotion-epoch-2^64-1-accepted", set_role(pb.ROLE_STANDBY, 2**64 - 1), OK, check=demoted,
         undo=reactivate),
     Row("roles-natmap-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="natmap"), DENIED,
         "natmap socket"),
