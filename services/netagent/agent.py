@@ -889,6 +889,24 @@ class Agent:
         )
 
 
+def withdraw_peers(cfg: AgentConfig) -> bool:
+    """Fail closed when the netagent cannot serve: removes every peer of an existing device (creating
+    nothing), so that peers left by an earlier agent or by a restored grant are not kept with no agent
+    to fence them. Best effort; True if a device was found and emptied."""
+    try:
+        device = open_device(cfg, create=False)
+        if not device.exists():
+            return False
+        device.remove_all_peers()
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # on the way out: report, never mask the start-up error
+        log.error("could not withdraw the WireGuard peers", extra={"error": str(e)})
+        return False
+    log.warning("withdrew every WireGuard peer: the netagent is not serving")
+    return True
+
+
 def cleanup(cfg: AgentConfig) -> None:
     """Removes everything Liqo created on this node (uninstall) and nothing else."""
     routes.remove_host_routing(cfg)

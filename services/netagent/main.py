@@ -366,16 +366,27 @@ def serve(cfg: AgentConfig) -> int:
             health_ep.route(path, fn)
         health_ep.start()
     try:
-        agent.start()
-        metrics.bind(agent)
-        if metrics_ep is not None:
-            metrics_ep.start()
+        # Every socket bound before the kernel is touched: one that cannot be bound stops the start
+        # here, before a restored grant programs any peer.
         try:
-            server = serve_sockets(agent, specs, metrics.observe_rpc)
+            server = serve_sockets(agent, specs, metrics.observe_rpc, start=False)
         except (SocketPathError, OSError) as e:
             print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
-            agent.stop()
+            agent_mod.withdraw_peers(cfg)  # an earlier agent's peers: nobody would fence them
             return 1
+        try:
+            agent.start()
+            metrics.bind(agent)
+            if metrics_ep is not None:
+                metrics_ep.start()
+            server.start()
+        except BaseException:
+            # Fail closed: the restored grant may have programmed peers that no one would fence.
+            log.exception("start-up failed: withdrawing the WireGuard peers")
+            server.stop(None)
+            agent.stop()
+            agent_mod.withdraw_peers(cfg)
+            raise
         serving.set()
 
         def on_signal(signum: int, _frame: object) -> None:
