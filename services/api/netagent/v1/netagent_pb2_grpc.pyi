@@ -165,7 +165,8 @@ class NetAgentServiceStub:
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-    | or 4 names are being resolved already)      |                     |                             |
+    | or 4 names, or another name of the owner's  |                     |                             |
+    | namespace, are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -338,7 +339,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-    | or 4 names are being resolved already)      |                     |                             |
+    | or 4 names, or another name of the owner's  |                     |                             |
+    | namespace, are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -538,7 +540,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | or public_key used by another cluster_id    |                     | names the owner.            |
         | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
         | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-        | or 4 names are being resolved already)      |                     |                             |
+        | or 4 names, or another name of the owner's  |                     |                             |
+        | namespace, are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
         |                                             |                     | or the operator's socket.   |
