@@ -321,6 +321,22 @@ def drain(agent: Agent, grace: float) -> None:
         time.sleep(0.02)
 
 
+def fail_closed(agent: Agent, cfg: AgentConfig) -> None:
+    """A start-up that failed after the kernel was touched: a restored grant may have programmed
+    peers that no agent would fence. Demote first (the fence then keeps any thread still running
+    from re-adding them), stop, and empty the device whatever state the agent reached."""
+    from services.netagent import agent as agent_mod
+    from services.netagent.plan.role import Role
+
+    for step, fn in (("demote", lambda: agent.set_role(Role.STANDBY, 0, 0.0, "start-up failed")),
+                     ("stop", agent.stop)):
+        try:
+            fn()
+        except Exception as e:  # the next step still runs: the peers must go
+            log.error("start-up failed: could not %s the agent", step, extra={"error": str(e)})
+    agent_mod.withdraw_peers(cfg)
+
+
 def serve(cfg: AgentConfig) -> int:
     from services.netagent import agent as agent_mod
     from services.netagent.metrics import NetagentMetrics, metrics_route
@@ -381,11 +397,9 @@ def serve(cfg: AgentConfig) -> int:
                 metrics_ep.start()
             server.start()
         except BaseException:
-            # Fail closed: the restored grant may have programmed peers that no one would fence.
             log.exception("start-up failed: withdrawing the WireGuard peers")
             server.stop(None)
-            agent.stop()
-            agent_mod.withdraw_peers(cfg)
+            fail_closed(agent, cfg)
             raise
         serving.set()
 

@@ -13,6 +13,7 @@ import pytest
 from services.netagent import agent as agent_mod
 from services.netagent import main
 from services.netagent.config import AgentConfig
+from services.netagent.plan.role import Role
 
 
 class Boom(Exception):
@@ -29,8 +30,9 @@ def _cfg(tmp_path: Path) -> AgentConfig:
     )
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["agent-steps-work", "agent-steps-fail"])
 def test_sockets_are_bound_first_and_a_failed_start_withdraws_the_peers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
 ) -> None:
     cfg = _cfg(tmp_path)
     events: list[str] = []
@@ -47,14 +49,23 @@ def test_sockets_are_bound_first_and_a_failed_start_withdraws_the_peers(
             events.append("kernel touched")  # e.g. a restored grant programmed the peers
             raise Boom("start-up failed after the kernel was touched")
 
+        def set_role(self, role: Role, epoch: int, ttl: float, reason: str) -> None:
+            events.append(f"set_role {role.value}")
+            if broken:
+                raise RuntimeError("the device is half made")
+
         def stop(self) -> None:
             events.append("agent stopped")
+            if broken:
+                raise RuntimeError("cannot join thread before it is started")
 
     monkeypatch.setattr(agent_mod, "Agent", FailingAgent)
     monkeypatch.setattr(agent_mod, "withdraw_peers", lambda c: events.append(f"withdrew {c.wg_device}"))
     with pytest.raises(Boom):
         main.serve(cfg)
-    assert events == ["kernel touched", "agent stopped", f"withdrew {cfg.wg_device}"]
+    # Demoted first (no thread re-adds a peer), then stopped, then the device emptied, even when the
+    # agent's own steps fail.
+    assert events == ["kernel touched", "set_role standby", "agent stopped", f"withdrew {cfg.wg_device}"]
 
 
 def test_a_socket_that_cannot_be_bound_stops_before_the_kernel(
