@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -68,9 +69,13 @@ MIN_MTU, MAX_MTU = state.MIN_MTU, state.MAX_MTU
 PERSIST_DELAY = 0.05  # seconds
 # DNS: a name that never answers costs one resolver thread until the C library gives up (which may
 # be minutes); the call waits at most RESOLVE_TIMEOUT and at most RESOLVE_WORKERS lookups run at
-# once, so hung lookups can never take every gRPC worker (SetRole must always find one).
+# once, so hung lookups can never take every gRPC worker (SetRole must always find one). Calls for a
+# name already being looked up wait for that lookup instead of starting another, and an owner's
+# namespace has at most RESOLVE_PER_NAMESPACE lookups running, so one tenant's hanging names (retried
+# by its controller) can never hold every resolver thread and refuse the other tenants' names.
 RESOLVE_TIMEOUT = 5.0  # seconds
 RESOLVE_WORKERS = 4
+RESOLVE_PER_NAMESPACE = 1
 
 
 class TunnelState:
@@ -125,7 +130,11 @@ class Agent:
         self._on_state_skipped = on_state_skipped or (lambda n: None)
         self._resolve = resolver
         self._resolver_pool = ThreadPoolExecutor(max_workers=RESOLVE_WORKERS, thread_name_prefix="resolve")
-        self._resolving = threading.BoundedSemaphore(RESOLVE_WORKERS)
+        # Lookups running, by (name, current address) and by owner namespace; RLock: a done callback
+        # runs in the submitting thread when the lookup has already finished.
+        self._resolving_mu = threading.RLock()
+        self._resolving: dict[tuple[str, IPv4Address | None], Future[IPv4Address]] = {}
+        self._resolving_ns: dict[str, int] = {}
         self._lock = threading.RLock()  # state changes and their kernel writes
         self._peer_lock = threading.Lock()  # the fence and the WireGuard peers; short, never waits on _lock
         self._changed = threading.Condition()
@@ -511,7 +520,7 @@ class Agent:
         claims.check_no_overlap(st.tunnels, spec)  # arguments first (INVALID_ARGUMENT), then claims
         claims.check_claim(st.tunnels, st.owners, spec, owner)
         # DNS is I/O that may never answer: resolved with no lock held, so it blocks only this call.
-        endpoint_ip = self._resolve_bounded(spec.endpoint, self._state.endpoints.get(cid))
+        endpoint_ip = self._resolve_bounded(spec.endpoint, self._state.endpoints.get(cid), owner)
         protection.check_endpoint(endpoint_ip)
         with self._lock:
             self._require_active()
@@ -539,24 +548,43 @@ class Agent:
         self._notify()
         return view, changed or kernel_changed
 
-    def _resolve_bounded(self, endpoint: str, current: IPv4Address | None) -> IPv4Address:
-        """Resolves with no lock held, in a bounded pool, waiting at most RESOLVE_TIMEOUT."""
+    def _resolve_bounded(self, endpoint: str, current: IPv4Address | None, owner: str) -> IPv4Address:
+        """Resolves with no lock held, in a bounded pool, waiting at most RESOLVE_TIMEOUT; joins a
+        lookup of the same name already running; at most RESOLVE_PER_NAMESPACE lookups per namespace
+        of `owner` ("namespace/name")."""
         if endpoint_literal(endpoint) is not None:
             return self._resolve(endpoint, current)  # no I/O
-        if not self._resolving.acquire(blocking=False):
-            raise Transient(f"endpoint {endpoint!r}: {RESOLVE_WORKERS} names are being resolved already")
-        try:
-            future = self._resolver_pool.submit(self._resolve, endpoint, current)
-        except BaseException:
-            self._resolving.release()
-            raise
-        future.add_done_callback(lambda _: self._resolving.release())
+        key, ns = (endpoint, current), owner.partition("/")[0]
+        with self._resolving_mu:
+            future = self._resolving.get(key)
+            if future is None:
+                if self._resolving_ns.get(ns, 0) >= RESOLVE_PER_NAMESPACE:
+                    raise Transient(f"endpoint {endpoint!r}: namespace {ns!r} has {RESOLVE_PER_NAMESPACE} "
+                                    f"name(s) being resolved already")
+                if len(self._resolving) >= RESOLVE_WORKERS:
+                    raise Transient(
+                        f"endpoint {endpoint!r}: {RESOLVE_WORKERS} names are being resolved already")
+                future = self._resolver_pool.submit(self._resolve, endpoint, current)
+                self._resolving[key] = future
+                self._resolving_ns[ns] = self._resolving_ns.get(ns, 0) + 1
+                future.add_done_callback(functools.partial(self._resolved, key, ns))
         try:
             return future.result(timeout=RESOLVE_TIMEOUT)
         except FutureTimeout:
             raise Transient(
                 f"endpoint {endpoint!r} does not resolve: no DNS answer within {RESOLVE_TIMEOUT:.0f} s"
             ) from None
+
+    def _resolved(self, key: tuple[str, IPv4Address | None], ns: str, future: Future[IPv4Address]) -> None:
+        """A lookup ended (answered, failed or cancelled): its thread and its namespace's slot are free."""
+        with self._resolving_mu:
+            if self._resolving.get(key) is future:
+                del self._resolving[key]
+            left = self._resolving_ns.get(ns, 0) - 1
+            if left > 0:
+                self._resolving_ns[ns] = left
+            else:
+                self._resolving_ns.pop(ns, None)
 
     def delete_tunnel(self, cluster_id: str, owner: str) -> bool:
         check_cluster_id(cluster_id)
@@ -887,6 +915,24 @@ class Agent:
             nat_mapping_count=len(st.nat_maps.get(cluster_id, {})),
             owner=st.owners.get(cluster_id, ""),
         )
+
+
+def withdraw_peers(cfg: AgentConfig) -> bool:
+    """Fail closed when the netagent cannot serve: removes every peer of an existing device (creating
+    nothing), so that peers left by an earlier agent or by a restored grant are not kept with no agent
+    to fence them. Best effort; True if a device was found and emptied."""
+    try:
+        device = open_device(cfg, create=False)
+        if not device.exists():
+            return False
+        device.remove_all_peers()
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # on the way out: report, never mask the start-up error
+        log.error("could not withdraw the WireGuard peers", extra={"error": str(e)})
+        return False
+    log.warning("withdrew every WireGuard peer: the netagent is not serving")
+    return True
 
 
 def cleanup(cfg: AgentConfig) -> None:

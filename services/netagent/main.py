@@ -321,6 +321,22 @@ def drain(agent: Agent, grace: float) -> None:
         time.sleep(0.02)
 
 
+def fail_closed(agent: Agent, cfg: AgentConfig) -> None:
+    """A start-up that failed after the kernel was touched: a restored grant may have programmed
+    peers that no agent would fence. Demote first (the fence then keeps any thread still running
+    from re-adding them), stop, and empty the device whatever state the agent reached."""
+    from services.netagent import agent as agent_mod
+    from services.netagent.plan.role import Role
+
+    for step, fn in (("demote", lambda: agent.set_role(Role.STANDBY, 0, 0.0, "start-up failed")),
+                     ("stop", agent.stop)):
+        try:
+            fn()
+        except Exception as e:  # the next step still runs: the peers must go
+            log.error("start-up failed: could not %s the agent", step, extra={"error": str(e)})
+    agent_mod.withdraw_peers(cfg)
+
+
 def serve(cfg: AgentConfig) -> int:
     from services.netagent import agent as agent_mod
     from services.netagent.metrics import NetagentMetrics, metrics_route
@@ -366,16 +382,25 @@ def serve(cfg: AgentConfig) -> int:
             health_ep.route(path, fn)
         health_ep.start()
     try:
-        agent.start()
-        metrics.bind(agent)
-        if metrics_ep is not None:
-            metrics_ep.start()
+        # Every socket bound before the kernel is touched: one that cannot be bound stops the start
+        # here, before a restored grant programs any peer.
         try:
-            server = serve_sockets(agent, specs, metrics.observe_rpc)
+            server = serve_sockets(agent, specs, metrics.observe_rpc, start=False)
         except (SocketPathError, OSError) as e:
             print(f"liqo-netagent: refusing to start: {e}", file=sys.stderr)
-            agent.stop()
+            agent_mod.withdraw_peers(cfg)  # an earlier agent's peers: nobody would fence them
             return 1
+        try:
+            agent.start()
+            metrics.bind(agent)
+            if metrics_ep is not None:
+                metrics_ep.start()
+            server.start()
+        except BaseException:
+            log.exception("start-up failed: withdrawing the WireGuard peers")
+            server.stop(None)
+            fail_closed(agent, cfg)
+            raise
         serving.set()
 
         def on_signal(signum: int, _frame: object) -> None:

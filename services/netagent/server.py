@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -471,19 +473,64 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+FOREIGN_INFIX = ".foreign-"
+BIND_ATTEMPTS = 3
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"), (stat.S_ISREG, "file"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "object"
+
+
+def clear_socket_path(path: str) -> str | None:
+    """Frees `path` for a socket: a stale socket is unlinked; anything else found there (a directory,
+    a symlink, a file, a hard link, a FIFO...) is renamed to `<path>.foreign-<ns>-<random>` next to it
+    and logged; returns that name. A role socket's directory is writable by its controller, so a
+    compromised one can plant anything there: refusing it would keep the netagent down for every role.
+    Renamed, not deleted: rename(2) acts on the entry itself (a link is not followed, a FIFO or device
+    not opened, a hard link's other names untouched) and a directory is never walked."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return None
+    # A name nobody can guess, so the rename never replaces something planted in advance.
+    aside = f"{path}{FOREIGN_INFIX}{time.time_ns()}-{secrets.token_hex(6)}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    log.warning("moved a foreign object away from a socket path",
+                extra={"socket": path, "kind": _kind(st.st_mode), "moved_to": aside, "uid": st.st_uid})
+    return aside
+
+
 def _bind(server: grpc.Server, spec: SocketSpec) -> None:
     """Binds `spec.path` born with SOCKET_MODE, then sets its group without following links."""
     directory = os.path.dirname(spec.path) or "."
     if not os.path.isdir(directory):
         # A role directory must be traversable by its controller; the operator's is private.
         os.makedirs(directory, mode=0o700 if spec.private else 0o755, exist_ok=True)
-    remove_stale_socket(spec.path)
-    old_umask = os.umask(0o777 & ~SOCKET_MODE)  # no window where the socket has another mode
-    try:
-        if server.add_insecure_port(f"unix:{spec.path}") == 0:
+    for attempt in range(BIND_ATTEMPTS):  # something re-planted between the rename and the bind
+        clear_socket_path(spec.path)
+        old_umask = os.umask(0o777 & ~SOCKET_MODE)  # no window where the socket has another mode
+        try:
+            bound = server.add_insecure_port(f"unix:{spec.path}") != 0
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            bound = False
+        finally:
+            os.umask(old_umask)
+        if bound:
+            break
+        if attempt == BIND_ATTEMPTS - 1:
             raise SocketPathError(f"{spec.path}: cannot bind")
-    finally:
-        os.umask(old_umask)
     if spec.group is None:
         return
     st = os.lstat(spec.path)
@@ -492,7 +539,7 @@ def _bind(server: grpc.Server, spec: SocketSpec) -> None:
     os.chown(spec.path, -1, spec.group, follow_symlinks=False)
 
 
-def serve(
+def bind(
     agent: Agent,
     socket_path: str,
     socket_group: int | None = None,
@@ -502,10 +549,11 @@ def serve(
     *,
     private: bool = False,
     servicer: NetAgentServicer | None = None,
-) -> grpc.Server:
-    """Starts one gRPC server on a Unix socket (mode 0660) for `role`, with reflection and
-    grpc.health.v1, and its own pool: at most `max_streams` concurrent streams (and
-    MAX_REFLECTION_STREAMS reflection streams), UNARY_RESERVED threads kept for unary calls."""
+) -> tuple[grpc.Server, Callable[[], None]]:
+    """One gRPC server on a Unix socket (mode 0660) for `role`, bound and listening but not serving
+    until the returned start() is called, with reflection and grpc.health.v1, and its own pool: at
+    most `max_streams` concurrent streams (and MAX_REFLECTION_STREAMS reflection streams),
+    UNARY_RESERVED threads kept for unary calls."""
     spec = SocketSpec(role, socket_path, socket_group, private)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -529,18 +577,49 @@ def serve(
     except BaseException:
         server.stop(None)
         raise
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"socket": socket_path, "role": role.value, "max_streams": gate.max_streams})
+
+    def start() -> None:
+        server.start()
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving",
+                 extra={"socket": socket_path, "role": role.value, "max_streams": gate.max_streams})
+
+    return server, start
+
+
+def serve(
+    agent: Agent,
+    socket_path: str,
+    socket_group: int | None = None,
+    observe_rpc: Callable[[str, str, float], None] | None = None,
+    max_streams: int = MAX_STREAMS,
+    role: SocketRole = SocketRole.OPERATOR,
+    *,
+    private: bool = False,
+    servicer: NetAgentServicer | None = None,
+) -> grpc.Server:
+    """`bind` then start: one gRPC server serving `role` on a Unix socket."""
+    server, start = bind(agent, socket_path, socket_group, observe_rpc, max_streams, role,
+                         private=private, servicer=servicer)
+    start()
     return server
 
 
 class Servers:
     """The agent's servers, one per socket; `stop(grace)` stops them all."""
 
-    def __init__(self, servers: Mapping[SocketRole, grpc.Server]) -> None:
+    def __init__(
+        self, servers: Mapping[SocketRole, grpc.Server], starts: list[Callable[[], None]] | None = None
+    ) -> None:
         self.servers = dict(servers)
+        self._starts = list(starts or [])
+
+    def start(self) -> None:
+        """Serves every bound socket (serve_sockets(start=False) binds only)."""
+        starts, self._starts = self._starts, []
+        for start in starts:
+            start()
 
     def stop(self, grace: float | None) -> threading.Event:
         events = [s.stop(grace) for s in self.servers.values()]
@@ -560,21 +639,30 @@ def serve_sockets(
     sockets: list[SocketSpec],
     observe_rpc: Callable[[str, str, float], None] | None = None,
     max_streams: int = MAX_STREAMS,
+    *,
+    start: bool = True,
 ) -> Servers:
-    """One server per socket sharing one servicer; all or none (a failure stops those started)."""
+    """One server per socket sharing one servicer; all or none (a failure stops those bound). With
+    start=False every socket is bound and listening, and served from `Servers.start()`: the netagent
+    binds before it touches the kernel, so a socket it cannot bind never leaves peers behind."""
     servicer = NetAgentServicer(agent, observe_rpc)
-    started: dict[SocketRole, grpc.Server] = {}
+    bound: dict[SocketRole, grpc.Server] = {}
+    starts: list[Callable[[], None]] = []
     try:
         for spec in sockets:
-            if spec.role in started:
+            if spec.role in bound:
                 raise SocketPathError(f"{spec.path}: a second {spec.role.value} socket")
-            started[spec.role] = serve(agent, spec.path, spec.group, observe_rpc, max_streams, spec.role,
-                                       private=spec.private, servicer=servicer)
+            bound[spec.role], go = bind(agent, spec.path, spec.group, observe_rpc, max_streams, spec.role,
+                                        private=spec.private, servicer=servicer)
+            starts.append(go)
     except BaseException:
-        for s in started.values():
+        for s in bound.values():
             s.stop(None)
         raise
-    return Servers(started)
+    servers = Servers(bound, starts)
+    if start:
+        servers.start()
+    return servers
 
 
 def group_id(name_or_id: str) -> int:

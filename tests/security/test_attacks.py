@@ -189,7 +189,8 @@ def survives_resync(s: Secure) -> None:
 def demoted(s: Secure) -> None:
     assert peers(s.node) == [], "peers left after a demotion"
     info = s.agent.api.GetInfo(pb.GetInfoRequest(), timeout=5)
-    assert info.role == pb.ROLE_STANDBY and info.epoch == 1  # a demotion never lowers the epoch
+    # a demotion never lowers the epoch, nor adopts an out-of-range one
+    assert info.role == pb.ROLE_STANDBY and info.epoch == 1
 
 
 def nat_counts(**want: int) -> Callable[[Secure], None]:
@@ -280,6 +281,8 @@ ROWS = [
     Row("fencing-epoch-2^31", set_role(pb.ROLE_ACTIVE, 2**31, 3600), INVALID, "epoch"),
     Row("fencing-demotion-lower-epoch-accepted", set_role(pb.ROLE_STANDBY, 0), OK, check=demoted,
         undo=reactivate),
+    Row("fencing-demotion-epoch-2^64-1-accepted", set_role(pb.ROLE_STANDBY, 2**64 - 1), OK, check=demoted,
+        undo=reactivate),
     Row("roles-natmap-socket-SetRole", set_role(pb.ROLE_STANDBY, 1, socket="natmap"), DENIED,
         "natmap socket"),
     Row("roles-natmap-socket-ConfigureDevice", configure(socket="natmap"), DENIED, "natmap socket"),
@@ -295,6 +298,10 @@ ROWS = [
     Row("endpoint-0.0.0.0", ensure(endpoint="0.0.0.0"), INVALID, "endpoint"),
     Row("endpoint-255.255.255.255", ensure(endpoint="255.255.255.255"), INVALID, "endpoint"),
     Row("endpoint-node-own-address", ensure(endpoint=NODE_ADDRESS), INVALID, "endpoint"),
+    Row("endpoint-subnet-broadcast-192.168.77.255", ensure(endpoint="192.168.77.255"), INVALID,
+        "endpoint: 192.168.77.255 is the broadcast address of the node's subnet"),
+    Row("endpoint-subnet-network-192.168.77.0", ensure(endpoint="192.168.77.0"), INVALID,
+        "endpoint: 192.168.77.0 is the network address of the node's subnet"),
     Row("cluster-id-trailing-newline", ensure(cluster_id="abc\n"), INVALID, "cluster_id"),
     Row("remote-cidr-liqo-next-hop-169.254.100.2/32", ensure(remote_nat_pod_cidr="169.254.100.2/32"),
         INVALID, "remote_nat_pod_cidr"),

@@ -380,10 +380,13 @@ def test_epochs_are_int32(tmp_path: Path, kernel: Kernel, epoch: int) -> None:
     a = make_agent(tmp_path)
     try:
         a.configure_device(generate().private_key, 0, 0)
-        for role in Role:
-            with pytest.raises(SpecError, match="epoch"):
-                a.set_role(role, epoch, 60, "x")
+        with pytest.raises(SpecError, match="epoch"):
+            a.set_role(Role.ACTIVE, epoch, 60, "x")
         assert a.role().epoch == 0
+        a.set_role(Role.ACTIVE, 3, 60, "lease")
+        # a demotion is always accepted (stopping traffic is never unsafe), its epoch not adopted
+        g = a.set_role(Role.STANDBY, epoch, 0, "x")
+        assert g.role is Role.STANDBY and a.role().role is Role.STANDBY and a.role().epoch == 3
     finally:
         a.stop()
 
@@ -498,13 +501,17 @@ def test_a_restored_grant_is_capped_and_shortened(tmp_path: Path, kernel: Kernel
 def test_resolution_is_bounded_in_time_and_in_threads(
     tmp_path: Path, kernel: Kernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A name that never answers costs its call RESOLVE_TIMEOUT and one resolver thread; when every
-    resolver thread is stuck, the next name is refused at once (UNAVAILABLE), so hung lookups can
-    never take all the gRPC workers."""
+    """A name that never answers costs its call RESOLVE_TIMEOUT and one resolver thread. Retries of
+    that name join the lookup already running; one namespace has at most one lookup running; and
+    when every resolver thread is stuck, the next name is refused at once (UNAVAILABLE), so hung
+    lookups can never take all the gRPC workers. One tenant's hanging names never refuse another
+    tenant's name."""
     monkeypatch.setattr(agent_mod, "RESOLVE_TIMEOUT", 0.2)
     never = threading.Event()
+    lookups: list[str] = []
 
     def resolver(endpoint: str, current: IPv4Address | None) -> IPv4Address:
+        lookups.append(endpoint)
         if endpoint.endswith(".hang"):
             never.wait(30)
         return IPv4Address(endpoint) if endpoint[0].isdigit() else IPv4Address("192.0.2.77")
@@ -515,11 +522,25 @@ def test_resolution_is_bounded_in_time_and_in_threads(
     a.start()
     try:
         active(a)
-        for n in range(agent_mod.RESOLVE_WORKERS):
+        # One tenant's controller retries its hanging name: the retries share one lookup.
+        for _ in range(agent_mod.RESOLVE_WORKERS + 1):
             t0 = time.perf_counter()
             with pytest.raises(Transient, match="no DNS answer"):
-                a.ensure_tunnel(spec(n, endpoint=f"gw{n}.hang"), f"tenant-{n}/tep")
+                a.ensure_tunnel(spec(0, endpoint="gw0.hang"), "tenant-0/tep")
             assert time.perf_counter() - t0 < 1.0
+        assert lookups == ["gw0.hang"]
+        # Another name of the same namespace (another of its TunnelEndpoints) waits for its turn.
+        t0 = time.perf_counter()
+        with pytest.raises(Transient, match="namespace 'tenant-0' has 1 name"):
+            a.ensure_tunnel(spec(1, endpoint="gw1.hang"), "tenant-0/other-tep")
+        assert time.perf_counter() - t0 < 0.1
+        # Another tenant's name still resolves.
+        a.ensure_tunnel(spec(2, endpoint="gw2.example"), "tenant-2/tep")
+        assert "cluster-2" in {v.spec.cluster_id for v in a.list_tunnels()}
+        # Every resolver thread stuck (one hanging name per namespace): the next name is refused at once.
+        for n in range(3, 3 + agent_mod.RESOLVE_WORKERS - 1):
+            with pytest.raises(Transient, match="no DNS answer"):
+                a.ensure_tunnel(spec(n, endpoint=f"gw{n}.hang"), f"tenant-{n}/tep")
         t0 = time.perf_counter()
         with pytest.raises(Transient, match="being resolved already"):
             a.ensure_tunnel(spec(9, endpoint="gw9.hang"), "tenant-9/tep")
@@ -529,7 +550,7 @@ def test_resolution_is_bounded_in_time_and_in_threads(
         wait = time.monotonic() + 5
         while time.monotonic() < wait:  # the stuck lookups end: names resolve again
             try:
-                a.ensure_tunnel(spec(7, endpoint="gw7.example"), "tenant-7/tep")
+                a.ensure_tunnel(spec(7, endpoint="gw7.example"), "tenant-0/tep")
                 break
             except Transient:
                 time.sleep(0.05)

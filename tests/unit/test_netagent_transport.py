@@ -29,6 +29,7 @@ from services.netagent.server import (
     MIN_STATUS_INTERVAL,
     SocketPathError,
     SocketSpec,
+    clear_socket_path,
     remove_stale_socket,
     serve,
     serve_sockets,
@@ -302,14 +303,80 @@ def test_stale_socket_removed_other_files_refused(tmp_path: Path) -> None:
     assert link2.is_symlink() and stat.S_ISSOCK(os.lstat(target).st_mode)
 
 
-def test_serve_refuses_a_path_that_is_not_a_socket(tmp_path: Path, fake: FakeAgent) -> None:
-    victim = tmp_path / "victim"
+def _plant(kind: str, path: Path, outside: Path) -> None:
+    """What a controller can put at its socket path (its directory is writable by it)."""
+    outside.mkdir()
+    victim = outside / "victim"
     victim.write_text("keep me")
-    link = tmp_path / "netagent.sock"
-    link.symlink_to(victim)
-    with pytest.raises(SocketPathError):
-        serve(cast(Agent, fake), str(link), role=T)
-    assert victim.read_text() == "keep me" and link.is_symlink()
+    if kind == "directory":
+        path.mkdir()
+        (path / "inner-link").symlink_to(victim)  # a walk that followed it would reach the victim
+        (path / "file").write_text("x")
+    elif kind == "symlink-to-file":
+        path.symlink_to(victim)
+    elif kind == "symlink-to-directory":
+        path.symlink_to(outside)
+    elif kind == "dangling-symlink":
+        path.symlink_to(outside / "nothing")
+    elif kind == "file":
+        path.write_text("planted")
+    elif kind == "hard-link":
+        os.link(victim, path)
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it would block: it must never be opened
+    else:
+        raise AssertionError(kind)
+
+
+PLANTS = ["directory", "symlink-to-file", "symlink-to-directory", "dangling-symlink", "file", "hard-link",
+          "fifo"]
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_a_foreign_object_at_a_socket_path_is_moved_aside_untouched(tmp_path: Path, kind: str) -> None:
+    path, outside = tmp_path / "sockdir" / "netagent.sock", tmp_path / "outside"
+    path.parent.mkdir()
+    _plant(kind, path, outside)
+    before = os.lstat(path)
+    aside = clear_socket_path(str(path))
+    assert aside is not None and not os.path.lexists(path)
+    assert os.path.dirname(aside) == str(path.parent) and os.path.basename(aside).startswith(
+        "netagent.sock.foreign-")
+    after = os.lstat(aside)  # the same entry, renamed: not followed, not opened, not walked
+    assert (after.st_ino, after.st_mode, after.st_nlink) == (before.st_ino, before.st_mode, before.st_nlink)
+    assert (outside / "victim").read_text() == "keep me"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    if kind == "directory":
+        assert sorted(os.listdir(aside)) == ["file", "inner-link"]
+
+
+def test_a_stale_socket_is_unlinked_and_a_missing_path_is_fine(tmp_path: Path) -> None:
+    sock = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock))
+    s.close()
+    assert clear_socket_path(str(sock)) is None and not os.path.lexists(sock)
+    assert clear_socket_path(str(sock)) is None
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_serve_moves_a_foreign_object_aside_and_serves(tmp_path: Path, fake: FakeAgent, kind: str) -> None:
+    path, outside = tmp_path / "sockdir" / "netagent.sock", tmp_path / "outside"
+    path.parent.mkdir()
+    _plant(kind, path, outside)
+    server = serve(cast(Agent, fake), str(path), role=T)
+    try:
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        assert (outside / "victim").read_text() == "keep me"
+        assert len([p for p in path.parent.iterdir() if ".foreign-" in p.name]) == 1
+        ch = grpc.insecure_channel(f"unix:{path}")
+        try:
+            pb_grpc.NetAgentServiceStub(ch).GetInfo(pb.GetInfoRequest(), timeout=10)
+        finally:
+            ch.close()
+    finally:
+        server.stop(None).wait(10)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -143,6 +143,8 @@ def test_legitimate_tunnels_pass(over: dict[str, Any]) -> None:
         ("224.0.0.251", "multicast"),
         ("240.0.0.1", "reserved"),
         ("192.168.77.10", "node's own"),
+        ("192.168.77.255", r"the broadcast address of the node's subnet 192\.168\.77\.0/24"),
+        ("192.168.77.0", r"the network address of the node's subnet 192\.168\.77\.0/24"),
     ],
 )
 def test_endpoints_that_are_not_a_remote_gateway_are_refused(ip: str, why: str) -> None:
@@ -154,6 +156,28 @@ def test_endpoints_that_are_not_a_remote_gateway_are_refused(ip: str, why: str) 
                                 "192.0.2.50"])
 def test_remote_gateways_pass(ip: str) -> None:
     BARE.check_endpoint(A(ip))  # same-subnet peers are fine: only the node itself is refused
+
+
+@pytest.mark.parametrize(
+    ("subnet", "ip", "ok"),
+    [
+        ("10.7.0.0/30", "10.7.0.3", False),
+        ("10.7.0.0/30", "10.7.0.0", False),
+        ("10.7.0.0/30", "10.7.0.2", True),
+        ("10.7.0.0/31", "10.7.0.0", True),  # point-to-point: both addresses are hosts
+        ("10.7.0.0/31", "10.7.0.1", True),
+        ("10.7.0.4/32", "10.7.0.4", True),
+        ("10.0.0.0/8", "10.255.255.255", False),
+        ("10.0.0.0/8", "10.255.255.254", True),
+    ],
+)
+def test_node_subnet_edges_are_refused_as_endpoints(subnet: str, ip: str, ok: bool) -> None:
+    p = Protection(node=NodeAddresses(subnets=frozenset({N(subnet)})))
+    if ok:
+        p.check_endpoint(A(ip))
+    else:
+        with pytest.raises(SpecError, match=rf"^endpoint: {ip} is the (broadcast|network) address of"):
+            p.check_endpoint(A(ip))
 
 
 @pytest.mark.parametrize(("port", "ok"), [(53, False), (1, False), (1023, False), (1024, True), (5871, True),

@@ -109,8 +109,23 @@ class Protection:
         why = _not_unicast(ip)
         if why is None and ip in self.node.addresses:
             why = "one of the node's own addresses"
+        if why is None:
+            why = self._subnet_edge(ip)
         if why is not None:
             raise SpecError(f"{field_name}: {ip} is {why}, not a remote gateway")
+
+    def _subnet_edge(self, ip: IPv4Address) -> str | None:
+        """Why `ip` is the network or broadcast address of a node subnet, or None. wireguard-go's
+        socket may broadcast (Go sets SO_BROADCAST), so such an endpoint would spray handshakes over
+        the node's LAN. /31 and /32 have neither address (RFC 3021)."""
+        for net in sorted(self.node.subnets):
+            if net.prefixlen > 30 or ip not in net:
+                continue
+            if ip == net.broadcast_address:
+                return f"the broadcast address of the node's subnet {net}"
+            if ip == net.network_address:
+                return f"the network address of the node's subnet {net}"
+        return None
 
     def check_listen_port(self, port: int) -> None:
         if 0 < port < MIN_UNPRIVILEGED_PORT and not self.allow_privileged_ports:

@@ -5,11 +5,11 @@ Expiry uses the monotonic clock so that wall-clock jumps cannot extend a grant; 
 is only kept to persist the grant across an agent restart.
 
 Rules (docs/security.md, "Fencing"):
-- Epochs are the Lease's `leaseTransitions`, an int32: anything outside 0..2^31-1 is refused
-  (ValueError), so no call can push the epoch out of reach of every later legitimate caller.
+- Epochs are the Lease's `leaseTransitions`, an int32: ACTIVE with an epoch outside 0..2^31-1 is
+  refused (ValueError), so no call can push the epoch out of reach of every later legitimate caller.
 - ACTIVE with an epoch lower than the highest seen is refused (StaleEpoch): a stale leader renews late.
 - STANDBY is always accepted, whatever its epoch (stopping traffic is never unsafe); it never lowers
-  the stored epoch.
+  the stored epoch, and an out-of-range epoch is not adopted.
 - A grant restored after a restart is capped at MAX_TTL and shortened by the wall-clock time since it
   was written; it is never extended.
 
@@ -82,11 +82,16 @@ class Fence:
 
     def set(self, role: Role, epoch: int, ttl: float, reason: str) -> Grant:
         """Grants `role`; raises StaleEpoch or ValueError and changes nothing on bad input."""
-        check_epoch(epoch)
         if role is Role.STANDBY:
-            # Always accepted; the highest epoch seen stays (a demotion never re-opens old epochs).
-            self._grant = Grant(role, max(epoch, self._grant.epoch), None, None, reason)
+            # Always accepted; the highest epoch seen stays (a demotion never re-opens old epochs),
+            # and an out-of-range epoch is ignored rather than stored (it would lock out every leader).
+            try:
+                kept = max(check_epoch(epoch), self._grant.epoch)
+            except ValueError:
+                kept = self._grant.epoch
+            self._grant = Grant(role, kept, None, None, reason)
             return self._grant
+        check_epoch(epoch)
         if epoch < self._grant.epoch:
             raise StaleEpoch(f"epoch {epoch} is lower than the current epoch {self._grant.epoch}")
         if not 0 < ttl <= MAX_TTL:

@@ -134,8 +134,8 @@ class NetAgentServiceServicer:
 
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
-        | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | role unspecified; for ACTIVE: ttl       | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | missing or not in (0, 1h], epoch not in |                     |                                 |
         | 0..2147483647 (the Lease's int32)       |                     |                                 |
         | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
         | highest seen                            |                     | lease; do not retry as is.      |
@@ -143,8 +143,9 @@ class NetAgentServiceServicer:
         | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
         |                                         |                     | operator's socket.              |
 
-        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
-        answers without waiting for any other call in flight; the peers are gone when it returns.
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen (an
+        epoch above 2147483647 is not adopted). It answers without waiting for any other call in
+        flight; the peers are gone when it returns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,7 +205,8 @@ class NetAgentServiceServicer:
         | or public_key used by another cluster_id    |                     | names the owner.            |
         | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
         | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-        | or 4 names are being resolved already)      |                     |                             |
+        | or 4 names, or another name of the owner's  |                     |                             |
+        | namespace, are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
         |                                             |                     | or the operator's socket.   |

@@ -102,8 +102,8 @@ class NetAgentServiceStub:
 
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
-    | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | role unspecified; for ACTIVE: ttl       | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | missing or not in (0, 1h], epoch not in |                     |                                 |
     | 0..2147483647 (the Lease's int32)       |                     |                                 |
     | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
     | highest seen                            |                     | lease; do not retry as is.      |
@@ -111,8 +111,9 @@ class NetAgentServiceStub:
     | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
     |                                         |                     | operator's socket.              |
 
-    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
-    answers without waiting for any other call in flight; the peers are gone when it returns.
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen (an
+    epoch above 2147483647 is not adopted). It answers without waiting for any other call in
+    flight; the peers are gone when it returns.
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]
     """WatchRole streams the current role and device state at once, then every change: of the role
@@ -164,7 +165,8 @@ class NetAgentServiceStub:
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-    | or 4 names are being resolved already)      |                     |                             |
+    | or 4 names, or another name of the owner's  |                     |                             |
+    | namespace, are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -274,8 +276,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
 
     | Condition                               | Code                | Recovery                        |
     |-----------------------------------------|---------------------|---------------------------------|
-    | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-    | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+    | role unspecified; for ACTIVE: ttl       | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+    | missing or not in (0, 1h], epoch not in |                     |                                 |
     | 0..2147483647 (the Lease's int32)       |                     |                                 |
     | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
     | highest seen                            |                     | lease; do not retry as is.      |
@@ -283,8 +285,9 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
     |                                         |                     | operator's socket.              |
 
-    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
-    answers without waiting for any other call in flight; the peers are gone when it returns.
+    STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen (an
+    epoch above 2147483647 is not adopted). It answers without waiting for any other call in
+    flight; the peers are gone when it returns.
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_netagent_pb2.WatchRoleRequest, _netagent_pb2.WatchRoleResponse]  # type: ignore[assignment]
     """WatchRole streams the current role and device state at once, then every change: of the role
@@ -336,7 +339,8 @@ class NetAgentServiceAsyncStub(NetAgentServiceStub):
     | or public_key used by another cluster_id    |                     | names the owner.            |
     | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
     | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-    | or 4 names are being resolved already)      |                     |                             |
+    | or 4 names, or another name of the owner's  |                     |                             |
+    | namespace, are being resolved already)      |                     |                             |
     | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
     | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
     |                                             |                     | or the operator's socket.   |
@@ -461,8 +465,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
 
         | Condition                               | Code                | Recovery                        |
         |-----------------------------------------|---------------------|---------------------------------|
-        | role unspecified, ttl missing or not in | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
-        | (0, 1h] for ACTIVE, epoch not in        |                     |                                 |
+        | role unspecified; for ACTIVE: ttl       | INVALID_ARGUMENT    | Caller MUST fix the arguments.  |
+        | missing or not in (0, 1h], epoch not in |                     |                                 |
         | 0..2147483647 (the Lease's int32)       |                     |                                 |
         | ACTIVE with an epoch lower than the     | FAILED_PRECONDITION | Caller is stale: re-read the    |
         | highest seen                            |                     | lease; do not retry as is.      |
@@ -470,8 +474,9 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | called on another role's socket         | PERMISSION_DENIED   | Use the labeler's or the        |
         |                                         |                     | operator's socket.              |
 
-        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen. It
-        answers without waiting for any other call in flight; the peers are gone when it returns.
+        STANDBY is always accepted, whatever its epoch, and never lowers the highest epoch seen (an
+        epoch above 2147483647 is not adopted). It answers without waiting for any other call in
+        flight; the peers are gone when it returns.
         """
 
     @_abc_1.abstractmethod
@@ -535,7 +540,8 @@ class NetAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         | or public_key used by another cluster_id    |                     | names the owner.            |
         | a new tunnel beyond --max-tunnels (256)     | RESOURCE_EXHAUSTED  | Retry with back off.        |
         | endpoint name does not resolve (within 5 s, | UNAVAILABLE         | Retry with back off.        |
-        | or 4 names are being resolved already)      |                     |                             |
+        | or 4 names, or another name of the owner's  |                     |                             |
+        | namespace, are being resolved already)      |                     |                             |
         | kernel or wireguard-go write failed         | UNAVAILABLE         | Retry with back off.        |
         | called on another role's socket             | PERMISSION_DENIED   | Use the tunnel controller's |
         |                                             |                     | or the operator's socket.   |
