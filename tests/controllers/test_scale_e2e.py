@@ -11,7 +11,6 @@ window), as Liqo reports a tunnel that does not come up. The times are printed (
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
