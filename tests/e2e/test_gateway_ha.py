@@ -153,6 +153,8 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
         t_active = wait_for("standby turns active", lambda: new.turned_active_after(t_kill), 30, 0.1)
         wait_for("traffic again", lambda: ping_ok(env.pod_a, POD_B_FROM_A, count=1), 30, 0.1)
         time.sleep(2)
+        # A fast failover is over in a few seconds: sample on until the count checked below.
+        wait_for("101 peer samples", lambda: len(sampler.samples) > 100, 30, 0.1)
     res = pinger.result
     assert res is not None
     gap = res.longest_gap_after(t_kill)
