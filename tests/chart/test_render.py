@@ -295,7 +295,8 @@ def test_the_election_defaults_to_liqos_timings_and_overrides_win() -> None:
     [
         ({"profile": "fast", "retryPeriod": 1.5}, r"need retryPeriod \(1\.5\) < renewDeadline \(1\.5\)"),
         ({"renewDeadline": 8}, r"< leaseDuration \(7\)"),
-        ({"profile": "fast", "requestTimeout": 1}, r"need max\(retryPeriod, 2 x requestTimeout\) \+ requestTimeout < leaseDuration"),
+        ({"profile": "fast", "requestTimeout": 1},
+         r"need max\(retryPeriod, 2 x requestTimeout\) \+ requestTimeout < leaseDuration"),
     ],
 )
 def test_election_timings_that_cannot_work_fail_the_install(over: dict[str, Any], message: str) -> None:

@@ -159,8 +159,8 @@ def test_node_crash_of_the_active_replica_hands_over(env: Env, tmp_path: Path) -
     assert res is not None
     gap = res.longest_gap_after(t_kill)
     takeover = t_active - t_kill
-    print(f"\ncrash (lease {lease:g}s): new leader ACTIVE after {takeover:.2f}s, traffic back after {gap[1] - t_kill:.2f}s "
-          f"(gap {gap[1] - gap[0]:.2f}s), ping lost {res.lost}/{res.sent}; "
+    print(f"\ncrash (lease {lease:g}s): new leader ACTIVE after {takeover:.2f}s, traffic back after "
+          f"{gap[1] - t_kill:.2f}s (gap {gap[1] - gap[0]:.2f}s), ping lost {res.lost}/{res.sent}; "
           f"{len(sampler.samples)} peer samples, overlaps {len(sampler.overlaps())}")
     assert takeover <= lease + 2, f"takeover {takeover:.2f}s\n{env.logs()}"
     assert not sampler.overlaps(), sampler.overlaps()[:5]

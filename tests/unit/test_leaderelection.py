@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from services.common.leaderelection import (
+    PROFILES,
     Change,
     Edge,
     ElectionState,
@@ -15,7 +16,6 @@ from services.common.leaderelection import (
     HeldByOther,
     LeaseRecord,
     Observed,
-    PROFILES,
     RoleDirective,
     Timings,
     Write,

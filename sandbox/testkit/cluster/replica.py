@@ -117,7 +117,8 @@ class GatewayReplica:
         base = [str(script)] if script.exists() else [sys.executable, "-m", f"services.{name}.main"]
         common = ["--kubeconfig", str(self.cluster.replica_kubeconfig),
                   "--netagent-socket", str(self.role_sockets[name])]
-        extra = {"tunnel": opts.tunnel_args, "natmap": opts.natmap_args, "labeler": opts.labeler_flags()}[name]
+        extra = {"tunnel": opts.tunnel_args, "natmap": opts.natmap_args,
+                 "labeler": opts.labeler_flags()}[name]
         return [*base, *common, *extra]
 
     def start_process(self, name: str) -> None:
