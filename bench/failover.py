@@ -8,6 +8,7 @@ replicas, B with one, peered, a pod in each pinging the other every 50 ms. For e
 and the netagent with them, then the node gone: a node loss), and we measure from the kill
 
   active   the standby's netagent logs its ACTIVE role;
+  vip      the Service VIP (played by the kit, as the pod label selects it) points to the standby;
   traffic  the first ping reply after the longest gap of replies that follows the kill.
 
 The crashed node then reboots and rejoins as a standby before the next run. Between runs, over
@@ -87,17 +88,18 @@ def api_cost(a: EmulatedCluster, t0: float, t1: float) -> dict[str, float]:
     }
 
 
-def one_crash(a: EmulatedCluster, pod_a: Pod) -> tuple[float, float, int]:
-    """Crashes A's active replica's node: (seconds to the standby's ACTIVE, seconds to traffic,
-    peer samples in which both replicas had peers), then reboots the node as a standby."""
+def one_crash(a: EmulatedCluster, pod_a: Pod) -> tuple[float, float, float, int]:
+    """Crashes A's active replica's node: (seconds to the standby's ACTIVE, to the VIP following it,
+    to traffic; peer samples in which both replicas had peers), then reboots the node as a standby."""
     old = a.leader()
     new = next(r for r in a.replicas if r is not old)
     with PeerSampler(a) as sampler, Pinger(pod_a, POD_B_FROM_A) as pinger:
         wait_for("replies before the crash", lambda: ping_ok(pod_a, POD_B_FROM_A, count=1), 10, 0.1)
         t_kill = time.time()
         old.crash()
-        t_active = wait_for("the standby ACTIVE", lambda: new.turned_active_after(t_kill), 60, 0.05)
-        wait_for("traffic again", lambda: ping_ok(pod_a, POD_B_FROM_A, count=1, wait=0.5), 60, 0.05)
+        # Polled at 0.1 s: this process also plays the Service and liqo-route (the VIP follower).
+        t_active = wait_for("the standby ACTIVE", lambda: new.turned_active_after(t_kill), 60, 0.1)
+        wait_for("traffic again", lambda: ping_ok(pod_a, POD_B_FROM_A, count=1, wait=0.5), 60, 0.1)
         time.sleep(0.5)  # a few replies after the gap, so that its end is in the record
     res = pinger.result
     assert res is not None
@@ -105,8 +107,9 @@ def one_crash(a: EmulatedCluster, pod_a: Pod) -> tuple[float, float, int]:
     old.boot()
     old.start()
     wait_for("the rebooted replica standby", lambda: standby_settled(a, old), 60, 0.1)
-    assert t_active is not None  # wait_for returns a truthy value
-    return t_active - t_kill, gap[1] - t_kill, len(sampler.overlaps())
+    assert t_active is not None and a.vip is not None  # wait_for returns a truthy value
+    moved = next((t for t, ip in a.vip.history if t > t_kill and ip == new.ip), float("nan"))
+    return t_active - t_kill, moved - t_kill, gap[1] - t_kill, len(sampler.overlaps())
 
 
 def run_profile(name: str, profile: Profile, runs: int, window: float, tmp: Path) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def run_profile(name: str, profile: Profile, runs: int, window: float, tmp: Path
         standby = next(r for r in a.replicas if r is not a.leader())
         wait_for("the standby settled", lambda: standby_settled(a, standby), 30, 0.1)
         active: list[float] = []
+        vip: list[float] = []
         traffic: list[float] = []
         costs: list[dict[str, float]] = []
         overlaps = 0
@@ -136,11 +140,13 @@ def run_profile(name: str, profile: Profile, runs: int, window: float, tmp: Path
             t0 = time.time()
             time.sleep(window)
             costs.append(api_cost(a, t0, time.time()))
-            t_active, t_traffic, both = one_crash(a, pod_a)
+            t_active, t_vip, t_traffic, both = one_crash(a, pod_a)
             overlaps += both
+            vip.append(t_vip)
             active.append(t_active)
             traffic.append(t_traffic)
-            print(f"{name} run {i + 1}/{runs}: standby ACTIVE after {t_active:.2f}s, traffic after "
+            print(f"{name} run {i + 1}/{runs}: standby ACTIVE after {t_active:.2f}s, VIP moved after "
+                  f"{t_vip:.2f}s, traffic after "
                   f"{t_traffic:.2f}s, samples with two live dataplanes {both}; steady state {costs[-1]}",
                   file=sys.stderr)
     t = profile.timings
@@ -150,6 +156,7 @@ def run_profile(name: str, profile: Profile, runs: int, window: float, tmp: Path
                     "retry_period": t.retry_period, "request_timeout": profile.request_timeout,
                     "outage_grace": t.outage_grace},
         "active_s": summary(active),
+        "vip_moved_s": summary(vip),
         "traffic_s": summary(traffic),
         "overlap_samples": overlaps,
         "api": cost,
@@ -178,7 +185,8 @@ def main() -> int:
         for name in names:
             results[name] = run_profile(name, PROFILES[name], args.runs, args.window, Path(tmp))
             r = results[name]
-            print(f"{name}: standby ACTIVE p50 {r['active_s']['p50']}s p95 {r['active_s']['p95']}s, traffic "
+            print(f"{name}: standby ACTIVE p50 {r['active_s']['p50']}s p95 {r['active_s']['p95']}s, "
+                  f"VIP moved p50 {r['vip_moved_s']['p50']}s, traffic "
                   f"p50 {r['traffic_s']['p50']}s p95 {r['traffic_s']['p95']}s; Lease writes/s "
                   f"{r['api']['lease_writes_per_s']} (expected {r['expected']['lease_writes_per_s']}), "
                   f"all writes/s {r['api']['writes_per_s']}", file=sys.stderr)
