@@ -72,6 +72,7 @@ bench: install
 	$(PY) bench/kubeapi_rps.py
 	$(PY) bench/kernel_path.py
 	$(PY) bench/host_rules.py
+	$(PY) bench/failover.py
 
 # The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
 DEMO_ARGS ?=

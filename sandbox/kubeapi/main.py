@@ -4,12 +4,16 @@ Prints the server's URL, then ``ready`` once everything (the control socket too)
 ``--control SOCKET`` it also listens on a Unix socket taking one ``pause SECONDS`` line per
 connection (answered ``ok`` or ``error: ...``): an API server outage staged on the server's own
 address, for a server running where the caller cannot reach its hooks (another network namespace).
+A ``requests SINCE`` line is answered with the request log from POSIX time SINCE on, as one JSON
+list of ``[time, verb, resource, subresource, namespace, name, code]`` (what a benchmark counts the
+API writes of a running system with).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -19,6 +23,7 @@ import threading
 from types import FrameType
 
 from sandbox.kubeapi.errors import APIError
+from sandbox.kubeapi.hooks import RequestRecord
 from sandbox.kubeapi.server import KubeAPIServer
 
 
@@ -60,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def requests_since(log: list[RequestRecord], since: float) -> str:
+    """The request log from POSIX time `since` on, as one JSON line."""
+    return json.dumps([[r.time, r.verb, r.resource, r.subresource, r.namespace, r.name, r.code]
+                       for r in log if r.time >= since])
+
+
 def _control_server(path: str, api: KubeAPIServer) -> socketserver.ThreadingUnixStreamServer:
     class Control(socketserver.StreamRequestHandler):
         def handle(self) -> None:
@@ -69,8 +80,10 @@ def _control_server(path: str, api: KubeAPIServer) -> socketserver.ThreadingUnix
                     api.hooks.pause(float(words[1]))
                     logging.info("paused for %s s", words[1])
                     self.wfile.write(b"ok\n")
+                elif len(words) == 2 and words[0] == "requests":
+                    self.wfile.write(requests_since(api.hooks.request_log, float(words[1])).encode() + b"\n")
                 else:
-                    self.wfile.write(b"error: expected 'pause SECONDS'\n")
+                    self.wfile.write(b"error: expected 'pause SECONDS' or 'requests SINCE'\n")
             except Exception as e:  # the answer is the caller's error report
                 self.wfile.write(f"error: {e}\n".encode())
 

@@ -70,7 +70,7 @@ PODMAN_VALUES: dict[str, Any] = values(
     ports={"declare": False},
     kubeconfig={"hostPath": "/var/lib/lgw/kubeconfig"},
     wireguard={"socketHostPath": "/var/lib/lgw/wireguard", "implementation": "userspace"},
-    labeler={"extraArgs": ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5"]},
+    election={"leaseDuration": 3, "renewDeadline": 2, "retryPeriod": 0.5, "requestTimeout": 0.6},
     tunnel={"extraArgs": ["--status-min-interval=0.5"]},
     netagent={"extraArgs": ["--probe-interval=0.5"]},
 )

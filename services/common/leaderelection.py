@@ -87,6 +87,50 @@ class Timings:
         if self.outage_grace < 0:
             raise ValueError("--outage-grace must not be negative")
 
+    def check_request_timeout(self, timeout: float) -> None:
+        """Raises ValueError unless renewals whose read and write each succeed just before `timeout`
+        still extend the role before the last grant lapses. Such an attempt takes 2 x timeout (the
+        next tick is then overdue and runs at once), and the grant runs `lease_duration -
+        fencing_margin` from when its write was sent, a read after the tick: the next grant lands
+        max(retry_period, 2 x timeout) + timeout after the last write was sent."""
+        if timeout <= 0:
+            raise ValueError("--election-request-timeout must be positive")
+        if max(self.retry_period, 2 * timeout) + timeout >= self.lease_duration - self.fencing_margin:
+            raise ValueError(
+                "need max(--retry-period, 2 x --election-request-timeout) + --election-request-timeout "
+                f"< --lease-duration - {self.fencing_margin:g} (the fencing margin): a slow API server "
+                "would otherwise let the netagent's role lapse between two successful renewals"
+            )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of election timings, what the chart's `election.profile` selects."""
+
+    timings: Timings
+    request_timeout: float
+
+    def flags(self) -> list[str]:
+        t = self.timings
+        return [
+            f"--lease-duration={t.lease_duration}",
+            f"--renew-deadline={t.renew_deadline:g}",
+            f"--retry-period={t.retry_period:g}",
+            f"--election-request-timeout={self.request_timeout:g}",
+            f"--outage-grace={t.outage_grace:g}",
+        ]
+
+
+# Liqo's timings: a crash fails over in lease_duration minus up to a retry period (5-7 s + SetRole).
+DEFAULT_PROFILE = Profile(Timings(), request_timeout=1.0)
+# A crash fails over in 1.75-2 s (+ SetRole). The price: one Lease write per 0.25 s per gateway (8x
+# the default), a netagent must answer SetRole within 1.5 s - 0.25 s of the last grant or its peers are
+# fenced, and an API server slower than 0.4 s per request counts as unreachable (outage grace).
+FAST_PROFILE = Profile(
+    Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.25), request_timeout=0.4
+)
+PROFILES = {"default": DEFAULT_PROFILE, "fast": FAST_PROFILE}
+
 
 @dataclass(frozen=True)
 class LeaseRecord:

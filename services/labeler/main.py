@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="client-side timeout of each Lease read or write, so that one attempt fits in a retry "
-        "period; a timeout counts as an unreachable API server (default: 1)",
+        help="client-side timeout of each Lease read or write; a timeout counts as an unreachable API "
+        "server. max(--retry-period, 2 x this) + this must be below --lease-duration - 0.5 s, so that "
+        "slow but successful renewals still extend the netagent's role in time (default: 1)",
     )
     lg = p.add_argument_group("labels")
     lg.add_argument(
@@ -126,9 +127,9 @@ def _timings(args: argparse.Namespace) -> Timings:
 
 def check(args: argparse.Namespace, cfg: RuntimeConfig) -> RuntimeConfig:
     """Validates the election flags; --identity, --namespace and --pod-ip override the Downward API."""
-    _timings(args).check()
-    if args.election_request_timeout <= 0:
-        raise ValueError("--election-request-timeout must be positive")
+    timings = _timings(args)
+    timings.check()
+    timings.check_request_timeout(args.election_request_timeout)
     cfg = replace(
         cfg,
         pod_name=args.identity or cfg.pod_name,

@@ -283,7 +283,7 @@ def run_labeler(env: Env) -> None:
     kube = env.kube
     # Short timings, so that the test sees renewals (lease 3 s, renew deadline 2 s, retry 0.5 s).
     env.ctl.start("labeler", env.election_socket, "--lease-duration=3", "--renew-deadline=2",
-                  "--retry-period=0.5")
+                  "--retry-period=0.5", "--election-request-timeout=0.6")
     env.wait("gw-a leads", lambda: env.election.active())
 
     def labelled() -> bool:

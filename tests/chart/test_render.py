@@ -12,7 +12,10 @@ import kubernetes_validate
 import pytest
 
 from sandbox.testkit import chart
+from services.common.kube import RuntimeConfig
+from services.common.leaderelection import PROFILES
 from services.labeler.main import build_parser as labeler_parser
+from services.labeler.main import check as labeler_check
 from services.natmap.main import build_parser as natmap_parser
 from services.netagent.main import build_parser as netagent_parser
 from services.netagent.main import config_from_args, socket_specs
@@ -32,6 +35,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "userspace": chart.values(wireguard={"implementation": "userspace"}),
     "auto": chart.values(wireguard={"implementation": "auto"}),
     "sandbox": chart.PODMAN_VALUES,
+    "fast-election": chart.values(replicas=2, election={"profile": "fast"}),
     "everything": chart.values(
         replicas=2, priorityClassName="system-node-critical", nodeSelector={"liqo.io/gateway": "true"},
         tolerations=[{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
@@ -131,6 +135,13 @@ NEGATIVES: list[tuple[str, dict[str, Any], str]] = [
     ("dashboard namespace", {"metrics": {"grafanaDashboard": {"namespace": "Monitoring"}}},
      r"at '/metrics/grafanaDashboard/namespace': 'Monitoring' does not match"),
     ("bad toleration", {"tolerations": [{"key": "a", "operator": "Maybe"}]}, r"at '/tolerations/0/operator'"),
+    ("unknown election profile", {"election": {"profile": "faster"}},
+     r"at '/election/profile': value must be one of 'default', 'fast'"),
+    ("fractional lease", {"election": {"leaseDuration": 2.5}},
+     r"at '/election/leaseDuration': got number, want null or integer"),
+    ("zero retry period", {"election": {"retryPeriod": 0}}, r"at '/election/retryPeriod': exclusiveMinimum"),
+    ("unknown election key", {"election": {"lease": 2}},
+     r"at '/election': additional properties 'lease' not allowed"),
 ]
 
 
@@ -240,3 +251,55 @@ def test_wrong_flags_fail_the_parse() -> None:
         parse("tunnel", ["--netagent-sockets=/x"])
     with pytest.raises(ArgError, match=r"--pod-cidr: '10\.0\.0\.1/16' is not a canonical IPv4 CIDR"):
         parse("netagent", ["serve", "--pod-cidr=10.0.0.1/16"])
+
+
+# --- the election profile ------------------------------------------------------------------------------
+
+
+POD_ENV = {"POD_NAME": "gw-0", "POD_NAMESPACE": "liqo", "POD_IP": "10.0.0.5"}
+
+
+def labeler_args(v: dict[str, Any]) -> argparse.Namespace:
+    return parse("labeler", chart.containers(chart.render(v))["labeler"]["args"])
+
+
+def election(args: argparse.Namespace) -> tuple[float, ...]:
+    return (args.lease_duration, args.renew_deadline, args.retry_period, args.election_request_timeout,
+            args.outage_grace)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_the_election_profile_renders_the_labelers_timings(profile: str) -> None:
+    """The chart's presets are the product's (services/common/leaderelection.py PROFILES), and the
+    labeler's own validation accepts them."""
+    p = PROFILES[profile]
+    args = labeler_args(chart.values(election={"profile": profile}))
+    t = p.timings
+    assert election(args) == (t.lease_duration, t.renew_deadline, t.retry_period, p.request_timeout,
+                              t.outage_grace)
+    assert election(parse("labeler", p.flags())) == election(args)
+    labeler_check(args, RuntimeConfig.from_args(args, POD_ENV))
+
+
+def test_the_election_defaults_to_liqos_timings_and_overrides_win() -> None:
+    assert election(labeler_args(chart.values())) == election(parse("labeler", PROFILES["default"].flags()))
+    over = {"profile": "fast", "leaseDuration": 3, "outageGrace": 1.5}
+    assert election(labeler_args(chart.values(election=over))) == (3, 1.5, 0.25, 0.4, 1.5)
+    # extraArgs come last: argparse keeps the last occurrence.
+    v = chart.values(election={"profile": "fast"}, labeler={"extraArgs": ["--outage-grace=2"]})
+    assert labeler_args(v).outage_grace == 2
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"profile": "fast", "retryPeriod": 1.5}, r"need retryPeriod \(1\.5\) < renewDeadline \(1\.5\)"),
+        ({"renewDeadline": 8}, r"< leaseDuration \(7\)"),
+        ({"profile": "fast", "requestTimeout": 1},
+         r"need max\(retryPeriod, 2 x requestTimeout\) \+ requestTimeout < leaseDuration"),
+    ],
+)
+def test_election_timings_that_cannot_work_fail_the_install(over: dict[str, Any], message: str) -> None:
+    with pytest.raises(chart.ChartRenderError, match=message):
+        chart.render(chart.values(election=over))
+

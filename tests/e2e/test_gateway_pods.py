@@ -55,7 +55,8 @@ pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not shutil.which("podman"):
     pytest.skip("needs root and podman", allow_module_level=True)
 
-LEASE = ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5"]
+LEASE = ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5",
+         "--election-request-timeout=0.6"]
 MAX_RESTART_GAP = 1.0  # the bound for restarting one container of the active pod
 
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN = 12, 13, 21

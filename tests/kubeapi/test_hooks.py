@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -160,3 +162,42 @@ def test_cli_rejects_bad_manifests(tmp_path: Path) -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "no resource for nope/v1 Thing" in proc.stderr
+
+
+def test_cli_control_socket_answers_the_request_log_since_a_time(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.kubeapi.main", "--port", "0", "--control", str(control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+    def ask(line: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(control))
+            s.sendall(f"{line}\n".encode())
+            return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert proc.stdout.readline().strip() == "ready"
+        http = urllib3.PoolManager()
+        http.request("GET", f"{url}/api/v1/namespaces/default/pods/before")
+        t = time.time()
+        http.request("POST", f"{url}/api/v1/namespaces",
+                     body=json.dumps({"metadata": {"name": "logged"}}).encode(),
+                     headers={"Content-Type": "application/json"})
+        http.request("GET", f"{url}/api/v1/namespaces/logged")
+        rows = json.loads(ask(f"requests {t!r}"))
+        assert [(r[1], r[2], r[5], r[6]) for r in rows] == [
+            ("create", "namespaces", None, 201), ("get", "namespaces", "logged", 200)]
+        assert all(r[0] >= t for r in rows)
+        assert len(json.loads(ask("requests 0"))) == 3
+        assert ask("requests").startswith("error: expected")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -103,6 +103,8 @@ FULL_ENV = {"POD_NAME": "gw-0", "POD_NAMESPACE": "liqo", "POD_IP": "10.0.0.5"}
         ("tunnel", [], ("POD_IP",), "POD_IP"),
         ("labeler", ["--lease-duration", "0"], (), "--lease-duration"),
         ("labeler", ["--election-request-timeout", "0"], (), "--election-request-timeout"),
+        ("labeler", ["--lease-duration", "2", "--renew-deadline", "1.5", "--retry-period", "0.25"], (),
+         "--election-request-timeout"),
         ("labeler", [], ("POD_NAME",), "an identity and a namespace are needed"),
         ("labeler", [], ("POD_NAMESPACE",), "an identity and a namespace are needed"),
     ],

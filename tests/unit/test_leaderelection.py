@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from services.common.leaderelection import (
+    PROFILES,
     Change,
     Edge,
     ElectionState,
@@ -76,6 +77,46 @@ def test_timings_rejected(timings: Timings, message: str) -> None:
 def test_default_timings_valid() -> None:
     T.check()
     Timings(lease_duration=2, renew_deadline=1.5, retry_period=0.5, outage_grace=0).check()
+
+
+def _slow_renewals_keep_the_role(t: Timings, request_timeout: float) -> bool:
+    """A leader whose every Lease read and write succeeds just before `request_timeout`: does each
+    ACTIVE grant land before the previous one lapses? (Ticks are aligned; an overdue one runs at once.)"""
+    rec = LeaseRecord("me", t.lease_duration, 1)
+    state, tick, until = ElectionState(), 0.0, None
+    for _ in range(20):
+        sent = tick + request_timeout
+        done = sent + request_timeout
+        state = settle(state, Wrote(rec, sent), done, t).state
+        if until is not None and done >= until:
+            return False
+        until = role_directive(state, done, t).until
+        tick = max(tick + t.retry_period, done)
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profiles_are_valid_and_survive_a_slow_api_server(name: str) -> None:
+    p = PROFILES[name]
+    p.timings.check()
+    p.timings.check_request_timeout(p.request_timeout)
+    assert _slow_renewals_keep_the_role(p.timings, p.request_timeout)
+    # The fencing bound: a grant ends before a successor may act (lease duration after the write).
+    assert p.timings.lease_duration - p.timings.fencing_margin < p.timings.lease_duration
+
+
+def test_a_request_timeout_that_lets_the_role_lapse_is_refused() -> None:
+    fast = PROFILES["fast"].timings
+    assert not _slow_renewals_keep_the_role(fast, 1.0)  # the default timeout with the fast lease
+    with pytest.raises(ValueError, match=r"need max\(--retry-period, 2 x --election-request-timeout\)"):
+        fast.check_request_timeout(1.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        fast.check_request_timeout(0)
+    with pytest.raises(ValueError, match="lapse"):
+        fast.check_request_timeout(0.5)  # the limit itself: 2 x 0.5 + 0.5 = 2 - 0.5
+    assert not _slow_renewals_keep_the_role(fast, 0.5)
+    fast.check_request_timeout(0.49)
+    assert _slow_renewals_keep_the_role(fast, 0.49)
 
 
 def rec(holder: str, transitions: int = 3, duration: int = 7) -> LeaseRecord:

@@ -112,3 +112,33 @@ readinessProbe:
 {{- $v := index .root.Values.networking .key }}
 {{- required (printf "networking.%s is required: %s (canonical IPv4 CIDR); the netagent refuses tunnels that overlap it" .key .what) $v }}
 {{- end }}
+
+{{/* The labeler's election flags: the preset `election.profile` names (the same numbers as
+services/common/leaderelection.py PROFILES), each value overridable. The labeler validates them
+again at start; the checks here make a bad combination fail the install instead of a crash loop. */}}
+{{- define "liqo-gateway.electionArgs" -}}
+{{- $e := .Values.election }}
+{{- $presets := dict
+  "default" (dict "leaseDuration" 7 "renewDeadline" 5.0 "retryPeriod" 2.0 "requestTimeout" 1.0 "outageGrace" 60.0)
+  "fast" (dict "leaseDuration" 2 "renewDeadline" 1.5 "retryPeriod" 0.25 "requestTimeout" 0.4 "outageGrace" 60.0) }}
+{{- $p := index $presets $e.profile }}
+{{- $lease := ternary $p.leaseDuration $e.leaseDuration (kindIs "invalid" $e.leaseDuration) }}
+{{- $renew := ternary $p.renewDeadline $e.renewDeadline (kindIs "invalid" $e.renewDeadline) }}
+{{- $retry := ternary $p.retryPeriod $e.retryPeriod (kindIs "invalid" $e.retryPeriod) }}
+{{- $timeout := ternary $p.requestTimeout $e.requestTimeout (kindIs "invalid" $e.requestTimeout) }}
+{{- $grace := ternary $p.outageGrace $e.outageGrace (kindIs "invalid" $e.outageGrace) }}
+{{- if not (and (lt (float64 $retry) (float64 $renew)) (lt (float64 $renew) (float64 $lease))) }}
+{{- fail (printf "election: need retryPeriod (%v) < renewDeadline (%v) < leaseDuration (%v)" $retry $renew $lease) }}
+{{- end }}
+{{- /* Renewals that succeed just before the request timeout still extend the role in time
+(services/common/leaderelection.py check_request_timeout); the fencing margin is 0.5 s. */}}
+{{- $attempt := ternary (float64 $retry) (mulf 2 $timeout) (gt (float64 $retry) (mulf 2 $timeout)) }}
+{{- if ge (addf $attempt $timeout) (subf $lease 0.5) }}
+{{- fail (printf "election: need max(retryPeriod, 2 x requestTimeout) + requestTimeout < leaseDuration - 0.5 (got retryPeriod %v, requestTimeout %v, leaseDuration %v): a slow API server would let the active role lapse between renewals" $retry $timeout $lease) }}
+{{- end }}
+- --lease-duration={{ $lease }}
+- --renew-deadline={{ $renew }}
+- --retry-period={{ $retry }}
+- --election-request-timeout={{ $timeout }}
+- --outage-grace={{ $grace }}
+{{- end }}

@@ -53,14 +53,16 @@ Public API (stable; other tests build on it)::
         r.turned_active_after(t)                   # when its netagent turned ACTIVE after POSIX time t
         r.processes(); r.exit_codes(); r.runtime   # what was started; the ReplicaRuntime behind them
         a.pause_api(30)                             # API outage, state kept, same port
+        a.api_requests(since=t)                     # the API server's request log (ApiRequest)
         a.client                                    # services.common.kube.KubeClient (test side)
 
 `GatewayReplica` process names are `PROCESSES` ("netagent", "tunnel", "natmap", "labeler"); logs,
 the netagent socket and its state file live in `<cluster workdir>/<replica>/`. `ClusterOptions` holds
-extra flags per process (for instance faster probes, or labeler timings).
+extra flags per process (for instance faster probes), and the labeler's election timings
+(`election`: a profile of services/common/leaderelection.py).
 """
 
-from sandbox.testkit.cluster.cluster import ClusterOptions, EmulatedCluster
+from sandbox.testkit.cluster.cluster import ApiRequest, ClusterOptions, EmulatedCluster
 from sandbox.testkit.cluster.follower import ActiveGatewayFollower, active_pod_ip
 from sandbox.testkit.cluster.peering import (
     Peering,
@@ -81,6 +83,7 @@ __all__ = [
     "PROCESSES",
     "WG_DEVICE",
     "ActiveGatewayFollower",
+    "ApiRequest",
     "ClusterOptions",
     "EmulatedCluster",
     "GatewayReplica",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import json
 import shutil
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -31,6 +32,7 @@ from sandbox.testkit.netagent import ROOT
 from sandbox.testkit.resources import namespace as namespace_body
 from sandbox.testkit.wait import wait_for
 from services.common.kube import KubeClient, KubeError
+from services.common.leaderelection import Profile
 from services.common.vocabulary import (
     ACTIVE,
     GATEWAY_LABEL,
@@ -47,7 +49,7 @@ from services.common.vocabulary import (
     WIREGUARD_PORT,
 )
 
-__all__ = ["API_PORT", "CRD_DIR", "ClusterOptions", "EmulatedCluster"]
+__all__ = ["API_PORT", "CRD_DIR", "ApiRequest", "ClusterOptions", "EmulatedCluster"]
 
 CRD_DIR = ROOT / "charts/liqo-gateway/crds"
 API_PORT = 6443
@@ -60,6 +62,22 @@ def cluster_id(name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.clusters.liqo-gateway.test"))
 
 
+class ApiRequest(NamedTuple):
+    """One request in the API server's log (`EmulatedCluster.api_requests`)."""
+
+    time: float  # POSIX
+    verb: str  # get, list, watch, create, update, patch, delete...
+    resource: str
+    subresource: str
+    namespace: str | None
+    name: str | None
+    code: int | None
+
+    @property
+    def write(self) -> bool:
+        return self.verb in ("create", "update", "patch", "delete", "deletecollection")
+
+
 @dataclass
 class ClusterOptions:
     """Extra command-line flags per process (appended after the harness's own)."""
@@ -68,6 +86,9 @@ class ClusterOptions:
     tunnel_args: list[str] = field(default_factory=lambda: ["--status-min-interval", "0.5"])
     natmap_args: list[str] = field(default_factory=list)
     labeler_args: list[str] = field(default_factory=list)
+    # The labeler's election timings (e.g. leaderelection.PROFILES["fast"]); None: its defaults.
+    # Rendered before `labeler_args`, which therefore still win.
+    election: Profile | None = None
     pod_cidr: str = "10.0.0.0/16"
     external_cidr: str = "10.201.0.0/16"
     service_cidr: str = "10.96.0.0/12"
@@ -76,6 +97,9 @@ class ClusterOptions:
     # image`); `pod_values` are chart values deep-merged over the sandbox's.
     pods: bool = False
     pod_values: dict[str, Any] = field(default_factory=dict)
+
+    def labeler_flags(self) -> list[str]:
+        return [*(self.election.flags() if self.election else []), *self.labeler_args]
 
 
 class EmulatedCluster:
@@ -311,13 +335,26 @@ class EmulatedCluster:
     def pause_api(self, seconds: float) -> None:
         """An API server outage: every connection cut, connections refused for `seconds`, then the
         same server (same state, same port) listens again. Returns at once."""
+        answer = self._control_call(f"pause {seconds}").strip()
+        if answer != "ok":
+            raise NodeError(f"{self.name}: pause refused: {answer}")
+
+    def api_requests(self, since: float) -> list[ApiRequest]:
+        """The API server's request log from POSIX time `since` on (every client's, the test's too)."""
+        answer = self._control_call(f"requests {since!r}")
+        if answer.startswith("error"):
+            raise NodeError(f"{self.name}: request log refused: {answer.strip()}")
+        return [ApiRequest(*row) for row in json.loads(answer)]
+
+    def _control_call(self, line: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect(str(self._control))
-            s.sendall(f"pause {seconds}\n".encode())
-            answer = s.recv(100).decode().strip()
-        if answer != "ok":
-            raise NodeError(f"{self.name}: pause refused: {answer}")
+            s.sendall(f"{line}\n".encode())
+            chunks = []
+            while chunk := s.recv(65536):  # the server closes the connection after its answer
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
 
     def processes_alive(self) -> dict[str, bool]:
         return {f"{r.name}/{n}": r.alive(n) for r in self.replicas for n in r.processes()}

@@ -73,7 +73,7 @@ class GatewayReplica:
                 pod_cidr=o.pod_cidr, external_cidr=o.external_cidr, service_cidr=o.service_cidr,
                 kubeconfig=cluster.pods_kubeconfig, overrides=o.pod_values,
                 extra_args={"netagent": o.netagent_args, "tunnel": o.tunnel_args, "natmap": o.natmap_args,
-                            "labeler": o.labeler_args})
+                            "labeler": o.labeler_flags()})
             pod_env = {k: env[k] for k in ("POD_NAME", "POD_NAMESPACE", "POD_IP")}
             pods = PodRuntime(lambda: self.node, self.workdir, pod_name=self.name, values=values, env=pod_env)
             self.socket = pods.socket
@@ -117,7 +117,8 @@ class GatewayReplica:
         base = [str(script)] if script.exists() else [sys.executable, "-m", f"services.{name}.main"]
         common = ["--kubeconfig", str(self.cluster.replica_kubeconfig),
                   "--netagent-socket", str(self.role_sockets[name])]
-        extra = {"tunnel": opts.tunnel_args, "natmap": opts.natmap_args, "labeler": opts.labeler_args}[name]
+        extra = {"tunnel": opts.tunnel_args, "natmap": opts.natmap_args,
+                 "labeler": opts.labeler_flags()}[name]
         return [*base, *common, *extra]
 
     def start_process(self, name: str) -> None:
