@@ -176,7 +176,9 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     # Epochs are the Lease's int32: an epoch out of reach of every later caller is refused.
     code, msg = g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2**31, "ttl": "60s"})
     assert code == "InvalidArgument" and "epoch" in msg
-    assert g.code("SetRole", {"role": "ROLE_STANDBY", "epoch": 2**64 - 1})[0] == "InvalidArgument"
+    # A demotion is always accepted; its out-of-range epoch is not adopted (epoch 0 kept, so 3 works).
+    demoted = g.call("SetRole", {"role": "ROLE_STANDBY", "epoch": 2**64 - 1})
+    assert demoted["role"] == "ROLE_STANDBY" and demoted.get("epoch", "0") == "0"
     role = g.call("SetRole", {"role": "ROLE_ACTIVE", "epoch": 3, "ttl": "600s", "reason": "contract"})
     assert role["role"] == "ROLE_ACTIVE" and role["epoch"] == "3" and role["expires_at"]
     assert g.code("SetRole", {"role": "ROLE_ACTIVE", "epoch": 2, "ttl": "600s"})[0] == "FailedPrecondition"
@@ -235,7 +237,9 @@ def test_every_rpc_and_its_documented_errors(g: Grpcurl) -> None:
     assert listed[0]["tunnel"]["persistent_keepalive"] == "25s"
     assert listed[0]["owner"] == OWNER and listed[0]["status"]["owner"] == OWNER
     r = g.raw(f"{SVC}/WatchTunnelStatus", data={"cluster_id": CLUSTER}, max_time=2)
-    assert CLUSTER in r.stdout and "TUNNEL_STATE_CONNECTING" in r.stdout
+    # Nobody answers the probe: Connecting, or Disconnected once it gave up (a slow run gets there).
+    assert CLUSTER in r.stdout
+    assert "TUNNEL_STATE_CONNECTING" in r.stdout or "TUNNEL_STATE_DISCONNECTED" in r.stdout, r.stdout
     assert g.code("WatchTunnelStatus", {"cluster_id": "bad id"})[0] == "InvalidArgument"
 
     # SetNatMappings
