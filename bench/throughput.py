@@ -32,6 +32,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,12 @@ from sandbox.testkit.cluster.standard import (  # noqa: E402
 )
 from sandbox.testkit.cluster.wan import bridge_netfilter  # noqa: E402
 from sandbox.testkit.hosts import Node, Pod, link_nodes  # noqa: E402
+from sandbox.testkit.netagent import NetAgent, activate  # noqa: E402
 from sandbox.testkit.nodes import NodeFactory  # noqa: E402
+from sandbox.testkit.resources import SAMPLE_OWNER, overlapping_tunnel  # noqa: E402
 from sandbox.testkit.traffic import ping_ok  # noqa: E402
 from sandbox.testkit.wait import wait_for  # noqa: E402
+from services.api.netagent.v1 import netagent_pb2 as pb  # noqa: E402
 from services.common.keys import generate  # noqa: E402
 from services.common.vocabulary import NAT_MAPPINGS  # noqa: E402
 from services.netagent.config import AgentConfig  # noqa: E402
@@ -64,10 +68,14 @@ IPERF_PORT = 5201
 PLAIN_UNDERLAY = ("192.0.2.1", "192.0.2.2")
 PLAIN_TUNNEL = ("10.99.0.1", "10.99.0.2")
 PLAIN_PORT = 51820
+PLAIN_PODS = ("10.98.1.5", "10.98.2.7")  # a pod on each plain node, routed into wg0
+PLAIN_POD_GATEWAY = "10.98.255.254"
 WG_DEFAULT_MTU = 1420  # what wg-quick and most guides give a WireGuard device
 B_DIRECT_CIDR = "10.1.0.0/16"  # cluster b's pods (and external CIDR) in the non-overlapping pair
 B_DIRECT_EXTERNAL = "10.202.0.0/16"
 POD_B_DIRECT = "10.1.2.7"
+POD_GATEWAY = "10.0.255.254"  # the pods' default gateway in the gateway pair
+GW_ID_A, GW_ID_B = "aaaaaaaa-1111-4111-8111-0000000000a1", "bbbbbbbb-2222-4222-8222-0000000000b2"
 
 
 def log(msg: str) -> None:
@@ -127,11 +135,14 @@ def has_link(host: Node, name: str) -> bool:
 # ---- the paths -----------------------------------------------------------------------------------
 
 
-def plain_pair(nodes: NodeFactory, mtu: int, tag: str) -> Endpoints:
+def plain_pair(nodes: NodeFactory, mtu: int, tag: str) -> tuple[Endpoints, Endpoints]:
     """Two nodes, each with wireguard-go `wg0` (foreground, so the node's stop ends it) peered with
-    the other over a veth underlay: the client reaches the server's tunnel address."""
+    the other over a veth underlay, and a pod routed through it: (node to node, at the other's
+    tunnel address; pod to pod)."""
     na, nb = nodes.make(f"{tag}-a"), nodes.make(f"{tag}-b")
     link_nodes(na, PLAIN_UNDERLAY[0], nb, PLAIN_UNDERLAY[1])
+    pods = [n.add_pod("web", f"{ip}/16", PLAIN_POD_GATEWAY)
+            for n, ip in zip((na, nb), PLAIN_PODS, strict=True)]
     keys = [generate(), generate()]
     for i, node in enumerate((na, nb)):
         node.popen(["wireguard-go", "-f", "wg0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -141,11 +152,38 @@ def plain_pair(nodes: NodeFactory, mtu: int, tag: str) -> Endpoints:
         # The private key goes through stdin, never a file or an argument.
         node.run("wg", "set", "wg0", "listen-port", str(PLAIN_PORT), "private-key", "/dev/stdin",
                  "peer", keys[other].public_key, "endpoint", f"{PLAIN_UNDERLAY[other]}:{PLAIN_PORT}",
-                 "allowed-ips", f"{PLAIN_TUNNEL[other]}/32", input=keys[i].private_key)
+                 "allowed-ips", f"{PLAIN_TUNNEL[other]}/32,{PLAIN_PODS[other]}/32", input=keys[i].private_key)
         node.run("ip", "addr", "add", f"{PLAIN_TUNNEL[i]}/24", "dev", "wg0")
         node.run("ip", "link", "set", "wg0", "mtu", str(mtu), "up")
+        node.run("ip", "route", "add", f"{PLAIN_PODS[other]}/32", "dev", "wg0")
     wait_for(f"{tag} tunnel", lambda: ping_ok(na, PLAIN_TUNNEL[1]), 20)
-    return Endpoints(na, nb, PLAIN_TUNNEL[1])
+    wait_for(f"{tag} pods", lambda: ping_ok(pods[0], PLAIN_PODS[1]), 20)
+    return Endpoints(na, nb, PLAIN_TUNNEL[1]), Endpoints(pods[0], pods[1], PLAIN_PODS[1])
+
+
+def gateway_pair(nodes: NodeFactory, stack: contextlib.ExitStack, workdir: Path) -> Endpoints:
+    """Two nodes, each with a real netagent (wireguard-go, its liqo-netns, veth, rules, NAT) and
+    a pod on the node itself, peered with overlapping pod CIDRs over a veth underlay: the product's
+    own hops on top of the plain pair, without the emulated cluster around it (workers, LAN
+    bridges, load balancer, WAN)."""
+    na, nb = nodes.make("gw-a"), nodes.make("gw-b")
+    link_nodes(na, PLAIN_UNDERLAY[0], nb, PLAIN_UNDERLAY[1])
+    pod_a = na.add_pod("web", f"{POD_A}/16", POD_GATEWAY)
+    pod_b = nb.add_pod("web", f"{POD_B}/16", POD_GATEWAY)
+    pubs = {}
+    for name, node in (("a", na), ("b", nb)):
+        agent = NetAgent(node, workdir / name, probe_interval=None).start()
+        stack.callback(agent.close)
+        keys = generate()
+        activate(agent, keys.private_key)
+        pubs[name] = (agent, keys.public_key)
+    (a, pub_a), (b, pub_b) = pubs["a"], pubs["b"]
+    a.api.EnsureTunnel(pb.EnsureTunnelRequest(owner=SAMPLE_OWNER, tunnel=overlapping_tunnel(
+        cluster_id=GW_ID_B, endpoint=PLAIN_UNDERLAY[1], public_key=pub_b, seen_as=80, sees=60)))
+    b.api.EnsureTunnel(pb.EnsureTunnelRequest(owner=SAMPLE_OWNER, tunnel=overlapping_tunnel(
+        cluster_id=GW_ID_A, endpoint=PLAIN_UNDERLAY[0], public_key=pub_a, seen_as=60, sees=80)))
+    wait_for("gateway pair: pods reach each other", functools.partial(ping_ok, pod_a, POD_B_FROM_A), 30, 0.1)
+    return Endpoints(pod_a, pod_b, POD_B_FROM_A)
 
 
 def cluster_nodes(*clusters: EmulatedCluster) -> list[Node]:
@@ -231,10 +269,14 @@ def measure(name: str, ends: Endpoints, hosts: set[int], args: argparse.Namespac
 def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: Samples = {}
     with NodeFactory() as nodes, Wan() as wan, contextlib.ExitStack() as stack:
-        plains = {"plain": plain_pair(nodes, MTU, "plain")}
+        plains: dict[str, Endpoints] = {}
+        plains["plain"], plains["plain_pods"] = plain_pair(nodes, MTU, "plain")
         if args.plain_default_mtu:
-            plains["plain1420"] = plain_pair(nodes, WG_DEFAULT_MTU, "plain1420")
-        plain_hosts = namespaces(n.pid for n in nodes.nodes)
+            plains["plain1420"], _ = plain_pair(nodes, WG_DEFAULT_MTU, "plain1420")
+        if args.gateways:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            plains["gateways"] = gateway_pair(nodes, stack, workdir)
+        plain_hosts = namespaces([n.pid for n in nodes.nodes] + [p.pid for n in nodes.nodes for p in n.pods])
         # Both pairs up at once, so that every repetition measures every path within seconds.
         direct, direct_clusters = peered_pair(stack, wan, ("a", "b"), 1, overlapping=False)
         nat, nat_clusters = peered_pair(stack, wan, ("c", "d"), 3, overlapping=True)
@@ -253,6 +295,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarize(samples)
 
 
+# (numerator, denominator) paths compared: NAT against none, the sandbox against plain wireguard-go,
+# and the hops one at a time (pods' veths, then the product's netns and NAT, then the clusters).
+COMPARISONS = (("nat", "direct"), ("natmap", "direct"), ("direct", "plain"), ("nat", "plain"),
+               ("natmap", "plain"), ("plain1420", "plain"), ("plain_pods", "plain"),
+               ("gateways", "plain_pods"), ("direct", "gateways"))
+
+
 def per_rep_ratio(num: list[float], den: list[float]) -> float:
     """The median of the ratios of samples taken in the same repetition (seconds apart), which
     cancels most of what the other tenants of the machine do to both."""
@@ -263,11 +312,20 @@ def summarize(samples: Samples) -> dict[str, Any]:
     ratios = {}
     for metric in ("tcp_bps", "udp_pps"):
         short = metric.split("_")[0]
-        for num, den in (("nat", "direct"), ("natmap", "direct"), ("direct", "plain"), ("nat", "plain"),
-                         ("natmap", "plain"), ("plain1420", "plain")):
-            if num in samples:
+        for num, den in COMPARISONS:
+            if num in samples and den in samples:
                 ratios[f"{short}_{num}_over_{den}"] = per_rep_ratio(samples[num][metric],
                                                                     samples[den][metric])
+    # The same comparisons in CPU per unit (the other's cost over this one's): the rate ratio a
+    # path would show if the CPU were the only limit and all of it ours.
+    efficiency = {}
+    for unit in ("tcp_us_per_mb", "udp_us_per_pkt"):
+        short = unit.split("_")[0]
+        totals = {p: [sum(r[f"{unit}.{k}"][i] for k in COST_PARTS) for i in range(len(r["tcp_bps"]))]
+                  for p, r in samples.items()}
+        for num, den in COMPARISONS:
+            if num in totals and den in totals:
+                efficiency[f"{short}_{num}_over_{den}"] = per_rep_ratio(totals[den], totals[num])
     cost: dict[str, dict[str, float]] = {}
     for path, row in samples.items():
         for unit, digits in (("tcp_us_per_mb", 0), ("udp_us_per_pkt", 1)):
@@ -285,6 +343,7 @@ def summarize(samples: Samples) -> dict[str, Any]:
                       "udp_kpps": [round(min(r["udp_pps"]) / 1e3, 1), round(max(r["udp_pps"]) / 1e3, 1)]}
                   for p, r in samples.items()},
         "ratios": ratios,
+        "cpu_efficiency": efficiency,
         # Median CPU per MB (TCP) and per datagram received (UDP), µs, and its parts (COST_PARTS;
         # softirq is the whole machine's): on a shared machine they vary less than the rates.
         "cpu_cost": cost,
@@ -300,6 +359,8 @@ def main() -> int:
     p.add_argument("--udp-size", type=int, default=64, help="UDP datagram payload in bytes")
     p.add_argument("--plain-default-mtu", action="store_true",
                    help=f"also measure plain wireguard-go at its default MTU ({WG_DEFAULT_MTU})")
+    p.add_argument("--gateways", action="store_true",
+                   help="also measure two netagents peered over a veth, pods on their nodes (no clusters)")
     p.add_argument("--bridge-netfilter", action="store_true",
                    help="let the emulated bridges run the nodes' iptables (as they did before)")
     args = p.parse_args()
@@ -308,8 +369,10 @@ def main() -> int:
         c = result["cpu_cost"][name]
         log(f"{name:9s} median TCP {m['tcp_mbps']:4.0f} Mbit/s ({c['tcp_us_per_mb'] / 1e3:.0f} ms CPU/MB), "
             f"UDP {m['udp_kpps']:5.1f} kpps ({c['udp_us_per_pkt']:.0f} µs CPU/datagram)")
-    log("ratios (medians of same-repetition ratios): "
+    log("rate ratios (medians of same-repetition ratios): "
         + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
+    log("CPU efficiency ratios (the other's CPU per unit over this one's): "
+        + ", ".join(f"{k} {v}" for k, v in result["cpu_efficiency"].items()))
     print(json.dumps(result))
     return 0
 
