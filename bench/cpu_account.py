@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["CpuUse", "measure_cpu", "namespaces"]
+__all__ = ["CHILDREN", "SELF", "CpuUse", "measure_cpu", "namespaces"]
 
 T = TypeVar("T")
 HZ = os.sysconf("SC_CLK_TCK")
 _KINDS = ("mnt", "net")
+SELF, CHILDREN = "(this process)", "(its commands)"
 _STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
 
 
@@ -52,8 +53,9 @@ def _inside(pid: int, inodes: set[int]) -> bool:
 
 
 def _processes(inodes: set[int]) -> dict[int, tuple[str, int, int]]:
-    """pid -> (program, user ticks, system ticks) for every process in the namespaces `inodes`;
-    our own process counts its waited-for children (the kit's short-lived commands) too."""
+    """pid -> (program, user ticks, system ticks) for every process in the namespaces `inodes`,
+    our own process as SELF, and under the key -1 the children it waited for as CHILDREN (the
+    commands it ran, in the hosts or not)."""
     out = {}
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -67,9 +69,9 @@ def _processes(inodes: set[int]) -> dict[int, tuple[str, int, int]]:
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
             f = stat[stat.rindex(")") + 2:].split()
             user, system = int(f[11]), int(f[12])
-            if pid == me:
-                user, system = user + int(f[13]), system + int(f[14])
-                comm = "bench"
+            if pid == me:  # our threads, and apart the children we waited for
+                out[-1] = (CHILDREN, int(f[13]), int(f[14]))
+                comm = SELF
             out[pid] = (_program(pid, comm), user, system)
     return out
 

@@ -3,24 +3,30 @@
 
 Paths, measured in one run:
 
-  plain      two emulated nodes, wireguard-go point to point over a veth (no Liqo), at the
-             sandbox's tunnel MTU so that only the path differs;
-  direct     the sandbox, two clusters with non-overlapping pod CIDRs: pod -> worker -> active
-             replica -> liqo-netns -> WireGuard -> the other cluster's Service VIP (lb node, DNAT)
-             -> its replica -> its pod, no NAT;
-  nat        the sandbox, both clusters with pods in 10.0.0.0/16: NETMAP of the source by the
-             sender, of the destination by the receiver;
-  natmap     the same pair, to a NatMapping address (B's pod exported in the external CIDR A uses
-             for B: DNAT by B's gateway).
+  plain       two emulated nodes, wireguard-go point to point over a veth (no Liqo), node to node,
+              at the sandbox's tunnel MTU so that only the path differs;
+  plain_pods  the same pair, from a pod on one node to a pod on the other (a veth more each side);
+  plain1420   (--plain-default-mtu) the plain pair at wireguard-go's usual MTU, 1420;
+  gateways    (--gateways) two nodes with real netagents (liqo-netns, its veth, rules, NAT both
+              ways), a pod on each node, over a veth: the product's hops without the clusters;
+  direct      the sandbox, two clusters with non-overlapping pod CIDRs: pod -> worker -> LAN
+              bridge -> active replica -> liqo-netns -> WireGuard -> WAN -> the other cluster's
+              Service VIP (lb node, DNAT) -> its replica -> its pod, no NAT;
+  nat         the sandbox, two other clusters, both with pods in 10.0.0.0/16: NETMAP of the source
+              by the sender, of the destination by the receiver;
+  natmap      the nat pair, to a NatMapping address (B's pod exported in the external CIDR A uses
+              for B: DNAT by B's gateway).
 
-For each: iperf3 TCP (bits/s received) and iperf3 UDP at full speed with small datagrams (packets
-received per second). The plain pair stays up during the whole run and is measured again in every
-repetition next to the sandbox's paths, so each ratio compares figures taken minutes apart at most
-(the machine is shared and noisy). `--cpu` also reports, for one TCP run per path, the CPU time
-each program took (by command name, from /proc) and the machine's softirq time: where the cycles
-went. Human-readable lines go to stderr; the last line on stdout is one JSON object.
+Each is measured with iperf3 TCP (bits/s received) and iperf3 UDP at full speed with small
+datagrams (datagrams received per second), and the CPU each run took per MB or per datagram
+received (bench/cpu_account.py), split into wireguard-go's user and system time, softirq, iperf3
+and the emulation's own processes. Every pair stays up for the whole run and each repetition
+measures every path within a minute; ratios are medians of same-repetition ratios, because the
+machine is shared and noisy. Human-readable lines go to stderr; the last line on stdout is one
+JSON object.
 
-    bench/throughput.py [--reps 5] [--seconds 5] [--udp-size 64] [--cpu]
+    bench/throughput.py [--reps 5] [--seconds 4] [--udp-size 64] [--gateways] [--plain-default-mtu]
+                        [--bridge-netfilter]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import signal
 import json
 import statistics
 import subprocess
@@ -41,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu_account import CpuUse, measure_cpu, namespaces  # noqa: E402
+from bench.cpu_account import CHILDREN, CpuUse, measure_cpu, namespaces  # noqa: E402
 from sandbox.testkit.cluster import ClusterOptions, EmulatedCluster, Remap, Wan, cluster_nat_mapping, peer  # noqa: E402
 from sandbox.testkit.cluster.standard import (  # noqa: E402
     A_SEES_B,
@@ -233,16 +240,17 @@ def peered_pair(stack: contextlib.ExitStack, wan: Wan, names: tuple[str, str], f
 # ---- the run -------------------------------------------------------------------------------------
 
 WG = "wireguard-go"
-COST_PARTS = ("wg_user", "wg_sys", "softirq", "iperf3", "rest")
+COST_PARTS = ("wg_user", "wg_sys", "softirq", "iperf3", "emulation")
 
 
 def costs(use: CpuUse, units: float) -> dict[str, float]:
     """CPU time per unit (µs per MB received, or per datagram received), split by where it went:
-    wireguard-go's user and system time, the machine's softirq time, the iperf3 server, and the
-    rest (the benchmark with its commands, the iperf3 client among them, and every other process
-    of the path's hosts: the sandbox's API servers, controllers, netagents)."""
-    rest = use.total() - use.total((WG, "iperf3"))
-    parts = (use.user(WG), use.system(WG), use.softirq, use.total(("iperf3",)), rest)
+    wireguard-go's user and system time, the machine's softirq time, iperf3 (the server, and the
+    client with the other commands this benchmark and the kit ran meanwhile), and the emulation's
+    own processes (every other process of the path's hosts, such as the API servers, controllers
+    and netagents, and this process's threads, such as the Service VIPs' and the followers')."""
+    iperf3 = use.total(("iperf3", CHILDREN))
+    parts = (use.user(WG), use.system(WG), use.softirq, iperf3, use.total() - iperf3 - use.total((WG,)))
     return {k: v * 1e6 / units for k, v in zip(COST_PARTS, parts, strict=True)}
 
 
@@ -364,6 +372,8 @@ def main() -> int:
     p.add_argument("--bridge-netfilter", action="store_true",
                    help="let the emulated bridges run the nodes' iptables (as they did before)")
     args = p.parse_args()
+    # SIGTERM unwinds like ^C does: every pair, cluster and agent is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     for name, m in result["median"].items():
         c = result["cpu_cost"][name]
