@@ -34,8 +34,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import signal
 import json
+import signal
 import statistics
 import subprocess
 import sys
