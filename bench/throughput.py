@@ -116,9 +116,12 @@ def iperf_server(host: Node | Pod) -> Iterator[None]:
 
 
 def iperf(ends: Endpoints, seconds: int, *extra: str) -> dict[str, Any]:
-    out = ends.client.run("iperf3", "-c", ends.target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                          *extra, check=False, timeout=seconds + 30).stdout
-    data: dict[str, Any] = json.loads(out)
+    cp = ends.client.run("iperf3", "-c", ends.target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+                         *extra, check=False, timeout=seconds + 30)
+    try:
+        data: dict[str, Any] = json.loads(cp.stdout)
+    except ValueError:
+        raise RuntimeError(f"iperf3 to {ends.target} exited {cp.returncode}: {cp.stderr.strip()}") from None
     if "error" in data:
         raise RuntimeError(f"iperf3 to {ends.target}: {data['error']}")
     return data
