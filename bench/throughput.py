@@ -196,6 +196,12 @@ def gateway_pair(nodes: NodeFactory, stack: contextlib.ExitStack, workdir: Path)
     return Endpoints(pod_a, pod_b, POD_B_FROM_A)
 
 
+def pair_hosts(ends: Endpoints) -> set[int]:
+    """The namespaces of a two-node pair: its nodes' and their pods'."""
+    pair = [h if isinstance(h, Node) else h.node for h in (ends.client, ends.server)]
+    return namespaces([n.pid for n in pair] + [p.pid for n in pair for p in n.pods])
+
+
 def cluster_nodes(*clusters: EmulatedCluster) -> list[Node]:
     out = []
     for c in clusters:
@@ -287,7 +293,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.gateways:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             plains["gateways"] = gateway_pair(nodes, stack, workdir)
-        plain_hosts = namespaces([n.pid for n in nodes.nodes] + [p.pid for n in nodes.nodes for p in n.pods])
         # Both pairs up at once, so that every repetition measures every path within seconds.
         direct, direct_clusters = peered_pair(stack, wan, ("a", "b"), 1, overlapping=False)
         nat, nat_clusters = peered_pair(stack, wan, ("c", "d"), 3, overlapping=True)
@@ -302,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for rep in range(args.reps):
             log(f"repetition {rep + 1} of {args.reps}")
             for name, ends in [*plains.items(), *paths.items()]:
-                measure(name, ends, plain_hosts if name in plains else hosts, args, samples)
+                measure(name, ends, pair_hosts(ends) if name in plains else hosts, args, samples)
     return summarize(samples)
 
 
