@@ -10,12 +10,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sandbox.testkit.hosts import Pod
+from sandbox.testkit.hosts import Node, Pod
 
 __all__ = ["PingSummary", "Pinger", "parse_ping", "ping_ok"]
 
 
-def ping_ok(pod: Pod, target: str, count: int = 1, wait: float = 1.0) -> bool:
+def ping_ok(pod: Pod | Node, target: str, count: int = 1, wait: float = 1.0) -> bool:
     """True when `count` pings (0.2 s apart, each waiting `wait` s for its reply) all succeed."""
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{wait:g}", target]
     return pod.run(*argv, check=False, timeout=count * (wait + 0.5) + 5).returncode == 0

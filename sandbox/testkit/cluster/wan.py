@@ -6,7 +6,7 @@ import uuid
 
 from sandbox.testkit.hosts import Node
 
-__all__ = ["Wan", "make_bridge", "plug"]
+__all__ = ["Wan", "bridge_netfilter", "make_bridge", "plug"]
 
 
 def plug(bridge_node: Node, bridge: str, other: Node, ip_cidr: str) -> str:
@@ -21,7 +21,21 @@ def plug(bridge_node: Node, bridge: str, other: Node, ip_cidr: str) -> str:
     return there
 
 
+# With br_netfilter loaded (podman loads it), every frame a bridge switches also runs the node's
+# iptables and conntrack: on the lb nodes, with the VIP's nat table, that is a conntrack lookup per
+# frame per bridge, which no switch does. Opted out per namespace (the sysctls are per netns).
+BRIDGE_NETFILTER_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def bridge_netfilter(node: Node, on: bool) -> None:
+    """Whether `node`'s bridges hand their frames to its iptables (a no-op without br_netfilter)."""
+    for key in BRIDGE_NETFILTER_SYSCTLS:
+        path = f"/proc/sys/net/bridge/{key}"
+        node.run("sh", "-c", f"[ ! -e {path} ] || echo {int(on)} > {path}")
+
+
 def make_bridge(node: Node, name: str, ip_cidr: str | None = None) -> None:
+    bridge_netfilter(node, False)
     node.run("ip", "link", "add", name, "type", "bridge")
     node.run("ip", "link", "set", name, "up")
     if ip_cidr:
