@@ -58,7 +58,7 @@ def test_every_flag_states_its_default_one_way(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "flag", "default"),
     [
-        # The sheet's ports: metrics on every address, health (the kubelet's probes) on loopback.
+        # README.md, The controllers: metrics on every address, health (the kubelet's probes) on loopback.
         ("tunnel", "--metrics-bind-address", ":5873"),
         ("natmap", "--metrics-bind-address", ":5874"),
         ("labeler", "--metrics-bind-address", ":5875"),

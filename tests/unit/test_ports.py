@@ -1,5 +1,6 @@
-"""Ports on a hostNetwork pod are the node's: the defaults are the interface sheet's, and a busy port
-(any bind error) is one line on stderr naming the flag and exit status 2, before anything starts.
+"""Ports on a hostNetwork pod are the node's: the defaults are the ones README.md lists (The controllers:
+metrics 5872-5875, health on 127.0.0.1:5876-5879; the netagent's endpoints are off unless asked), and a
+busy port (any bind error) is one line on stderr naming the flag and exit status 2, before anything starts.
 
 Each component runs as the container does (`python -m services.X.main`) against a port held by a
 listener of this test."""
@@ -102,7 +103,7 @@ def _default(parser_factory: object, flag: str) -> object:
         (netagent.build_parser, "--wireguard-implementation", "auto"),
     ],
 )
-def test_defaults_are_the_sheets(factory: object, flag: str, default: object) -> None:
+def test_defaults_are_the_documented_ports(factory: object, flag: str, default: object) -> None:
     assert _default(factory, flag) == default
 
 
