@@ -17,7 +17,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
-from services.common.httpendpoint import BindError, HttpEndpoint, check_address, health_routes
+from services.common.httpendpoint import BindError, bind_endpoints, check_address, health_routes
 from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
 
@@ -295,20 +295,6 @@ def cleanup(cfg: AgentConfig) -> int:
     return 0
 
 
-def bind_endpoints(cfg: AgentConfig) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
-    """The metrics and health ports, bound (not served yet); BindError naming the flag."""
-    metrics = HttpEndpoint(cfg.metrics_address, {}, flag="--metrics-address",
-                           name="metrics") if cfg.metrics_address else None
-    try:
-        health = HttpEndpoint(cfg.health_address, {}, flag="--health-address",
-                              name="health") if cfg.health_address else None
-    except BindError:
-        if metrics is not None:
-            metrics.stop()
-        raise
-    return metrics, health
-
-
 def drain(agent: Agent, grace: float) -> None:
     """After SIGTERM: while the role is ACTIVE, keep serving up to `grace` seconds so the labeler can
     withdraw it (and then release the Lease at once) before this agent goes away."""
@@ -335,7 +321,8 @@ def serve(cfg: AgentConfig) -> int:
     # The ports first: a busy one (the pod is hostNetwork: the node's ports) is one line naming the
     # flag, exit status 2, and nothing was created or adopted (no directory, socket or kernel object).
     try:
-        metrics_ep, health_ep = bind_endpoints(cfg)
+        metrics_ep, health_ep = bind_endpoints((cfg.metrics_address, "--metrics-address"),
+                                               (cfg.health_address, "--health-address"))
     except BindError as e:
         print(f"liqo-netagent: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.httpendpoint import BindError, bind_endpoints
 from services.labeler import main as labeler
 from services.natmap import main as natmap
 from services.netagent import main as netagent
@@ -68,6 +69,21 @@ def test_a_busy_port_is_one_line_naming_the_flag_and_exit_2(
     assert cp.stderr == f"{prog}: {flag} {address}: Address already in use\n"
     assert cp.stdout == ""
     assert list(tmp_path.iterdir()) == [], "nothing may be created before the ports are bound"
+
+
+def test_bind_endpoints_releases_the_first_when_the_second_is_busy(busy_port: int) -> None:
+    """The one helper every component binds its ports with (services.common.httpendpoint)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with pytest.raises(BindError, match=f"^--health-x 127.0.0.1:{busy_port}: Address already in use$"):
+        bind_endpoints((f"127.0.0.1:{free}", "--metrics-x"), (f"127.0.0.1:{busy_port}", "--health-x"))
+    with socket.socket() as again:  # the metrics port was released
+        again.bind(("127.0.0.1", free))
+    assert bind_endpoints(("", "--metrics-x"), ("", "--health-x")) == (None, None)
+    metrics, health = bind_endpoints(("127.0.0.1:0", "--metrics-x"), ("", "--health-x"))
+    assert metrics is not None and health is None
+    metrics.stop()
 
 
 @pytest.mark.parametrize(("prog", "module", "metrics_flag", "health_flag"), COMPONENTS)
