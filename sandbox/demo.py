@@ -419,13 +419,13 @@ class Demo:
         for c in t.clusters:
             if kubectl:
                 r.info(f"$ kubectl get tunnelendpoints -A -o wide    # cluster {c.name}\n"
-                       + run_kubectl(c, "get", "tunnelendpoints", "-A", "-o", "wide"))
+                       + run_kubectl(c, "get", TUNNEL_ENDPOINTS.plural, "-A", "-o", "wide"))
                 r.info(f"$ kubectl get pods -n {c.namespace} -L {GATEWAY_LABEL}    # cluster {c.name}\n"
                        + run_kubectl(c, "get", "pods", "-n", c.namespace, "-L", GATEWAY_LABEL))
             else:
                 r.info(f"TunnelEndpoints in cluster {c.name} (no kubectl: the same columns from the API)\n"
                        + tunnel_endpoints_table(c.client))
-        b_nms = "\n" + run_kubectl(t.b, "get", "natmappings") if kubectl else ""
+        b_nms = "\n" + run_kubectl(t.b, "get", NAT_MAPPINGS.plural) if kubectl else ""
         r.info(f"$ kubectl get natmappings    # cluster b{b_nms}")
         for c, ref, vip in ((t.a, t.peering.in_a, t.b.vip_ip), (t.b, t.peering.in_b, t.a.vip_ip)):
             with r.proving(f"cluster {c.name}: TunnelEndpoint status"):
