@@ -20,7 +20,7 @@ summary.
 With --mutual the remotes' TunnelEndpoints for the hub are created in the same burst as the hub's
 (a peering creates both sides at once), so a first handshake may reach a remote that does not know
 the hub yet; every agent runs with the product's --probe-interval (2 s) unless told otherwise.
-Issue 11's "time to Connected over 20 TunnelEndpoints" is
+The time to Connected over 20 TunnelEndpoints (README.md, Numbers) is
 
     bench/reconcile_latency.py --sizes 20 --live 20 --mutual --stagger 1   # one apply after another
     bench/reconcile_latency.py --sizes 20 --live 20 --mutual               # all 40 at once

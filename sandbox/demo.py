@@ -48,7 +48,7 @@ from sandbox.testkit.cluster import (
     peer,
 )
 from sandbox.testkit.cluster.standard import A_SEES_B, B_SEES_A, EXPORTED_B, POD_A, POD_B, POD_CIDR
-from sandbox.testkit.hosts import Node, NodeError, Pod
+from sandbox.testkit.hosts import Node, NodeError, Pod, namespace_inodes, processes_in
 from sandbox.testkit.traffic import Pinger, PingSummary, parse_ping
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
@@ -213,41 +213,6 @@ def wait_answers(pod: Pod, target: str, timeout: float) -> None:
     instance on an unreachable network, counts as "not yet")."""
     wait_for(f"{target} answers", functools.partial(answers, pod, target), timeout, 0.1,
              retry_on=(ValueError,))
-
-
-# ---- leaving nothing behind ----------------------------------------------------------------------------
-
-
-def namespaces_of(nodes: Sequence[Node]) -> set[tuple[str, int]]:
-    """(kind, inode) of every namespace the nodes hold: their own, named netns inside, their pods'."""
-    found: set[tuple[str, int]] = set()
-    for node in nodes:
-        with contextlib.suppress(Exception):
-            for kind in ("net", "mnt"):
-                found.add((kind, os.stat(f"/proc/{node.pid}/ns/{kind}").st_ino))
-            for pod in node.pods:
-                found.add(("net", os.stat(f"/proc/{pod.pid}/ns/net").st_ino))
-            for entry in os.scandir(node.path("/run/netns")):
-                found.add(("net", os.stat(entry.path).st_ino))
-    return found
-
-
-def processes_in(namespaces: set[tuple[str, int]]) -> list[int]:
-    """Live processes (not zombies) in any of these namespaces."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                continue
-            if any((kind, os.stat(f"/proc/{entry.name}/ns/{kind}").st_ino) in namespaces
-                   for kind in ("net", "mnt")):
-                pids.append(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return pids
 
 
 # ---- the demo ------------------------------------------------------------------------------------------
@@ -454,13 +419,13 @@ class Demo:
         for c in t.clusters:
             if kubectl:
                 r.info(f"$ kubectl get tunnelendpoints -A -o wide    # cluster {c.name}\n"
-                       + run_kubectl(c, "get", "tunnelendpoints", "-A", "-o", "wide"))
+                       + run_kubectl(c, "get", TUNNEL_ENDPOINTS.plural, "-A", "-o", "wide"))
                 r.info(f"$ kubectl get pods -n {c.namespace} -L {GATEWAY_LABEL}    # cluster {c.name}\n"
                        + run_kubectl(c, "get", "pods", "-n", c.namespace, "-L", GATEWAY_LABEL))
             else:
                 r.info(f"TunnelEndpoints in cluster {c.name} (no kubectl: the same columns from the API)\n"
                        + tunnel_endpoints_table(c.client))
-        b_nms = "\n" + run_kubectl(t.b, "get", "natmappings") if kubectl else ""
+        b_nms = "\n" + run_kubectl(t.b, "get", NAT_MAPPINGS.plural) if kubectl else ""
         r.info(f"$ kubectl get natmappings    # cluster b{b_nms}")
         for c, ref, vip in ((t.a, t.peering.in_a, t.b.vip_ip), (t.b, t.peering.in_b, t.a.vip_ip)):
             with r.proving(f"cluster {c.name}: TunnelEndpoint status"):
@@ -606,7 +571,7 @@ def run(args: argparse.Namespace, report: Report) -> int:
     demo = Demo(args, report)
     stack = contextlib.ExitStack()
     interrupted = completed = False
-    namespaces: set[tuple[str, int]] = set()
+    namespaces: tuple[set[int], set[int]] = (set(), set())  # (net, mnt) inodes
     try:
         try:
             t = demo.up(stack)
@@ -614,7 +579,7 @@ def run(args: argparse.Namespace, report: Report) -> int:
             report.proof(False, "bringing up the clusters and the tunnel", f"{type(e).__name__}: {e}")
             report.note(logs_of(demo.clusters))
             return 1
-        namespaces = namespaces_of(demo.nodes())
+        namespaces = namespace_inodes(demo.nodes())
         try:
             for proof in (demo.traffic, demo.natmapping, demo.status, demo.wireguard):
                 proof(t)
@@ -638,15 +603,16 @@ def run(args: argparse.Namespace, report: Report) -> int:
             signal.signal(sig, signal.SIG_IGN)
         report.note("cleaning up ...")
         t0 = time.monotonic()
-        namespaces |= namespaces_of(demo.nodes())
+        nets, mnts = namespace_inodes(demo.nodes())
+        namespaces = (namespaces[0] | nets, namespaces[1] | mnts)
         with contextlib.suppress(Exception):
             stop_gateways(demo.clusters)
         stack.close()
-        left = processes_in(namespaces)
+        left = processes_in(*namespaces)
         if left:
             report.proof(False, "nothing left behind", f"processes still in the demo's namespaces: {left}")
         else:
-            report.note(f"left behind: nothing ({len(namespaces)} namespaces gone, "
+            report.note(f"left behind: nothing ({len(namespaces[0]) + len(namespaces[1])} namespaces gone, "
                         f"{time.monotonic() - t0:.1f}s)")
     if report.failed:
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -19,7 +20,18 @@ from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import public_key_of
 from services.common.netagent_client import duration
 
-__all__ = ["FakeNetAgent"]
+__all__ = ["FakeNetAgent", "serve"]
+
+
+def serve(servicer: pb_grpc.NetAgentServiceServicer, socket_path: str, workers: int = 16) -> grpc.Server:
+    """`servicer` served on the Unix socket `socket_path`, started. Stop it with `stop(0).wait()`
+    and then remove the socket's directory: a stopping gRPC server unlinks its socket itself, so
+    checking for the file and unlinking it would race with it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    pb_grpc.add_NetAgentServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    return server
 
 
 class FakeNetAgent(pb_grpc.NetAgentServiceServicer):

@@ -30,12 +30,12 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Node", "NodeError", "Pod", "dies_with_us", "link_nodes"]
+__all__ = ["Node", "NodeError", "Pod", "dies_with_us", "link_nodes", "namespace_inodes", "processes_in"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,27 @@ def _pids() -> Iterator[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             yield int(entry.name)
+
+
+def processes_in(nets: set[int], mnts: set[int]) -> list[int]:
+    """Live processes (not zombies, not this one) in any of these net or mnt namespaces (inodes)."""
+    me = os.getpid()
+    return [pid for pid in _pids() if pid != me and not _is_zombie(pid)
+            and (_ns_inode(pid, "net") in nets or _ns_inode(pid, "mnt") in mnts)]
+
+
+def namespace_inodes(nodes: Iterable[Node]) -> tuple[set[int], set[int]]:
+    """(net, mnt) namespace inodes the nodes hold (their own, their named netns, their pods'); a node
+    not started holds none."""
+    nets: set[int] = set()
+    mnts: set[int] = set()
+    for node in nodes:
+        if node._holder is None:
+            continue
+        node_nets, node_mnts = node._namespace_inodes()
+        nets |= node_nets
+        mnts |= node_mnts
+    return nets, mnts
 
 
 def dies_with_us(argv: Sequence[str]) -> list[str]:
@@ -331,22 +352,12 @@ class Node(_Host):
                     nets.add(os.stat(entry.path).st_ino)
         return nets, mnts
 
-    def _members(self, nets: set[int], mnts: set[int]) -> list[int]:
-        me = os.getpid()
-        found = []
-        for pid in _pids():
-            if pid == me or _is_zombie(pid):
-                continue
-            if _ns_inode(pid, "net") in nets or _ns_inode(pid, "mnt") in mnts:
-                found.append(pid)
-        return found
-
     def pids(self, comm: str | None = None) -> list[int]:
         """Processes living in this node's namespaces (holders excepted), optionally by command name
         (/proc/PID/comm, e.g. "wireguard-go"). `pgrep` would see the whole machine's processes."""
         holders = {self.pid} | {p.pid for p in self.pods if p._holder is not None}
         found = []
-        for pid in self._members(*self._namespace_inodes()):
+        for pid in processes_in(*self._namespace_inodes()):
             if pid in holders:
                 continue
             try:
@@ -367,7 +378,7 @@ class Node(_Host):
             # Daemons first, gently (wireguard-go removes its socket on SIGTERM), then by force.
             for sig, rounds in ((signal.SIGTERM, 1), (signal.SIGKILL, _KILL_ROUNDS)):
                 for _ in range(rounds):
-                    victims = [p for p in self._members(nets, mnts) if p not in holders]
+                    victims = [p for p in processes_in(nets, mnts) if p not in holders]
                     if not victims:
                         break
                     for p in victims:
@@ -378,7 +389,7 @@ class Node(_Host):
                     while time.monotonic() < deadline and any(not _is_zombie(p) for p in victims):
                         time.sleep(0.02)
                         self._reap_children_nowait()
-            leftover = [p for p in self._members(nets, mnts) if p not in holders]
+            leftover = [p for p in processes_in(nets, mnts) if p not in holders]
             if leftover:
                 log.error("node %s: processes survived SIGKILL: %s", self.name, leftover)
         finally:

@@ -55,13 +55,14 @@ def sample_spec(**over: Any) -> TunnelSpec:
                                "remote_external_cidr": "10.70.0.0/16", "remote_nat_external_cidr": "",
                                **over})
 
-def overlapping_tunnel(*, cluster_id: str, endpoint: str, public_key: str, seen_as: int, sees: int
-                       ) -> pb.Tunnel:
+def overlapping_tunnel(*, cluster_id: str, endpoint: str, public_key: str, seen_as: int, sees: int,
+                       cluster_name: str = "") -> pb.Tunnel:
     """An EnsureTunnel tunnel between two clusters with the same pod CIDR (10.0.0.0/16) and external
     CIDR (10.201.0.0/16): this cluster's pods are 10.<seen_as>.0.0/16 (external 10.<seen_as+10>) to
     the other, which it reaches through 10.<sees>.0.0/16 (external 10.<sees+10>)."""
     return pb.Tunnel(
-        cluster_id=cluster_id, endpoint=endpoint, endpoint_port=WIREGUARD_PORT, public_key=public_key,
+        cluster_id=cluster_id, cluster_name=cluster_name, endpoint=endpoint, endpoint_port=WIREGUARD_PORT,
+        public_key=public_key,
         local_pod_cidr="10.0.0.0/16", local_external_cidr="10.201.0.0/16",
         remote_pod_cidr="10.0.0.0/16", remote_external_cidr="10.201.0.0/16",
         local_nat_pod_cidr=f"10.{seen_as}.0.0/16", local_nat_external_cidr=f"10.{seen_as + 10}.0.0/16",

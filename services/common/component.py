@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from services.common.httpendpoint import BindError, HttpEndpoint
+from services.common.httpendpoint import BindError, bind_endpoints
 from services.common.kube import Backoff, KubeClient, Manager, RuntimeConfig, setup_logging
 from services.common.netagent_client import NetAgentClient
 
@@ -84,7 +84,8 @@ def run_component(
     # The ports first, before any client, Secret or netagent call: a busy port (on a hostNetwork pod,
     # any other node agent's) is one line naming the flag, and nothing has been half started.
     try:
-        endpoints = bind_endpoints(cfg)
+        endpoints = bind_endpoints((cfg.metrics_bind_address, "--metrics-bind-address"),
+                                   (cfg.health_bind_address, "--health-bind-address"))
     except BindError as e:
         print(f"{component.name}: {e}", file=sys.stderr)
         return 2
@@ -119,18 +120,3 @@ def run_component(
             if endpoint is not None:
                 endpoint.stop()
         client.close()
-
-
-def bind_endpoints(cfg: RuntimeConfig) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
-    """Binds the metrics and health ports (routes are added by the Manager); BindError naming the
-    flag of the first that fails, with the other released."""
-    metrics = HttpEndpoint(cfg.metrics_bind_address, {}, flag="--metrics-bind-address",
-                           name="metrics") if cfg.metrics_bind_address else None
-    try:
-        health = HttpEndpoint(cfg.health_bind_address, {}, flag="--health-bind-address",
-                              name="health") if cfg.health_bind_address else None
-    except BindError:
-        if metrics is not None:
-            metrics.stop()
-        raise
-    return metrics, health

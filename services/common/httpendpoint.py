@@ -14,7 +14,9 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["BindError", "HttpEndpoint", "Reply", "check_address", "health_routes", "parse_address"]
+__all__ = [
+    "BindError", "HttpEndpoint", "Reply", "bind_endpoints", "check_address", "health_routes", "parse_address",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +124,19 @@ def health_routes(healthy: Callable[[], bool], ready: Callable[[], bool]) -> dic
     """/healthz and /livez (200 when `healthy()`, else 503) and /readyz (the same with `ready()`)."""
     live: Route = lambda: _check(healthy(), b"unhealthy\n")  # noqa: E731
     return {"/healthz": live, "/livez": live, "/readyz": lambda: _check(ready(), b"not ready\n")}
+
+
+def bind_endpoints(
+    metrics: tuple[str, str], health: tuple[str, str]
+) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
+    """Binds a component's metrics and health endpoints (each `(address, flag)`; an empty address
+    leaves it off) without serving them; BindError naming the flag of the first that fails, with the
+    other released, so a busy port leaves nothing behind."""
+    metrics_ep = HttpEndpoint(metrics[0], {}, flag=metrics[1], name="metrics") if metrics[0] else None
+    try:
+        health_ep = HttpEndpoint(health[0], {}, flag=health[1], name="health") if health[0] else None
+    except BindError:
+        if metrics_ep is not None:
+            metrics_ep.stop()
+        raise
+    return metrics_ep, health_ep

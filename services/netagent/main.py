@@ -17,7 +17,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
-from services.common.httpendpoint import BindError, HttpEndpoint, check_address, health_routes
+from services.common.httpendpoint import BindError, bind_endpoints, check_address, health_routes
 from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
 
@@ -30,6 +30,15 @@ D = AgentConfig()
 SWITCH_INTERVAL = 0.0005  # seconds (CPython's default is 0.005)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to each flag's help unless the help states its default in words: an
+    empty, None or False default would print as "(default: )", "(default: None)", "(default: False)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default:" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="liqo-netagent",
@@ -38,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reads (GetInfo, WatchRole, ListTunnels, WatchTunnelStatus, health, reflection); any other "
         "method answers PERMISSION_DENIED. Each socket has its own threads and a bound on concurrent "
         "streams (RESOURCE_EXHAUSTED over it), so no caller can starve another.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "command",
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket-group",
         default="",
         help="group (name or gid) given to the role sockets (mode 0660): the controllers' group; empty "
-        "keeps the agent's group",
+        "keeps the agent's group (default: empty, the agent's group)",
     )
     p.add_argument("--netns", default=D.netns_name, help="name of the gateway network namespace")
     p.add_argument("--host-veth", default=D.host_veth, help="veth end in the host namespace")
@@ -140,12 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-address", default=D.metrics_address,
         help="host:port of Prometheus /metrics (\":PORT\" = every address); empty = off; a port in use "
-        "is an error at start",
+        "is an error at start (default: empty, off)",
     )
     p.add_argument(
         "--health-address", default=D.health_address,
         help="host:port of /healthz (200 while the process serves) and /readyz (200 once started, "
-        "a standby agent included); empty = off; a port in use is an error at start",
+        "a standby agent included); empty = off; a port in use is an error at start (default: empty, off)",
     )
     # The protected address space (docs/security.md): what no tunnel or NAT mapping may reach.
     p.add_argument(
@@ -153,20 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cidr,
         default=None,
         help="this cluster's pod CIDR: no remote CIDR may overlap it and every tunnel's local pod CIDR"
-        " must equal it; unset = neither check",
+        " must equal it; unset = neither check (default: unset)",
     )
     p.add_argument(
         "--external-cidr",
         type=_cidr,
         default=None,
         help="this cluster's external CIDR: no remote CIDR may overlap it and every tunnel's local"
-        " external CIDR must equal it; unset = neither check",
+        " external CIDR must equal it; unset = neither check (default: unset)",
     )
     p.add_argument(
         "--service-cidr",
         type=_cidr,
         default=None,
-        help="this cluster's service CIDR: no remote CIDR may overlap it; unset = no check",
+        help="this cluster's service CIDR: no remote CIDR may overlap it; unset = no check (default: unset)",
     )
     p.add_argument(
         "--min-remote-prefix",
@@ -177,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-privileged-ports",
         action="store_true",
-        help="let ConfigureDevice set a WireGuard listen port below 1024",
+        help="let ConfigureDevice set a WireGuard listen port below 1024 (default: off, refused)",
     )
     p.add_argument(
         "--max-tunnels", type=int, default=D.max_tunnels, help="tunnels at most (RESOURCE_EXHAUSTED beyond)"
@@ -188,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.max_nat_entries,
         help="NAT entries at most, in total across clusters (RESOURCE_EXHAUSTED beyond)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity")
     return p
 
 
@@ -295,20 +305,6 @@ def cleanup(cfg: AgentConfig) -> int:
     return 0
 
 
-def bind_endpoints(cfg: AgentConfig) -> tuple[HttpEndpoint | None, HttpEndpoint | None]:
-    """The metrics and health ports, bound (not served yet); BindError naming the flag."""
-    metrics = HttpEndpoint(cfg.metrics_address, {}, flag="--metrics-address",
-                           name="metrics") if cfg.metrics_address else None
-    try:
-        health = HttpEndpoint(cfg.health_address, {}, flag="--health-address",
-                              name="health") if cfg.health_address else None
-    except BindError:
-        if metrics is not None:
-            metrics.stop()
-        raise
-    return metrics, health
-
-
 def drain(agent: Agent, grace: float) -> None:
     """After SIGTERM: while the role is ACTIVE, keep serving up to `grace` seconds so the labeler can
     withdraw it (and then release the Lease at once) before this agent goes away."""
@@ -351,7 +347,8 @@ def serve(cfg: AgentConfig) -> int:
     # The ports first: a busy one (the pod is hostNetwork: the node's ports) is one line naming the
     # flag, exit status 2, and nothing was created or adopted (no directory, socket or kernel object).
     try:
-        metrics_ep, health_ep = bind_endpoints(cfg)
+        metrics_ep, health_ep = bind_endpoints((cfg.metrics_address, "--metrics-address"),
+                                               (cfg.health_address, "--health-address"))
     except BindError as e:
         print(f"liqo-netagent: {e}", file=sys.stderr)
         return 2

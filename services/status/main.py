@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "age, bytes and NAT entries), then a diagnosis list, each finding with its fix.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--kubeconfig", action="append", default=[], metavar="[NAME=]PATH",
-                   help="a cluster's kubeconfig; repeat for several clusters (NAME labels its table; "
-                   "default: the context's name). Without it: $KUBECONFIG, ~/.kube/config, else the "
-                   "in-cluster service account")
+                   help="a cluster's kubeconfig; repeat for several clusters (NAME labels its table, "
+                   "else the context's name) (default: $KUBECONFIG, ~/.kube/config, else the in-cluster "
+                   "service account)")
     s.add_argument("--context", default=None,
                    help="kubeconfig context to use (default: each kubeconfig's current context)")
     s.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE,
@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a netagent's operator socket (every method; e.g. "
                    f"{netagent_socket('netagent')} inside the netagent container), read for the "
                    "replica's role, epoch, MTU and the tunnels' handshake, bytes and NAT entries; "
-                   "repeatable. POD names the gateway pod it belongs to (default: env POD_NAME); "
-                   "CLUSTER is needed with several --kubeconfig. Optional: without it the command "
-                   "reports what Kubernetes says")
+                   "repeatable. POD names the gateway pod it belongs to (env POD_NAME when left out); "
+                   "CLUSTER is needed with several --kubeconfig (default: none, the command reports what "
+                   "Kubernetes says)")
     s.add_argument("--error-grace", type=float, default=DEFAULT_ERROR_GRACE, metavar="SECONDS",
                    help="a TunnelEndpoint in Error for longer than this is an error finding "
                    "(default: %(default)g)")

@@ -27,12 +27,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 
@@ -40,11 +38,10 @@ from sandbox.kubeapi import KubeAPIServer
 from sandbox.testkit import chart
 from sandbox.testkit.election import RecordingNetAgent
 from sandbox.testkit.election import serve as serve_election_agent
-from sandbox.testkit.fakeagent import FakeNetAgent
+from sandbox.testkit.fakeagent import FakeNetAgent, serve
 from sandbox.testkit.resources import namespace
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
-from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.kube import EVENTS, LEASES, PODS, SECRETS, SERVICES, KubeClient
 from services.common.vocabulary import (
     FINALIZER,
@@ -243,10 +240,7 @@ def env() -> Iterator[Env]:
         tmp = Path(tmpdir)
         fake = FakeNetAgent()
         fake_socket = str(tmp / "agent.sock")
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        pb_grpc.add_NetAgentServiceServicer_to_server(fake, server)
-        server.add_insecure_port(f"unix://{fake_socket}")
-        server.start()
+        server = serve(fake, fake_socket)
         election = RecordingNetAgent("gw-a")
         election_socket = str(tmp / "labeler.sock")
         election_server = serve_election_agent(election, election_socket)

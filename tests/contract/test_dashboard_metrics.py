@@ -31,7 +31,8 @@ from services.tunnel import main as tunnel_main
 
 DASHBOARD = CHART / "dashboards" / "liqo-gateway.json"
 
-# What issue 11 asks the dashboard to chart, and the process that must export each.
+# What the dashboard must chart (failover, time to Connected, per-peer traffic, handshake age and latency),
+# and the process that must export each.
 REQUIRED = {
     "liqo_labeler_failover_duration_seconds_bucket": "labeler",
     "liqo_labeler_no_active_replica_seconds_total": "labeler",

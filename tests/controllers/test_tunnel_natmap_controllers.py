@@ -15,20 +15,17 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 
 from sandbox.kubeapi import KubeAPIServer
-from sandbox.testkit.fakeagent import FakeNetAgent
+from sandbox.testkit.fakeagent import FakeNetAgent, serve
 from sandbox.testkit.resources import namespace
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
-from services.api.netagent.v1 import netagent_pb2_grpc as pb_grpc
 from services.common.keys import parse_secret
 from services.common.kube import EVENTS, SECRETS, Backoff, KubeClient, Manager
 from services.common.netagent_client import NetAgentClient
@@ -51,10 +48,7 @@ def env() -> Iterator[tuple[KubeAPIServer, KubeClient, FakeNetAgent, str]]:
     # removes its socket itself: checking, then unlinking, would race with it).
     with tempfile.TemporaryDirectory(prefix="liqo-ctl-") as tmp:
         sock = os.path.join(tmp, "agent.sock")
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        pb_grpc.add_NetAgentServiceServicer_to_server(fake, server)
-        server.add_insecure_port(f"unix://{sock}")
-        server.start()
+        server = serve(fake, sock)
         try:
             with KubeAPIServer(crd_dirs=[str(ROOT / "charts/liqo-gateway/crds")]) as api:
                 kube = KubeClient(api.api_client(), timeout=3)

@@ -1,5 +1,5 @@
-"""Issue 4's HA story end to end, with real processes only: per gateway replica one emulated node
-running liqo-netagent, liqo-tunnel-controller, liqo-natmap-controller and liqo-labeler against a
+"""The HA story (README.md, The sandbox) end to end, with real processes only: per gateway replica one
+emulated node running liqo-netagent, liqo-tunnel-controller, liqo-natmap-controller and liqo-labeler against a
 per-cluster API server on a control-plane node (sandbox.testkit.cluster). Cluster A has two replicas, B one;
 both use 10.0.0.0/16 for pods (A sees B's pods as 10.60.0.0/16 and B's external CIDR as 10.70.0.0/16,
 B sees A's as 10.80.0.0/16 and 10.90.0.0/16). Each TunnelEndpoint points at the other cluster's

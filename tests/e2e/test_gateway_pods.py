@@ -57,7 +57,8 @@ if os.geteuid() != 0 or not shutil.which("podman"):
 
 LEASE = ["--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5",
          "--election-request-timeout=0.6"]
-MAX_RESTART_GAP = 1.0  # the bound for restarting one container of the active pod
+# Restarting any one container of the active pod interrupts pod-to-pod traffic for less than this.
+MAX_RESTART_GAP = 1.0
 
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN = 12, 13, 21
 

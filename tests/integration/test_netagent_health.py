@@ -21,7 +21,8 @@ from services.common.keys import generate
 
 pytestmark = pytest.mark.root
 
-HEALTH, METRICS = "127.0.0.1:5876", "127.0.0.1:5872"  # the sheet's ports, in the node's own netns
+# The netagent's ports (README.md, The controllers), in the node's own netns.
+HEALTH, METRICS = "127.0.0.1:5876", "127.0.0.1:5872"
 GET = ("import sys, urllib.request, urllib.error\n"
        "try:\n"
        "    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"

@@ -21,7 +21,7 @@ import pytest
 from sandbox.testkit.hosts import Node, Pod, link_nodes
 from sandbox.testkit.netagent import NetAgent, activate, kernel_snapshot
 from sandbox.testkit.nodes import NodeFactory
-from sandbox.testkit.resources import SAMPLE_OWNER
+from sandbox.testkit.resources import SAMPLE_OWNER, overlapping_tunnel
 from sandbox.testkit.traffic import Pinger, ping_ok
 from sandbox.testkit.wait import wait_for
 from services.api.netagent.v1 import netagent_pb2 as pb
@@ -51,41 +51,15 @@ class Pair:
     b: Side
 
     def tunnel_a(self, **override: str) -> pb.Tunnel:
-        t = pb.Tunnel(
-            cluster_id=ID_B,
-            cluster_name="cluster-b",
-            local_pod_cidr="10.0.0.0/16",
-            local_nat_pod_cidr="10.80.0.0/16",
-            local_external_cidr="10.201.0.0/16",
-            local_nat_external_cidr="10.90.0.0/16",
-            remote_pod_cidr="10.0.0.0/16",
-            remote_nat_pod_cidr="10.60.0.0/16",
-            remote_external_cidr="10.201.0.0/16",
-            remote_nat_external_cidr="10.70.0.0/16",
-            endpoint=UNDERLAY_B,
-            endpoint_port=5871,
-            public_key=self.b.pub,
-        )
+        t = overlapping_tunnel(cluster_id=ID_B, cluster_name="cluster-b", endpoint=UNDERLAY_B,
+                               public_key=self.b.pub, seen_as=80, sees=60)
         for k, v in override.items():
             setattr(t, k, v)
         return t
 
     def tunnel_b(self) -> pb.Tunnel:
-        return pb.Tunnel(
-            cluster_id=ID_A,
-            cluster_name="cluster-a",
-            local_pod_cidr="10.0.0.0/16",
-            local_nat_pod_cidr="10.60.0.0/16",
-            local_external_cidr="10.201.0.0/16",
-            local_nat_external_cidr="10.70.0.0/16",
-            remote_pod_cidr="10.0.0.0/16",
-            remote_nat_pod_cidr="10.80.0.0/16",
-            remote_external_cidr="10.201.0.0/16",
-            remote_nat_external_cidr="10.90.0.0/16",
-            endpoint=UNDERLAY_A,
-            endpoint_port=5871,
-            public_key=self.a.pub,
-        )
+        return overlapping_tunnel(cluster_id=ID_A, cluster_name="cluster-a", endpoint=UNDERLAY_A,
+                                  public_key=self.a.pub, seen_as=60, sees=80)
 
     def ensure_both(self) -> None:
         self.a.agent.api.EnsureTunnel(pb.EnsureTunnelRequest(tunnel=self.tunnel_a(), owner=SAMPLE_OWNER))

@@ -4,9 +4,12 @@ gate and the netagent client's error classes, as tables."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import threading
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +28,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "natmap": natmap.build_parser,
     "labeler": labeler.build_parser,
 }
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RE = re.compile(r"\(default: (?P<value>.+)\)$", re.DOTALL)
 
 
@@ -55,10 +59,59 @@ def test_every_flag_states_its_default_one_way(name: str) -> None:
             assert stated == str(action.default), f"{name} {flag}: says {stated!r}, is {action.default!r}"
 
 
+def console_scripts() -> dict[str, Callable[[], argparse.ArgumentParser]]:
+    """Every console script of pyproject.toml -> its module's build_parser."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    return {name: importlib.import_module(target.split(":")[0]).build_parser
+            for name, target in scripts.items()}
+
+
+def parsers_of(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and its subcommands' parsers (`liqo-gateway status`), each with its own --help."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += parsers_of(sub)
+    return found
+
+
+def rendered_entries(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(flag, its entry as --help prints it, whitespace collapsed) through the parser's own formatter,
+    so a formatter that appends defaults is judged by what it prints."""
+    entries = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction,
+                                                                    argparse._SubParsersAction)):
+            continue
+        formatter = parser._get_formatter()
+        formatter.add_argument(action)
+        flag = (action.option_strings or [action.dest])[0]
+        entries.append((flag, " ".join(formatter.format_help().split())))
+    return entries
+
+
+@pytest.mark.parametrize("script", sorted(console_scripts()))
+def test_every_console_script_prints_each_default_one_way(script: str, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """One help style for every program: each flag's entry ends with "(default: X)", said once, and a
+    default of nothing is said in words, never "(default: )", "(default: None)" or "(default: False)"."""
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping: an entry reads the same alone and in --help
+    bad = []
+    for parser in parsers_of(console_scripts()[script]()):
+        full = " ".join(parser.format_help().split())
+        for flag, entry in rendered_entries(parser):
+            assert entry in full, f"{parser.prog} {flag}: not printed as rendered: {entry!r}"
+            m = DEFAULT_RE.search(entry)
+            if m is None or entry.count("(default") != 1 or m.group("value").strip() in ("", "None", "False"):
+                bad.append(f"{parser.prog} {flag}: {entry!r}")
+    assert bad == []
+
+
 @pytest.mark.parametrize(
     ("name", "flag", "default"),
     [
-        # The sheet's ports: metrics on every address, health (the kubelet's probes) on loopback.
+        # README.md, The controllers: metrics on every address, health (the kubelet's probes) on loopback.
         ("tunnel", "--metrics-bind-address", ":5873"),
         ("natmap", "--metrics-bind-address", ":5874"),
         ("labeler", "--metrics-bind-address", ":5875"),

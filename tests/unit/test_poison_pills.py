@@ -1,5 +1,6 @@
-"""Poison pills (issue 8): whatever TunnelSpec.parse accepts renders to iptables rules that parse back
-to the same structure, and the iptables-save parser never raises on bytes it did not write."""
+"""Poison pills (docs/security.md, What stays out of reach): whatever TunnelSpec.parse accepts renders
+to iptables rules that parse back to the same structure, and the iptables-save parser never raises on
+bytes it did not write."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Ports on a hostNetwork pod are the node's: the defaults are the interface sheet's, and a busy port
-(any bind error) is one line on stderr naming the flag and exit status 2, before anything starts.
+"""Ports on a hostNetwork pod are the node's: the defaults are the ones README.md lists (The controllers:
+metrics 5872-5875, health on 127.0.0.1:5876-5879; the netagent's endpoints are off unless asked), and a
+busy port (any bind error) is one line on stderr naming the flag and exit status 2, before anything starts.
 
 Each component runs as the container does (`python -m services.X.main`) against a port held by a
 listener of this test."""
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.httpendpoint import BindError, bind_endpoints
 from services.labeler import main as labeler
 from services.natmap import main as natmap
 from services.netagent import main as netagent
@@ -69,6 +71,21 @@ def test_a_busy_port_is_one_line_naming_the_flag_and_exit_2(
     assert list(tmp_path.iterdir()) == [], "nothing may be created before the ports are bound"
 
 
+def test_bind_endpoints_releases_the_first_when_the_second_is_busy(busy_port: int) -> None:
+    """The one helper every component binds its ports with (services.common.httpendpoint)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with pytest.raises(BindError, match=f"^--health-x 127.0.0.1:{busy_port}: Address already in use$"):
+        bind_endpoints((f"127.0.0.1:{free}", "--metrics-x"), (f"127.0.0.1:{busy_port}", "--health-x"))
+    with socket.socket() as again:  # the metrics port was released
+        again.bind(("127.0.0.1", free))
+    assert bind_endpoints(("", "--metrics-x"), ("", "--health-x")) == (None, None)
+    metrics, health = bind_endpoints(("127.0.0.1:0", "--metrics-x"), ("", "--health-x"))
+    assert metrics is not None and health is None
+    metrics.stop()
+
+
 @pytest.mark.parametrize(("prog", "module", "metrics_flag", "health_flag"), COMPONENTS)
 def test_a_malformed_address_is_one_line_and_exit_2(
     prog: str, module: str, metrics_flag: str, health_flag: str, tmp_path: Path
@@ -102,7 +119,7 @@ def _default(parser_factory: object, flag: str) -> object:
         (netagent.build_parser, "--wireguard-implementation", "auto"),
     ],
 )
-def test_defaults_are_the_sheets(factory: object, flag: str, default: object) -> None:
+def test_defaults_are_the_documented_ports(factory: object, flag: str, default: object) -> None:
     assert _default(factory, flag) == default
 
 

@@ -36,7 +36,7 @@ from services.netagent.kernel.wireguard.uapi import (
 )
 
 CFG = AgentConfig(wireguard_implementation="kernel")
-PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="  # the RFC 7748-style test key from `wg` docs
+PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="  # a fixed example key
 PUB = public_key_of(PRIV)
 PEER = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 ALLOWED = (IPv4Network("10.60.0.0/16"), IPv4Network("10.70.0.0/16"))
@@ -385,6 +385,27 @@ def test_uapi_set_over_a_real_socket(tmp_path: Path) -> None:
     t.join(2)
     srv.close()
     assert got == [b"set=1\nreplace_peers=true\n\n"]
+
+
+# RFC 7748 section 6.1's X25519 key pairs (Alice's, Bob's), in the RFC's hex; `wg pubkey` derives the
+# same public keys from these private keys written in base64.
+RFC7748_PAIRS = [
+    ("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+     "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"),
+    ("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+     "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"),
+]
+
+
+@pytest.mark.parametrize(("private_hex", "public_hex"), RFC7748_PAIRS)
+def test_public_key_of_known_answers(private_hex: str, public_hex: str) -> None:
+    assert b64_to_hex(public_key_of(hex_to_b64(private_hex))) == public_hex
+
+
+def test_public_key_of_known_answer_in_base64() -> None:
+    # RFC 7748's Alice, as `wg genkey`/`wg pubkey` write keys.
+    assert public_key_of("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=") == (
+        "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")
 
 
 def test_keys() -> None:
