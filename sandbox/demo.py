@@ -608,9 +608,13 @@ def run(args: argparse.Namespace, report: Report) -> int:
         with contextlib.suppress(Exception):
             stop_gateways(demo.clusters)
         stack.close()
-        left = processes_in(*namespaces)
+        # A SIGKILLed process on a loaded machine may take a moment to finish exiting.
+        deadline = time.monotonic() + 5
+        while (left := processes_in(*namespaces)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if left:
-            report.proof(False, "nothing left behind", f"processes still in the demo's namespaces: {left}")
+            report.proof(False, "nothing left behind",
+                         f"processes still in the demo's namespaces: {describe_processes(left)}")
         else:
             report.note(f"left behind: nothing ({len(namespaces[0]) + len(namespaces[1])} namespaces gone, "
                         f"{time.monotonic() - t0:.1f}s)")
@@ -619,6 +623,19 @@ def run(args: argparse.Namespace, report: Report) -> int:
     if interrupted and not completed:
         return 130
     return 0
+
+
+def describe_processes(pids: list[int]) -> str:
+    """PID, state and command line of each, for a report that says what was left."""
+    out = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        out.append(f"{pid} [{stat}] {cmd.strip()[:120]}")
+    return "; ".join(out) or "(gone meanwhile)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
