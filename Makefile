@@ -71,6 +71,7 @@ bench: install
 	$(PY) bench/reconcile_latency.py
 	$(PY) bench/kubeapi_rps.py
 	$(PY) bench/kernel_path.py
+	$(PY) bench/footprint.py
 
 # The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
 DEMO_ARGS ?=
