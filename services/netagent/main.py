@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from services.common.httpendpoint import BindError, HttpEndpoint, check_address, health_routes
@@ -282,8 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     return serve(cfg)
 
 
+def import_agent() -> ModuleType:
+    """The agent module, with pyroute2 registered first as a bare package (kernel/lazy_pyroute2)."""
+    from services.netagent.kernel import lazy_pyroute2
+
+    lazy_pyroute2.install()
+    from services.netagent import agent
+
+    return agent
+
+
 def cleanup(cfg: AgentConfig) -> int:
-    from services.netagent import agent as agent_mod
+    agent_mod = import_agent()
     from services.netagent.server import SocketPathError, remove_stale_socket
 
     agent_mod.cleanup(cfg)
@@ -322,7 +333,7 @@ def drain(agent: Agent, grace: float) -> None:
 
 
 def serve(cfg: AgentConfig) -> int:
-    from services.netagent import agent as agent_mod
+    agent_mod = import_agent()  # first: before anything imports pyroute2
     from services.netagent.metrics import NetagentMetrics, metrics_route
     from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
     from services.netagent.server import SocketPathError, serve_sockets

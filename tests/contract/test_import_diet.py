@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # `__init__` imports the client, config, dynamic, watch, stream and informer packages.
 HEAVY = ("kubernetes",)
 
+# What the netagent does not use of pyroute2 (its package __init__ would load them all).
+NETAGENT_UNUSED = ("pyroute2.ipdb", "pyroute2.ndb", "pyroute2.conntrack", "pyroute2.ethtool",
+                   "pyroute2.nslink")
+
 CONTROLLER = """
 import sys
 from services.{name} import main as entry
@@ -42,7 +46,9 @@ client.close()
 NETAGENT = """
 import sys
 from services.netagent import main as entry
-from services.netagent import agent, metrics, privdir, server  # what `serve` imports
+
+entry.import_agent()
+from services.netagent import metrics, privdir, server  # the rest of what `serve` imports
 
 entry.socket_specs(entry.config_from_args(entry.build_parser().parse_args([])))
 """
@@ -87,9 +93,19 @@ def test_a_controller_loads_no_kubernetes_package(name: str, tmp_path: Path) -> 
 
 def test_the_netagent_loads_no_kubernetes_module(tmp_path: Path) -> None:
     modules = loaded_modules(NETAGENT, tmp_path)
-    assert "services.netagent.agent" in modules
+    assert "services.netagent.agent" in modules and "pyroute2.iproute" in modules
     assert heavy(modules, HEAVY) == []
     assert [m for m in modules if "kube" in m] == []
+    # pyroute2's package __init__ (every netlink family) is skipped: no IPDB, NDB or conntrack.
+    assert heavy(modules, NETAGENT_UNUSED) == []
+
+
+@pytest.mark.parametrize("name", ["tunnel", "netagent"])
+def test_no_process_loads_cryptography(name: str, tmp_path: Path) -> None:
+    """X25519 goes through the libcrypto `ssl` already mapped (services.common.x25519)."""
+    code = NETAGENT if name == "netagent" else CONTROLLER.format(name=name)
+    code += "from services.common import keys\nkeys.public_key_of(keys.generate().private_key)\n"
+    assert heavy(loaded_modules(code, tmp_path), ("cryptography",)) == []
 
 
 def test_the_check_sees_the_official_client(tmp_path: Path) -> None:
