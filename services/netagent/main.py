@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from services.common.httpendpoint import BindError, HttpEndpoint, check_address, health_routes
 from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
+from services.netagent.kernel import lazy_pyroute2
 
 if TYPE_CHECKING:
     from services.netagent.agent import Agent
@@ -264,6 +264,9 @@ def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First: pyroute2's package __init__ loads every netlink family; the server module, imported
+    # as soon as flags are checked, reaches pyroute2 through the agent.
+    lazy_pyroute2.install()
     args = build_parser().parse_args(argv)
     if args.command == "wireguard":
         from services.netagent import wgcontainer
@@ -283,18 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     return serve(cfg)
 
 
-def import_agent() -> ModuleType:
-    """The agent module, with pyroute2 registered first as a bare package (kernel/lazy_pyroute2)."""
-    from services.netagent.kernel import lazy_pyroute2
-
-    lazy_pyroute2.install()
-    from services.netagent import agent
-
-    return agent
-
-
 def cleanup(cfg: AgentConfig) -> int:
-    agent_mod = import_agent()
+    from services.netagent import agent as agent_mod
     from services.netagent.server import SocketPathError, remove_stale_socket
 
     agent_mod.cleanup(cfg)
@@ -333,7 +326,7 @@ def drain(agent: Agent, grace: float) -> None:
 
 
 def serve(cfg: AgentConfig) -> int:
-    agent_mod = import_agent()  # first: before anything imports pyroute2
+    from services.netagent import agent as agent_mod
     from services.netagent.metrics import NetagentMetrics, metrics_route
     from services.netagent.privdir import UnsafeDirectory, ensure_private_dir
     from services.netagent.server import SocketPathError, serve_sockets

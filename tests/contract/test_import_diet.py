@@ -43,14 +43,20 @@ NetAgentClient(sys.argv[2], timeout=1).close()
 client.close()
 """
 
+# The netagent's real start-up, up to binding its ports: the metrics port is busy, so `serve` has
+# imported everything (agent, server, metrics) and returns 2 before it creates or touches anything.
 NETAGENT = """
-import sys
+import socket, sys
 from services.netagent import main as entry
 
-entry.import_agent()
-from services.netagent import metrics, privdir, server  # the rest of what `serve` imports
-
-entry.socket_specs(entry.config_from_args(entry.build_parser().parse_args([])))
+busy = socket.socket()
+busy.bind(("127.0.0.1", 0))
+busy.listen()
+host, port = busy.getsockname()
+code = entry.main(["serve", "--metrics-address", f"{host}:{port}", "--health-address", "",
+                   "--socket", sys.argv[2], "--labeler-socket", "", "--tunnel-socket", "",
+                   "--natmap-socket", "", "--state-path", sys.argv[2] + ".state/state.json"])
+assert code == 2, code
 """
 
 REPORT = """

@@ -4,9 +4,9 @@ sqlite3, conntrack, ethtool, nl80211, IPVS, ...): ~5 MB of RSS the netagent neve
 `install()` registers `pyroute2` as a bare package before anything imports it, so that our
 imports of its submodules (`pyroute2.iproute`, `pyroute2.netns`, `pyroute2.netlink...`) load only
 those. A name the bare package lacks (a `from pyroute2 import X` anywhere, ours or a library's)
-runs the real `__init__` into it then: the same objects, only later. The netagent's `serve`,
-`cleanup` and `wireguard` commands install it; tests importing the kernel modules get the ordinary
-package.
+runs the real `__init__` into it then: the same objects, only later. The netagent's `main`
+installs it before anything else (every command); tests importing the kernel modules get the
+ordinary package.
 """
 
 from __future__ import annotations
