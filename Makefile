@@ -74,6 +74,7 @@ bench: install
 	$(PY) bench/host_rules.py
 	$(PY) bench/failover.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/throughput.py --gateways --plain-default-mtu
+	$(PY) bench/footprint.py
 
 # The local sandbox (README "The sandbox"); extra flags: make demo DEMO_ARGS="--keep" (or --no-failover, --quiet).
 DEMO_ARGS ?=

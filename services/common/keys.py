@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
+from services.common import x25519
 from services.common.vocabulary import KEY_LABEL, KEY_LABEL_VALUE
 
 __all__ = [
@@ -78,13 +77,15 @@ def hex_to_b64(key_hex: str) -> str:
 
 def public_key_of(private_b64: str) -> str:
     """The X25519 public key of a private key (what `wg pubkey` prints); X25519 does the clamping."""
-    priv = X25519PrivateKey.from_private_bytes(decode_b64(private_b64))
-    return base64.b64encode(priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return base64.b64encode(x25519.public_key(decode_b64(private_b64))).decode()
 
 
 def generate() -> KeyPair:
-    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    private = base64.b64encode(raw).decode()
+    """A fresh key pair, as `wg genkey` makes it: 32 random bytes, clamped."""
+    raw = bytearray(os.urandom(KEY_LEN))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    private = base64.b64encode(bytes(raw)).decode()
     return KeyPair(private, public_key_of(private))
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from services.common.httpendpoint import BindError, bind_endpoints, check_address, health_routes
 from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
+from services.netagent.kernel import lazy_pyroute2
 
 if TYPE_CHECKING:
     from services.netagent.agent import Agent
@@ -273,6 +274,9 @@ def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First: pyroute2's package __init__ loads every netlink family; the server module, imported
+    # as soon as flags are checked, reaches pyroute2 through the agent.
+    lazy_pyroute2.install()
     args = build_parser().parse_args(argv)
     if args.command == "wireguard":
         from services.netagent import wgcontainer

@@ -30,6 +30,9 @@ def resolve(cfg: AgentConfig) -> str:
     """"kernel" or "userspace", as `serve` decides it."""
     if cfg.wireguard_implementation == "userspace":
         return "userspace"  # nothing to look at (and no pyroute2 to import)
+    from services.netagent.kernel import lazy_pyroute2
+
+    lazy_pyroute2.install()  # this container idles on: only the netlink modules it uses
     from services.netagent.kernel.wireguard import resolve_implementation
 
     return resolve_implementation(cfg)

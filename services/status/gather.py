@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from services.api.netagent.v1 import netagent_pb2 as pb
 from services.common.keys import KeySecretError, parse_secret
-from services.common.kube.client import JSON, KubeClient, KubeError, load_api_client
+from services.common.kube.client import JSON, KubeClient, KubeError, load_transport
 from services.common.netagent_client import NetAgentClient, NetAgentError
 from services.common.vocabulary import (
     ENDPOINT_SLICES,
@@ -67,8 +67,9 @@ def default_kubeconfig() -> str | None:
 
 
 def open_client(target: Target, timeout: float) -> KubeClient:
-    """Raises ConfigException/OSError (a usage problem) when the kubeconfig cannot be loaded."""
-    return KubeClient(load_api_client(target.kubeconfig, target.context), timeout=timeout)
+    """Raises KubeConfigError (a ValueError) or OSError (a usage problem) when the kubeconfig cannot
+    be loaded."""
+    return KubeClient(load_transport(target.kubeconfig, target.context), timeout=timeout)
 
 
 def read_agent(pod: str, socket: str, timeout: float = 3.0) -> AgentRead:

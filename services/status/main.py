@@ -12,8 +12,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kubernetes.config.config_exception import ConfigException
-
 from services.common.vocabulary import GATEWAY_SELECTOR_STRING, KEY_SECRET, netagent_socket
 from services.status.diagnose import DEFAULT_ERROR_GRACE, Options, diagnose, has_errors
 from services.status.gather import Scope, Target, default_kubeconfig, gather, open_client
@@ -138,7 +136,7 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
     try:
         clusters = targets(args, env)
         clients = [open_client(t, args.request_timeout) for t in clusters]
-    except (UsageError, ConfigException, OSError, ValueError) as e:
+    except (UsageError, OSError, ValueError) as e:
         print(f"liqo-gateway status: {e}", file=sys.stderr)
         return EXIT_USAGE
     scope = Scope(namespace=args.namespace, selector=args.selector, service=args.service,

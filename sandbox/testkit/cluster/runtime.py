@@ -113,6 +113,12 @@ class ProcessRuntime:
         proc = self._proc(name)
         return proc is not None and proc.poll() is None
 
+    def pid(self, name: str) -> int | None:
+        """The id of the process started for `name` while it runs, else None (it may be a launcher,
+        `nsenter`, whose child is the program)."""
+        proc = self._proc(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def exit_code(self, name: str) -> int | None:
         proc = self._proc(name)
         return proc.poll() if proc is not None else None

@@ -3,7 +3,8 @@
 Layered like kopf, each module importing only the ones above it; nothing here knows about
 TunnelEndpoints or the netagent:
 
-- `client`     KubeClient: JSON verbs over the official client's ApiClient, every request with a
+- `client`     KubeClient: JSON verbs over our own urllib3 transport (`transport`, settings read by
+               `kubeconfig`: a kubeconfig file or the service account), every request with a
                timeout, one error type (KubeError with .status, .reason, .not_found, .conflict,
                .gone, .unreachable). The kinds (ResourceRef, PODS, ...) are in services.common.vocabulary.
 - `backoff`    Backoff: capped exponential delay with jitter.
@@ -45,7 +46,7 @@ from services.common.kube.client import (
     MERGE_PATCH,
     KubeClient,
     KubeError,
-    load_api_client,
+    load_transport,
     object_key,
     split_key,
 )
@@ -82,7 +83,7 @@ __all__ = [
     "WorkQueue",
     "add_runtime_flags",
     "health_endpoint",
-    "load_api_client",
+    "load_transport",
     "merge_patch_diff",
     "metrics_endpoint",
     "object_key",

@@ -1,10 +1,10 @@
-"""A thin JSON-over-HTTP client on top of the official `kubernetes` client's ApiClient.
+"""A thin JSON-over-HTTP client for a generic controller runtime.
 
-It reuses what the official client does well (kubeconfig and in-cluster loading, TLS, bearer-token
-refresh, the urllib3 pool) and skips what gets in the way of a generic controller runtime: typed
-models. Every object is a plain `dict` as the API server sends it, every call has a request timeout
-(so a half-open connection cannot hang a controller), and failures are one exception type,
-`KubeError`, whose `status` is the HTTP code (0 when the server could not be reached).
+No typed models: every object is a plain `dict` as the API server sends it, every call has a request
+timeout (so a half-open connection cannot hang a controller), and failures are one exception type,
+`KubeError`, whose `status` is the HTTP code (0 when the server could not be reached). The transport
+is our own urllib3 pool (`transport`, settings from `kubeconfig`): the official client's package
+loads every model and API class on import, about 35 MB per process for the few calls we make.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
+from services.common.kube.kubeconfig import from_official, load_incluster, load_kubeconfig
+from services.common.kube.transport import Transport
 from services.common.vocabulary import ResourceRef
 
 JSON = dict[str, Any]
@@ -69,33 +69,32 @@ class KubeError(Exception):
         )
 
 
-def load_api_client(kubeconfig: str | None, context: str | None = None) -> k8s_client.ApiClient:
-    """ApiClient from a kubeconfig file, or the in-cluster service account when `kubeconfig` is None."""
-    cfg = k8s_client.Configuration()
-    if kubeconfig:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
-        )
-    else:
-        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    # The runtime owns retries (with backoff); urllib3's silent ones would hide an outage.
-    cfg.retries = False
-    return k8s_client.ApiClient(configuration=cfg)
+def load_transport(kubeconfig: str | None, context: str | None = None) -> Transport:
+    """The transport to the API server of a kubeconfig file, or of the in-cluster service account
+    when `kubeconfig` is None. KubeConfigError (a ValueError) or OSError when it cannot be loaded."""
+    return Transport(load_kubeconfig(kubeconfig, context) if kubeconfig else load_incluster())
 
 
 class KubeClient:
-    """JSON client with per-request timeouts. Thread-safe (urllib3's pool is)."""
+    """JSON client with per-request timeouts. Thread-safe (urllib3's pool is).
 
-    def __init__(self, api: k8s_client.ApiClient, *, timeout: float = 10.0) -> None:
-        self.api = api
+    `api` is a Transport, or an official `kubernetes.client.ApiClient` (tests and tools that hold
+    one), whose configuration and default headers (its User-Agent) are used."""
+
+    def __init__(self, api: Any, *, timeout: float = 10.0) -> None:
+        self._official = None if isinstance(api, Transport) else api
+        self.transport = api if isinstance(api, Transport) else Transport(
+            from_official(api.configuration, dict(getattr(api, "default_headers", {}))))
         self.timeout = timeout
 
     @staticmethod
     def from_kubeconfig(kubeconfig: str | None, *, timeout: float = 10.0) -> KubeClient:
-        return KubeClient(load_api_client(kubeconfig), timeout=timeout)
+        return KubeClient(load_transport(kubeconfig), timeout=timeout)
 
     def close(self) -> None:
-        self.api.close()  # type: ignore[no-untyped-call]
+        self.transport.close()
+        if self._official is not None:
+            self._official.close()
 
     # --- transport -------------------------------------------------------------------------------
 
@@ -108,34 +107,26 @@ class KubeClient:
         body: Any = None,
         content_type: str | None = None,
         timeout: float | tuple[float, float] | None = None,
-    ) -> urllib3.HTTPResponse:
+    ) -> urllib3.BaseHTTPResponse:
         headers = {"Accept": "application/json"}
+        payload = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        q = [(k, v) for k, v in (query or {}).items() if v is not None]
-        m, url, hdrs, ser_body, post = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=q or None,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
+            payload = json.dumps(body).encode()
+        q = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in (query or {}).items()
+             if v is not None]
         try:
-            resp = self.api.call_api(
-                m, url, header_params=hdrs, body=ser_body, post_params=post,
-                _request_timeout=timeout if timeout is not None else self.timeout,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raw = self.transport.request(method, path, query=q, headers=headers, body=payload,
+                                         timeout=timeout if timeout is not None else self.timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # SSL errors included
             raise KubeError(0, "Unreachable", f"{method} {path}: {e}") from e
-        except k8s_client.ApiException as e:  # SSL errors are wrapped this way
-            raise KubeError(int(e.status or 0), "Unreachable", f"{method} {path}: {e.reason}") from e
-        raw: urllib3.HTTPResponse = resp.response
         if not 200 <= raw.status <= 299:
             try:
                 data = raw.data
             except (urllib3.exceptions.HTTPError, OSError):
                 data = b""
+            finally:
+                raw.release_conn()
             try:
                 status_obj = json.loads(data)
             except ValueError:
@@ -161,6 +152,8 @@ class KubeClient:
             data = raw.data
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeError(0, "Unreachable", f"{method} {path}: reading the answer: {e}") from e
+        finally:
+            raw.release_conn()
         if not data:
             return {}
         out = json.loads(data)
@@ -168,7 +161,7 @@ class KubeClient:
 
     def stream_lines(
         self, path: str, *, query: dict[str, Any], connect_timeout: float, read_timeout: float
-    ) -> tuple[urllib3.HTTPResponse, Iterator[str]]:
+    ) -> tuple[urllib3.BaseHTTPResponse, Iterator[str]]:
         """Opens a streaming GET (a watch); returns the response (close it to abort the stream from
         another thread) and an iterator over its non-empty lines. `read_timeout` bounds the silence
         between two chunks, so a half-open connection ends the iteration with KubeError(0)."""

@@ -61,7 +61,7 @@ class Informer:
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stop = threading.Event()
-        self._resp: urllib3.HTTPResponse | None = None
+        self._resp: urllib3.BaseHTTPResponse | None = None
         self._thread: threading.Thread | None = None
         self.resource_version = ""
         # Counters for tests and metrics.

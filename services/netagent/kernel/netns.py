@@ -19,8 +19,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as pyr_netns
+import pyroute2.netns as pyr_netns
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from services.common.netns import run_in, socket_in

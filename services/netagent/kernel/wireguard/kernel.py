@@ -10,8 +10,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyroute2 import WireGuard
-from pyroute2.netlink.generic.wireguard import AsyncWireGuard
+from pyroute2.netlink.generic.wireguard import AsyncWireGuard, WireGuard
 
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 
 from services.netagent.config import AgentConfig
 from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_exists, netns_iproute
