@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sandbox.testkit.netagent import LIQO_NETNS
 from sandbox.testkit.nodes import NodeFactory
 from sandbox.testkit.uplink import Secure, peers, route_gets, snapshot, start_secure, tunnel
 from sandbox.testkit.wait import wait_for
@@ -70,4 +71,4 @@ def test_a_call_failing_after_the_kernel_was_touched_leaves_everything_as_before
     assert route_gets(node) == gets
     assert peers(node) == [agent.legit.public_key]
     agent.ensure_legit(endpoint="172.31.0.3")  # the legitimate tenant's tunnel is still updatable
-    assert "172.31.0.3" in node.exec_in_netns("liqo-netns", ["wg", "show", "all", "endpoints"]).stdout
+    assert "172.31.0.3" in node.exec_in_netns(LIQO_NETNS, ["wg", "show", "all", "endpoints"]).stdout
