@@ -30,6 +30,7 @@ from services.common.keys import generate
 from services.netagent.agent import PERSIST_DELAY
 
 NODE_ADDRESS = "192.168.77.10"
+NODE_SUBNET = "192.168.77.0/24"  # eth0's
 PROTECTED_ARGS = ("--pod-cidr", "10.0.0.0/16", "--external-cidr", "10.201.0.0/16",
                   "--service-cidr", "10.96.0.0/12")
 # The default gateway, a same-subnet host, a public address, the metadata service, a service IP, a
@@ -41,9 +42,10 @@ RESYNC_FAILED = "resync failed"
 CLEANUP = (sys.executable, "-m", "services.netagent.main", "cleanup")
 TICKS = os.sysconf("SC_CLK_TCK")
 
-__all__ = ["CLEANUP", "DRIFT", "LEGIT_OWNER", "LIQO_TABLE", "NODE_ADDRESS", "PROTECTED", "PROTECTED_ARGS",
-           "RESYNC_FAILED", "Secure", "agent_pid", "cpu_seconds", "node_baseline", "non_liqo_state", "peers",
-           "route_gets", "run_cleanup", "snapshot", "start_secure", "tunnel", "uplink"]
+__all__ = ["CLEANUP", "DRIFT", "LEGIT_OWNER", "LIQO_TABLE", "NODE_ADDRESS", "NODE_SUBNET", "PROTECTED",
+           "PROTECTED_ARGS", "RESYNC_FAILED", "Secure", "agent_pid", "cpu_seconds", "node_baseline",
+           "non_liqo_state", "peers", "route_gets", "run_cleanup", "snapshot", "start_secure",
+           "tunnel", "uplink"]
 
 LEGIT_OWNER = "liqo-tenant-rome/tep-rome"
 
