@@ -14,15 +14,15 @@ kernel once for the batch and answers every call. If that apply fails (it was ro
 batch's calls are committed one by one, so a failure is the failing call's alone. The leader then
 passes the lead to the oldest call queued meanwhile (the next batch) and returns.
 
-Three locks, never taken in the other order:
+Locks, each taken only after those listed before it:
 - `_lock` serializes state changes and the kernel writes behind them (routes, iptables, veth,
   device settings). It may be held for a while (a 65 536-entry iptables restore).
 - `_peer_lock` guards the fence and the WireGuard peers: short. A demotion (SetRole STANDBY or an
   expired grant) is a fence update plus "remove every peer" under this lock only, so it never waits
   for a slow call; peers are (re)added only while the fence says ACTIVE, checked under this lock,
   so nothing re-adds a peer after fencing.
-- `_queue_mu` guards the group commit's queue and leader flag: held only to append to, take or hand
-  on the queue, never while waiting for anything.
+- `_queue_mu` guards the group commit's queue and leader flag: held only to append to, take (under
+  `_lock`) or hand on the queue, never while taking another lock or waiting for anything.
 The committed state is copy-on-write: readers (ListTunnels, the persister) take the reference
 without a lock.
 """
@@ -617,9 +617,9 @@ class Agent:
                 done = self._commit_calls(calls)
             if done:
                 self._after_commit(done)
-        except BaseException as e:  # a bug, not a refusal: every call of the batch hears of it
+        except BaseException as e:  # a bug, not a refusal: every call of the batch not refused hears of it
             for call in calls:
-                if not call.finished:
+                if call.error is None:
                     call.error = e
             raise
         finally:
