@@ -72,6 +72,7 @@ bench: install
 	$(PY) bench/kubeapi_rps.py
 	$(PY) bench/kernel_path.py
 	$(PY) bench/host_rules.py
+	$(PY) bench/tunnel_burst.py
 	$(PY) bench/failover.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/throughput.py --gateways --plain-default-mtu
 	$(PY) bench/footprint.py

@@ -5,13 +5,24 @@ build the new desired state as a copy, converge the layers it touches, and only 
 (swap it in and persist). A call that fails part-way re-converges the previous state and leaves
 ListTunnels and the state file as they were; if that fails too, a full resync is scheduled.
 
-Two locks, never taken in the other order:
+Group commit: converging costs O(tunnels) whatever changed (routes, one iptables restore, the peers,
+the state file), so EnsureTunnel and DeleteTunnel calls are committed in batches. A call validates
+and resolves on its own thread, then queues; the first call to find no commit running leads: under
+`_lock` it takes the whole queue, re-checks every call in order against the state the calls before
+it left (`plan.batch`, pure: a refused call gets its own error and changes nothing), converges the
+kernel once for the batch and answers every call. If that apply fails (it was rolled back), the
+batch's calls are committed one by one, so a failure is the failing call's alone. The leader then
+passes the lead to the oldest call queued meanwhile (the next batch) and returns.
+
+Locks, each taken only after those listed before it:
 - `_lock` serializes state changes and the kernel writes behind them (routes, iptables, veth,
   device settings). It may be held for a while (a 65 536-entry iptables restore).
 - `_peer_lock` guards the fence and the WireGuard peers: short. A demotion (SetRole STANDBY or an
   expired grant) is a fence update plus "remove every peer" under this lock only, so it never waits
   for a slow call; peers are (re)added only while the fence says ACTIVE, checked under this lock,
   so nothing re-adds a peer after fencing.
+- `_queue_mu` guards the group commit's queue and leader flag: held only to append to, take (under
+  `_lock`) or hand on the queue, never while taking another lock or waiting for anything.
 The committed state is copy-on-write: readers (ListTunnels, the persister) take the reference
 without a lock.
 """
@@ -47,7 +58,7 @@ from services.netagent.kernel.probe import Prober
 from services.netagent.kernel.resolver import resolve_endpoint
 from services.netagent.kernel.wireguard import PeerConfig, PeerState, WireGuardDevice, open_device
 from services.netagent.kernel.wireguard.watch import LinkWatcher
-from services.netagent.plan import claims, natrules
+from services.netagent.plan import batch, claims, natrules
 from services.netagent.plan.handshake import (
     HANDSHAKE_NUDGES,
     clusters_of,
@@ -104,16 +115,17 @@ class TunnelView:
 Resolver = Callable[[str, IPv4Address | None], IPv4Address]
 
 
-def _copy(st: state.AgentState) -> state.AgentState:
-    """A new desired state to edit: the dicts are copied, their values (specs, maps) are immutable."""
-    return dataclasses.replace(
-        st,
-        tunnels=dict(st.tunnels),
-        endpoints=dict(st.endpoints),
-        nat_maps=dict(st.nat_maps),
-        owners=dict(st.owners),
-        skipped=[],
-    )
+@dataclass(eq=False)
+class _Call:
+    """An EnsureTunnel or DeleteTunnel waiting in the group commit's queue."""
+
+    op: batch.Op
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lead: bool = False  # set (then woken) when this call's thread is to commit the queue
+    finished: bool = False  # set (then woken) when `outcome` or `error` is its answer
+    outcome: bool = False  # True: the call changed the desired state (a no-op: False)
+    error: BaseException | None = None
+    view: TunnelView | None = None  # EnsureTunnel's answer
 
 
 class Agent:
@@ -137,6 +149,10 @@ class Agent:
         self._resolving_ns: dict[str, int] = {}
         self._lock = threading.RLock()  # state changes and their kernel writes
         self._peer_lock = threading.Lock()  # the fence and the WireGuard peers; short, never waits on _lock
+        # The group commit's queue of tunnel calls, and whether a leader is committing it.
+        self._queue_mu = threading.Lock()  # held only to append to or take the queue
+        self._queue: list[_Call] = []
+        self._leading = False
         self._changed = threading.Condition()
         self._version = 0  # bumped on every role or status change; watchers wait on it
         self._fence = Fence()
@@ -355,7 +371,7 @@ class Agent:
             raise SpecError(f"mtu: {mtu} not in {MIN_MTU}..{MAX_MTU}")
         with self._lock:
             old = self._state
-            new = _copy(old)
+            new = batch.copy(old)
             new.listen_port = listen_port or self.listen_port
             new.mtu = mtu or self.mtu
             mtu_changed = new.mtu != self.mtu
@@ -522,31 +538,9 @@ class Agent:
         # DNS is I/O that may never answer: resolved with no lock held, so it blocks only this call.
         endpoint_ip = self._resolve_bounded(spec.endpoint, self._state.endpoints.get(cid), owner)
         protection.check_endpoint(endpoint_ip)
-        with self._lock:
-            self._require_active()
-            old_st = self._state
-            claims.check_no_overlap(old_st.tunnels, spec)
-            claims.check_claim(old_st.tunnels, old_st.owners, spec, owner)
-            claims.check_tunnel_room(old_st.tunnels, cid, self.cfg.max_tunnels)
-            old = old_st.tunnels.get(cid)
-            if old is not None and spec.local_remapped_external_cidr != old.local_remapped_external_cidr:
-                # Mappings are addresses of the old external CIDR: re-check them against the new one.
-                kept = old_st.nat_maps.get(cid, {})
-                natrules.parse_nat_map(spec, {str(o): str(n) for o, n in kept.items()})
-            changed = old != spec or old_st.endpoints.get(cid) != endpoint_ip
-            new = _copy(old_st)
-            new.tunnels[cid] = spec
-            new.endpoints[cid] = endpoint_ip
-            new.owners[cid] = owner
-            kernel_changed = self._commit(old_st, new)
-            if changed:
-                self._state_since[cid] = time.time()
-            view = self._view(new, cid, self._peer_states())
-        self._update_probe_targets()  # a new target pings at once
-        if changed:  # a changed peer (key, endpoint) whose probe is not Connected: ping it now too
-            self._prober.probe_now([cid])
-        self._notify()
-        return view, changed or kernel_changed
+        call = self._group_commit(batch.Ensure(spec, owner, endpoint_ip))
+        assert call.view is not None
+        return call.view, call.outcome
 
     def _resolve_bounded(self, endpoint: str, current: IPv4Address | None, owner: str) -> IPv4Address:
         """Resolves with no lock held, in a bounded pool, waiting at most RESOLVE_TIMEOUT; joins a
@@ -589,20 +583,114 @@ class Agent:
     def delete_tunnel(self, cluster_id: str, owner: str) -> bool:
         check_cluster_id(cluster_id)
         check_owner(owner)
-        with self._lock:
-            self._require_active()
-            old_st = self._state
-            if cluster_id not in old_st.tunnels:
-                return False
-            claims.check_delete(old_st.tunnels, old_st.owners, cluster_id, owner)
-            new = _copy(old_st)
-            for d in (new.tunnels, new.endpoints, new.nat_maps, new.owners):
-                d.pop(cluster_id, None)
-            self._commit(old_st, new)
-            self._state_since.pop(cluster_id, None)
-        self._update_probe_targets()
+        return self._group_commit(batch.Delete(cluster_id, owner)).outcome
+
+    # ---- group commit ----------------------------------------------------------------------------
+
+    def _group_commit(self, op: batch.Op) -> _Call:
+        """Queues `op` and returns once it is committed (or raises its error). The first caller to
+        find no commit running leads: it commits the whole queue, its own call included, then hands
+        the lead to the oldest call queued meanwhile (whose thread is waiting) and returns; the calls
+        that queue while a commit runs are the next batch."""
+        call = _Call(op)
+        with self._queue_mu:
+            self._queue.append(call)
+            call.lead = not self._leading
+            self._leading = True
+        while not call.lead and not call.finished:
+            call.wake.wait()
+            call.wake.clear()
+        if not call.finished:
+            self._lead()
+        if call.error is not None:
+            raise call.error
+        return call
+
+    def _lead(self) -> None:
+        """Commits every queued call as one batch, answers them all, and passes the lead on. The
+        queue is taken once `_lock` is held: calls queued while a resync or a NAT write held it join."""
+        calls: list[_Call] = []
+        try:
+            with self._lock:
+                with self._queue_mu:
+                    calls, self._queue = self._queue, []
+                done = self._commit_calls(calls)
+            if done:
+                self._after_commit(done)
+        except BaseException as e:  # a bug, not a refusal: every call of the batch not refused hears of it
+            for call in calls:
+                if call.error is None:
+                    call.error = e
+            raise
+        finally:
+            with self._queue_mu:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].wake.set()
+                else:
+                    self._leading = False
+            for call in calls:
+                call.finished = True
+                call.wake.set()
+
+    def _commit_calls(self, calls: list[_Call]) -> list[_Call]:
+        """Under _lock: applies the calls' ops onto the committed state (pure: `plan.batch`) and
+        converges the kernel once for all of them. When that apply fails (it was rolled back), the
+        calls are committed one by one, so each failure is its own call's and no tenant can fail
+        another's calls. Returns the calls committed."""
+        ready: list[_Call] = []
+        for call in calls:
+            try:
+                self._require_active()
+                ready.append(call)
+            except (NotActive, NotConfigured) as e:
+                call.error = e
+        if not ready:
+            return []
+        old = self._state
+        new, outcomes = batch.plan(old, [c.op for c in ready], self.cfg.max_tunnels)
+        admitted: list[_Call] = []
+        for call, outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, bool):
+                call.outcome = outcome
+                admitted.append(call)
+            else:
+                call.error = outcome
+        if not any(isinstance(c.op, batch.Ensure) or c.outcome for c in admitted):
+            return admitted  # deletes of tunnels that are not there: nothing to write
+        try:
+            kernel_changed = self._commit(old, new)
+        except Exception as e:
+            if len(admitted) == 1:
+                admitted[0].error = e
+                return []
+            log.warning("a batch of tunnel calls failed: committing them one by one",
+                        extra={"calls": len(admitted), "error": str(e)})
+            return [done for call in admitted for done in self._commit_calls([call])]
+        # The kernel's change is a call's when it changed the desired state; a repaired drift is
+        # reported by the calls of a batch that changed nothing.
+        drift = kernel_changed and not any(c.outcome for c in admitted)
+        now = time.time()
+        peers = self._peer_states()
+        for call in admitted:
+            if isinstance(call.op, batch.Ensure):
+                cid = call.op.spec.cluster_id
+                if call.outcome:
+                    self._state_since[cid] = now
+                call.view = self._view(self._state, cid, peers)
+                call.outcome = call.outcome or drift
+            elif call.outcome:
+                self._state_since.pop(call.op.cluster_id, None)
+        return admitted
+
+    def _after_commit(self, done: list[_Call]) -> None:
+        """With no lock held: the probe follows the committed tunnels and watchers are told."""
+        self._update_probe_targets()  # a new target pings at once
+        # A changed peer (key, endpoint) whose probe is not Connected: ping it now too.
+        changed = [c.op.spec.cluster_id for c in done if isinstance(c.op, batch.Ensure) and c.outcome]
+        if changed:
+            self._prober.probe_now(changed)
         self._notify()
-        return True
 
     def set_nat_mappings(self, cluster_id: str, mappings: Mapping[str, str]) -> tuple[int, bool]:
         check_cluster_id(cluster_id)
@@ -625,7 +713,7 @@ class Agent:
             if old_st.nat_maps.get(cluster_id, {}) == parsed:
                 return len(parsed), False
             claims.check_nat_room(old_st.nat_maps, cluster_id, len(parsed), self.cfg.max_nat_entries)
-            new = _copy(old_st)
+            new = batch.copy(old_st)
             new.nat_maps[cluster_id] = parsed
             changed = self._commit(old_st, new, iptables_only=True)
         self._notify()
@@ -638,7 +726,7 @@ class Agent:
             old_st = self._state
             if cluster_id not in old_st.nat_maps:
                 return False
-            new = _copy(old_st)
+            new = batch.copy(old_st)
             had = bool(new.nat_maps.pop(cluster_id))
             self._commit(old_st, new, iptables_only=True)
         self._notify()
@@ -692,7 +780,8 @@ class Agent:
             self._rollback(old)
             raise
         self._state = new
-        self._persist()
+        if new != old:  # an unchanged state (a repeated call) writes no file
+            self._persist()
         return changed
 
     def _rollback(self, old: state.AgentState) -> None:

@@ -7,10 +7,12 @@ so this runs anywhere, in milliseconds; the real layers are covered by tests/int
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -607,3 +609,177 @@ def test_a_promotion_probes_every_tunnel_at_once(tmp_path: Path, kernel: Kernel)
         assert prober.probed_now == ["cluster-1"]
     finally:
         a.stop()
+
+
+
+# ---- group commit: concurrent tunnel calls are committed together ---------------------------------
+
+
+def in_one_batch(a: agent_mod.Agent, calls: list[Callable[[], object]]) -> list[object]:
+    """Runs each call in its own thread, queued in this order while the test holds the agent's state
+    lock (as a running commit would), then lets them commit; each call's result or exception."""
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int, fn: Callable[[], object]) -> None:
+        try:
+            results[i] = fn()
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(calls)]
+    with a._lock:
+        for i, t in enumerate(threads):
+            t.start()
+            wait_for(f"call {i} queued", lambda i=i: len(a._queue) == i + 1, 5.0, 0.002)
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    return results
+
+
+def count_writes(a: agent_mod.Agent, routing: FakeRouting) -> Counter[str]:
+    """Counts the agent's iptables applies, routing updates, peer syncs and state writes ("what"), and
+    those that changed something ("what+")."""
+    counts: Counter[str] = Counter()
+
+    def counted(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            counts[what] += 1
+            result = fn(*args)
+            counts[what + "+"] += result is not False
+            return result
+        return call
+
+    a._iptables.apply = counted("iptables", a._iptables.apply)  # type: ignore[method-assign]
+    routing._set = counted("routes", routing._set)  # type: ignore[method-assign]
+    a._sync_peers = counted("peers", a._sync_peers)  # type: ignore[method-assign]
+    a._persist = counted("state", a._persist)  # type: ignore[method-assign]
+    return counts
+
+
+def cids(*ns: int) -> list[str]:
+    return sorted(f"cluster-{n}" for n in ns)
+
+
+def test_concurrent_ensures_are_applied_once(tmp_path: Path, kernel: Kernel) -> None:
+    dev, routing = kernel
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        first = spec(1)
+        a.ensure_tunnel(first, SAMPLE_OWNER)
+        counts = count_writes(a, routing)
+        specs = [spec(n) for n in range(2, 10)]
+        results = in_one_batch(a, [functools.partial(a.ensure_tunnel, s, OTHER_OWNER) for s in specs])
+        # One apply of each layer and one state write for the 8 calls.
+        assert counts == {"iptables": 1, "iptables+": 1, "routes": 1, "routes+": 1, "peers": 1, "peers+": 1,
+                          "state": 1, "state+": 1}
+        for s, result in zip(specs, results, strict=True):
+            assert isinstance(result, tuple), result
+            view, changed = result
+            assert (view.spec, view.owner, changed) == (s, OTHER_OWNER, True)
+        assert routing.tunnels == cids(*range(1, 10))
+        assert set(dev.peer_map) == {s.public_key for s in [first, *specs]}
+        assert [v.spec for v in a.list_tunnels()] == sorted([first, *specs], key=lambda s: s.cluster_id)
+        assert len(persisted(a)["tunnels"]) == 9
+        # The same calls again, concurrently: each answers "unchanged" and nothing is written.
+        counts.clear()
+        again = in_one_batch(a, [functools.partial(a.ensure_tunnel, s, OTHER_OWNER) for s in specs])
+        assert [r[1] for r in again if isinstance(r, tuple)] == [False] * len(specs)
+        assert counts["iptables+"] == counts["routes+"] == counts["peers+"] == counts["state"] == 0
+    finally:
+        a.stop()
+
+
+def test_a_refused_call_in_a_batch_fails_alone(tmp_path: Path, kernel: Kernel) -> None:
+    _, routing = kernel
+    a = make_agent(tmp_path, max_tunnels=4)
+    try:
+        active(a)
+        a.ensure_tunnel(spec(1), SAMPLE_OWNER)
+        counts = count_writes(a, routing)
+        new = spec(2)
+        overlapping = spec(3, remote_nat_pod_cidr=str(new.remote_nat_pod_cidr))  # passes the pre-check
+        results = in_one_batch(a, [
+            functools.partial(a.ensure_tunnel, new, OTHER_OWNER),
+            functools.partial(a.ensure_tunnel, overlapping, SAMPLE_OWNER),  # INVALID_ARGUMENT
+            functools.partial(a.ensure_tunnel, spec(2), SAMPLE_OWNER),  # cluster-2 was claimed first
+            functools.partial(a.delete_tunnel, "cluster-1", OTHER_OWNER),  # not its owner
+            functools.partial(a.delete_tunnel, "cluster-9", OTHER_OWNER),  # nothing to delete
+            functools.partial(a.ensure_tunnel, spec(4), SAMPLE_OWNER),
+            functools.partial(a.ensure_tunnel, spec(5), SAMPLE_OWNER),
+            functools.partial(a.ensure_tunnel, spec(6), SAMPLE_OWNER),  # a 5th tunnel: no room
+        ])
+        assert isinstance(results[1], SpecError) and "remote_nat_pod_cidr" in str(results[1])
+        assert isinstance(results[2], NotOwner) and OTHER_OWNER in str(results[2])
+        assert isinstance(results[3], NotOwner) and SAMPLE_OWNER in str(results[3])
+        assert results[4] is False
+        assert isinstance(results[7], ResourceExhausted)
+        for ok in (results[0], results[5], results[6]):
+            assert isinstance(ok, tuple) and ok[1] is True, ok
+        assert counts["iptables"] == counts["routes"] == counts["peers"] == counts["state"] == 1
+        assert routing.tunnels == cids(1, 2, 4, 5)
+        assert {v.spec.cluster_id: v.owner for v in a.list_tunnels()} == {
+            "cluster-1": SAMPLE_OWNER, "cluster-2": OTHER_OWNER,
+            "cluster-4": SAMPLE_OWNER, "cluster-5": SAMPLE_OWNER}
+        assert persisted(a)["owners"]["cluster-2"] == OTHER_OWNER
+    finally:
+        a.stop()
+
+
+def test_a_batch_whose_apply_fails_is_committed_one_by_one(tmp_path: Path, kernel: Kernel) -> None:
+    """One call the kernel refuses fails alone: the others of its batch are committed."""
+    dev, routing = kernel
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        a.ensure_tunnel(spec(1), SAMPLE_OWNER)
+        routing.fail_for = "cluster-3"  # the kernel refuses cluster-3's routes
+        good, bad, other = spec(2), spec(3), spec(4)
+        results = in_one_batch(a, [
+            functools.partial(a.ensure_tunnel, good, OTHER_OWNER),
+            functools.partial(a.ensure_tunnel, bad, SAMPLE_OWNER),
+            functools.partial(a.delete_tunnel, "cluster-1", SAMPLE_OWNER),
+            functools.partial(a.ensure_tunnel, other, OTHER_OWNER),
+        ])
+        assert isinstance(results[1], Transient) and "routes" in str(results[1])
+        assert isinstance(results[0], tuple) and isinstance(results[3], tuple)
+        assert results[2] is True
+        assert [v.spec for v in a.list_tunnels()] == [good, other]
+        assert routing.tunnels == cids(2, 4)
+        assert set(dev.peer_map) == {good.public_key, other.public_key}
+        routing.fail_for = None
+        a.resync()  # nothing of the failed call comes back
+        assert routing.tunnels == cids(2, 4)
+        assert {t["cluster_id"] for t in persisted(a)["tunnels"]} == {"cluster-2", "cluster-4"}
+    finally:
+        a.stop()
+
+
+def test_a_batch_waiting_for_the_lock_is_fenced_by_a_demotion(tmp_path: Path, kernel: Kernel) -> None:
+    """A demotion never waits for a batch (it takes no state lock), and the batch then commits nothing."""
+    dev, routing = kernel
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        results: list[object] = []
+        with a._lock:  # a commit is running
+            threads = [threading.Thread(target=lambda n=n: results.append(
+                _result(lambda: a.ensure_tunnel(spec(n), SAMPLE_OWNER)))) for n in (1, 2)]
+            for t in threads:
+                t.start()
+            wait_for("both calls queued", lambda: len(a._queue) == 2, 5.0, 0.002)
+            a.set_role(Role.STANDBY, 1, 0, "test")  # returns while the lock is held
+        for t in threads:
+            t.join(10)
+        assert [type(r) for r in results] == [NotActive, NotActive]
+        assert not dev.peer_map and not routing.tunnels and a.list_tunnels() == []
+    finally:
+        a.stop()
+
+
+def _result(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except Exception as e:
+        return e
