@@ -547,7 +547,10 @@ class EnsureTunnelResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
     changed: _builtins.bool
-    """True when the call changed kernel state."""
+    """True when the call changed this tunnel (its spec or its resolved endpoint). Concurrent calls
+    are committed together: another call's change never makes this true, and a call that changed
+    nothing is true only when its commit repaired drift in the kernel and changed no tunnel.
+    """
     @_builtins.property
     def status(self) -> Global___TunnelStatus: ...
     def __init__(
