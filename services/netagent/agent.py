@@ -65,6 +65,7 @@ from services.netagent.plan.handshake import (
     new_handshakes,
     plan_nudges,
     poll_interval,
+    settled_peers,
 )
 from services.netagent.plan.iptables import IptablesError
 from services.netagent.plan.probe import ProbeState, ProbeStatus
@@ -882,10 +883,10 @@ class Agent:
         while not self._stopping.wait(poll_interval(bool(connecting))):
             nudged: list[str] = []
             try:
+                connecting = self._prober.connecting()
                 with self._peer_lock:
                     if self._fence.current().role is Role.ACTIVE:
-                        nudged = self._nudge_fresh_peers()
-                connecting = self._prober.connecting()
+                        nudged = self._nudge_fresh_peers(connecting)
                 self._probe_new_handshakes(connecting, nudged)
             except Exception as e:  # the next round retries
                 log.warning("handshake nudge failed", extra={"error": str(e)})
@@ -905,22 +906,24 @@ class Agent:
         if due:
             self._prober.probe_now(due)
 
-    def _nudge_fresh_peers(self) -> list[str]:
-        """Under _peer_lock, while ACTIVE: re-programs new peers that have not handshaken in time:
-        removing and re-adding a peer (one request: it never looks missing) resets WireGuard's
-        handshake state, so the next packet starts a new handshake. Returns the nudged keys."""
+    def _nudge_fresh_peers(self, connecting: set[str]) -> list[str]:
+        """Under _peer_lock, while ACTIVE: re-programs new peers whose tunnel is still Connecting
+        (`connecting`: cluster ids) when their nudge is due, handshaken or not: removing and
+        re-adding a peer (one request: it never looks missing) resets WireGuard's sessions, so the
+        next packet starts a new handshake. Returns the nudged keys."""
         now = time.monotonic()
         if not any(now - t0 >= HANDSHAKE_NUDGES[n] for t0, n in self._fresh_peers.values()):
             return []
-        peers = {p.public_key: p for p in self.device.peers()}
-        handshaken = {k for k, p in peers.items() if p.last_handshake}
+        programmed = {p.public_key: p.last_handshake for p in self.device.peers()}
+        unanswered = {spec.public_key for cid, spec in self._state.tunnels.items() if cid in connecting}
         desired = self._peers_wanted
         nudge, self._fresh_peers = plan_nudges(
-            self._fresh_peers, now, handshaken | (peers.keys() ^ desired.keys())
+            self._fresh_peers, now, settled_peers(programmed, desired.keys(), unanswered)
         )
         for key in nudge:
             self.device.reset_peer(desired[key])
-            log.info("no handshake yet: peer re-programmed", extra={"public_key": key})
+            log.info("tunnel not answering yet: peer re-programmed",
+                     extra={"public_key": key, "handshaken": bool(programmed.get(key))})
         return nudge
 
     def _timed(self, what: str, fn: Callable[[], bool | object]) -> bool:

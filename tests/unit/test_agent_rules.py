@@ -53,10 +53,14 @@ class FakeDevice:
         self.port, self.mtu = listen_port, mtu
         return True
 
+    resets: list[str] = field(default_factory=list)  # keys re-programmed by a nudge, in order
+
     def set_peer(self, peer: PeerConfig) -> None:
         self.peer_map[peer.public_key] = peer
 
-    reset_peer = set_peer
+    def reset_peer(self, peer: PeerConfig) -> None:
+        self.resets.append(peer.public_key)
+        self.set_peer(peer)
 
     def remove_peer(self, public_key: str) -> bool:
         return self.peer_map.pop(public_key, None) is not None
@@ -573,24 +577,49 @@ def test_a_connecting_tunnel_is_probed_once_per_new_handshake_and_after_a_nudge(
     try:
         active(a)
         shook, silent = spec(1), spec(2)
+        prober: Any = a._prober
+        prober.connecting_now = {"cluster-2"}  # cluster-1 handshakes and answers at once
+        dev.handshakes[shook.public_key] = time.time()
         a.ensure_tunnel(shook, SAMPLE_OWNER)
         a.ensure_tunnel(silent, SAMPLE_OWNER)
-        prober: Any = a._prober
         prober.probed_now = []
-        prober.connecting_now = {"cluster-1", "cluster-2"}
-        dev.handshakes[shook.public_key] = time.time()  # before its first nudge (0.5 s)
-        wait_for("the handshaken tunnel probed", lambda: "cluster-1" in prober.probed_now, 2.0, 0.01)
-        # The silent peer is nudged at 0.5 s (reset: its queue is gone) and probed right after.
+        # The silent peer is nudged at 0.5 s (reset: its queue is gone) and probed right after; the
+        # answering one is settled by then, never nudged.
         wait_for("the nudged tunnel probed", lambda: "cluster-2" in prober.probed_now, 3.0, 0.01)
+        assert silent.public_key in dev.resets and shook.public_key not in dev.resets
+        assert "cluster-1" not in prober.probed_now  # Connected: its handshake asks for nothing
+        prober.connecting_now = {"cluster-1", "cluster-2"}  # Connecting again (a moved probe target)
+        wait_for("the handshaken tunnel probed", lambda: "cluster-1" in prober.probed_now, 2.0, 0.01)
         time.sleep(0.5)
         assert prober.probed_now.count("cluster-1") == 1  # the same handshake is probed once
         dev.handshakes[shook.public_key] += 10  # a newer one
         wait_for("probed again", lambda: prober.probed_now.count("cluster-1") == 2, 2.0, 0.01)
         # Once Connected (not Connecting), a new handshake asks for nothing.
-        prober.connecting_now = set()
+        prober.connecting_now = {"cluster-2"}
         dev.handshakes[shook.public_key] += 10
         time.sleep(0.6)
         assert prober.probed_now.count("cluster-1") == 2
+    finally:
+        a.stop()
+
+
+def test_a_handshaken_peer_whose_tunnel_does_not_answer_is_reset(tmp_path: Path, kernel: Kernel) -> None:
+    """Both ends initiating at once can each keep a session the other no longer decrypts: a handshake
+    is not enough, a new peer is reset on the nudge schedule until its tunnel answers the probe."""
+    dev, _ = kernel
+    a = make_agent(tmp_path)
+    try:
+        active(a)
+        mute, answering = spec(1), spec(2)
+        prober: Any = a._prober
+        prober.connecting_now = {"cluster-1"}  # cluster-2's probe is answered, cluster-1's never
+        dev.handshakes[mute.public_key] = dev.handshakes[answering.public_key] = time.time()
+        a.ensure_tunnel(mute, SAMPLE_OWNER)
+        a.ensure_tunnel(answering, SAMPLE_OWNER)
+        wait_for("the mute peer reset twice (0.5 s and 1 s)",
+                 lambda: dev.resets.count(mute.public_key) >= 2, 4.0, 0.01)
+        assert answering.public_key not in dev.resets
+        assert set(dev.peer_map) == {mute.public_key, answering.public_key}  # reset, never removed
     finally:
         a.stop()
 

@@ -1,5 +1,5 @@
-"""When a new WireGuard peer that has not handshaken is re-programmed, and when a handshake calls for
-an immediate probe, as tables."""
+"""When a new WireGuard peer whose tunnel does not answer yet is re-programmed, and when a handshake
+calls for an immediate probe, as tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from services.netagent.plan.handshake import (
     new_handshakes,
     plan_nudges,
     poll_interval,
+    settled_peers,
 )
 
 T0 = 100.0
@@ -50,6 +51,34 @@ def test_plan_nudges(
     after: dict[str, tuple[float, int]],
 ) -> None:
     assert plan_nudges(fresh, now, settled) == (nudged, after)
+
+
+@pytest.mark.parametrize(
+    ("programmed", "desired", "unanswered", "settled"),
+    [
+        # Not handshaken: nudged when due, whatever the probe says.
+        ({"k": None}, {"k"}, set(), set()),
+        ({"k": 0.0}, {"k"}, {"k"}, set()),
+        # Handshaken and answering the probe: settled.
+        ({"k": 1.0}, {"k"}, set(), {"k"}),
+        # Handshaken but its tunnel still Connecting: a session the other end may not decrypt; not
+        # settled, so it is reset when due.
+        ({"k": 1.0}, {"k"}, {"k"}, set()),
+        # Programmed but no longer desired, or desired but not programmed: never nudged.
+        ({"old": None}, set(), set(), {"old"}),
+        ({}, {"new"}, {"new"}, {"new"}),
+        (
+            {"a": 1.0, "b": 1.0, "c": None, "d": 2.0},
+            {"a", "b", "c"},
+            {"b", "c"},
+            {"a", "d"},
+        ),
+    ],
+)
+def test_settled_peers(
+    programmed: dict[str, float | None], desired: set[str], unanswered: set[str], settled: set[str]
+) -> None:
+    assert settled_peers(programmed, desired, unanswered) == settled
 
 
 def test_nudge_ages_grow_and_stay_under_wireguards_own_retry() -> None:
