@@ -146,9 +146,11 @@ def healthy(env: Env) -> None:
         raise AssertionError(f"{err}\n{dataplanes(env)}\n{env.logs()}") from None
 
 
-def ready_standby(r: GatewayReplica) -> None:
-    """Waits until `r` could take over: its netagent STANDBY with a configured device (what its
-    labeler waits for before campaigning)."""
+def ready_standby(r: GatewayReplica, since: float) -> None:
+    """Waits until `r`, (re)started at `since` (POSIX time), could take over: its netagent STANDBY
+    with a configured device, and its labeler, started since, campaigning. A pod's containers start
+    one after another, the labeler seconds after the netagent; a labeler that is not running yet
+    when the leader dies first watches the Lease for a whole lease duration."""
     def ready() -> bool:
         try:
             info = r.role()
@@ -156,7 +158,10 @@ def ready_standby(r: GatewayReplica) -> None:
             return False
         return info.role == pb.ROLE_STANDBY and info.device_configured
     wait_for(f"{r.name} a ready standby", ready, 60, 0.1)
-    time.sleep(1)  # the labeler's next attempt (retry period 0.5 s) sees it
+    wait_for(f"{r.name}'s labeler campaigning",
+             lambda: any(ev.get("t", 0) > since for ev in r.log_events("labeler", "netagent ready to lead")),
+             60, 0.1)
+    time.sleep(1)  # the labeler's next attempt (retry period 0.5 s) sees the Lease held
 
 
 # ---- the tests --------------------------------------------------------------------------------------
@@ -280,8 +285,9 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     assert not sampler.overlaps(), sampler.overlaps()[:5]
     assert t_active - t_stop < 3, env.logs()
     assert end - start < 2, env.logs()
+    restarted = time.time()
     pods_of(old).podman.start_pod(old.name)  # the pod comes back as the standby
-    ready_standby(old)
+    ready_standby(old, restarted)
     healthy(env)
 
     # Crash: the active replica's node dies with everything in it.
@@ -302,9 +308,10 @@ def test_graceful_then_crash_failover_of_the_active_pod(env: Env) -> None:
     assert not sampler.overlaps(), sampler.overlaps()[:5]
     assert t_active - t_kill < 3 + 2, env.logs()
     # The crashed node reboots: a fresh pod (fresh emptyDirs), standby.
+    rebooted = time.time()
     old.boot()
     old.start()
-    ready_standby(old)
+    ready_standby(old, rebooted)
     healthy(env)
     assert old.wg_peers() == []
 
