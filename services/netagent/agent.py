@@ -372,7 +372,7 @@ class Agent:
             raise SpecError(f"mtu: {mtu} not in {MIN_MTU}..{MAX_MTU}")
         with self._lock:
             old = self._state
-            new = batch.copy(old)
+            new = old.editable()
             new.listen_port = listen_port or self.listen_port
             new.mtu = mtu or self.mtu
             mtu_changed = new.mtu != self.mtu
@@ -639,19 +639,16 @@ class Agent:
         converges the kernel once for all of them. When that apply fails (it was rolled back), the
         calls are committed one by one, so each failure is its own call's and no tenant can fail
         another's calls. Returns the calls committed."""
-        ready: list[_Call] = []
-        for call in calls:
-            try:
-                self._require_active()
-                ready.append(call)
-            except (NotActive, NotConfigured) as e:
+        try:
+            self._require_active()
+        except (NotActive, NotConfigured) as e:
+            for call in calls:
                 call.error = e
-        if not ready:
             return []
         old = self._state
-        new, outcomes = batch.plan(old, [c.op for c in ready], self.cfg.max_tunnels)
+        new, outcomes = batch.plan(old, [c.op for c in calls], self.cfg.max_tunnels)
         admitted: list[_Call] = []
-        for call, outcome in zip(ready, outcomes, strict=True):
+        for call, outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, bool):
                 call.outcome = outcome
                 admitted.append(call)
@@ -714,7 +711,7 @@ class Agent:
             if old_st.nat_maps.get(cluster_id, {}) == parsed:
                 return len(parsed), False
             claims.check_nat_room(old_st.nat_maps, cluster_id, len(parsed), self.cfg.max_nat_entries)
-            new = batch.copy(old_st)
+            new = old_st.editable()
             new.nat_maps[cluster_id] = parsed
             changed = self._commit(old_st, new, iptables_only=True)
         self._notify()
@@ -727,7 +724,7 @@ class Agent:
             old_st = self._state
             if cluster_id not in old_st.nat_maps:
                 return False
-            new = batch.copy(old_st)
+            new = old_st.editable()
             had = bool(new.nat_maps.pop(cluster_id))
             self._commit(old_st, new, iptables_only=True)
         self._notify()

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any, TypeGuard
 
@@ -80,6 +80,17 @@ class AgentState:
     written_wall: float | None = None
     # What loading skipped (one line per entry, for the log and the metric); never persisted.
     skipped: list[str] = field(default_factory=list, compare=False)
+
+    def editable(self) -> AgentState:
+        """A new desired state to edit: the dicts are copied, their values (specs, maps) are immutable."""
+        return replace(
+            self,
+            tunnels=dict(self.tunnels),
+            endpoints=dict(self.endpoints),
+            nat_maps=dict(self.nat_maps),
+            owners=dict(self.owners),
+            skipped=[],
+        )
 
     def to_json(self) -> str:
         rest = json.dumps(

@@ -10,7 +10,6 @@ changes nothing, so it never affects the other calls of the batch.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -20,7 +19,7 @@ from services.netagent import state
 from services.netagent.errors import NotOwner, ResourceExhausted
 from services.netagent.plan import claims, natrules
 
-__all__ = ["Delete", "Ensure", "Op", "Outcome", "apply", "copy", "plan"]
+__all__ = ["Delete", "Ensure", "Op", "Outcome", "apply", "plan"]
 
 
 @dataclass(frozen=True)
@@ -43,18 +42,6 @@ Op = Ensure | Delete
 # deleted), False for a no-op, or the error the call answers (nothing of it is in the new state).
 Outcome = bool | SpecError | NotOwner | ResourceExhausted
 REFUSALS = (SpecError, NotOwner, ResourceExhausted)
-
-
-def copy(st: state.AgentState) -> state.AgentState:
-    """A new desired state to edit: the dicts are copied, their values (specs, maps) are immutable."""
-    return dataclasses.replace(
-        st,
-        tunnels=dict(st.tunnels),
-        endpoints=dict(st.endpoints),
-        nat_maps=dict(st.nat_maps),
-        owners=dict(st.owners),
-        skipped=[],
-    )
 
 
 def apply(st: state.AgentState, op: Op, max_tunnels: int) -> bool:
@@ -88,7 +75,7 @@ def plan(
     old: state.AgentState, ops: Sequence[Op], max_tunnels: int
 ) -> tuple[state.AgentState, list[Outcome]]:
     """The state `ops` ask for, applied in order onto a copy of `old`, and each op's outcome."""
-    new = copy(old)
+    new = old.editable()
     outcomes: list[Outcome] = []
     for op in ops:
         try:
