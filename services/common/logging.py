@@ -141,4 +141,3 @@ def setup_logging(component: str, level: str = "info") -> None:
     root.setLevel(threshold)
     # Chatty libraries: their retries are reported once by our own code.
     logging.getLogger("urllib3").setLevel(max(threshold, logging.WARNING))
-    logging.getLogger("pyroute2").setLevel(max(threshold, logging.WARNING))

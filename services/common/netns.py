@@ -3,7 +3,7 @@
 A namespace is named by its file: `/run/netns/NAME` for a named one, `/proc/PID/ns/net` for a
 process's. setns() is per thread, so a short-lived thread enters the namespace, creates the socket
 and exits; the caller's threads never change namespace. Nothing here forks in-process: the netagent
-is a multithreaded gRPC server, and children forked from it (as pyroute2's `netns=` does) crash.
+is a multithreaded gRPC server, and children forked from it (as pyroute2's `netns=` did) crash.
 """
 
 from __future__ import annotations

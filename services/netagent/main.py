@@ -1,7 +1,7 @@
 """liqo-netagent: the privileged dataplane daemon (serve), the node uninstaller (cleanup) and the
 gateway pod's wireguard container (wireguard: execs wireguard-go in the foreground).
 
-The heavy modules (the agent, gRPC, pyroute2) are imported by the commands that need them: the
+The heavy modules (the agent, gRPC) are imported by the commands that need them: the
 wireguard container's start is on the traffic's path when it restarts."""
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from services.common.httpendpoint import BindError, bind_endpoints, check_address, health_routes
 from services.common.logging import setup_logging
 from services.netagent.config import AgentConfig
-from services.netagent.kernel import lazy_pyroute2
 
 if TYPE_CHECKING:
     from services.netagent.agent import Agent
@@ -274,9 +273,6 @@ def socket_specs(cfg: AgentConfig) -> list[SocketSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # First: pyroute2's package __init__ loads every netlink family; the server module, imported
-    # as soon as flags are checked, reaches pyroute2 through the agent.
-    lazy_pyroute2.install()
     args = build_parser().parse_args(argv)
     if args.command == "wireguard":
         from services.netagent import wgcontainer

@@ -7,7 +7,7 @@ restart is a wireguard-go restart and nothing else) or, for the kernel implement
 no daemon to run, waits idle until SIGTERM or SIGINT and exits 0.
 
 Kept light on imports: a restart of this container is on the traffic's critical path, and for
-"userspace" nothing needs pyroute2.
+"userspace" nothing needs netlink.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ WIREGUARD_GO = "wireguard-go"
 def resolve(cfg: AgentConfig) -> str:
     """"kernel" or "userspace", as `serve` decides it."""
     if cfg.wireguard_implementation == "userspace":
-        return "userspace"  # nothing to look at (and no pyroute2 to import)
-    from services.netagent.kernel import lazy_pyroute2
-
-    lazy_pyroute2.install()  # this container idles on: only the netlink modules it uses
+        return "userspace"  # nothing to look at
     from services.netagent.kernel.wireguard import resolve_implementation
 
     return resolve_implementation(cfg)

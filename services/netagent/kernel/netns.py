@@ -1,6 +1,6 @@
 """The gateway's named network namespace: create or adopt, open netlink in it, run commands in it.
 
-Named namespaces live as bind mounts under /run/netns (pyroute2's NETNS_RUN_DIR) of the current mount
+Named namespaces live as bind mounts under /run/netns of the current mount
 namespace. Unlike Liqo, which deleted and recreated `liqo-netns` at every start, an existing namespace
 is adopted: recreating it would cut every tunnel while the agent restarts.
 """
@@ -19,11 +19,9 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import pyroute2.netns as pyr_netns
-from pyroute2.iproute import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from services.common.netns import run_in, socket_in
+from services.netagent.kernel.netlink.codec import NetlinkError
+from services.netagent.kernel.netlink.rtnl import NETLINK_ROUTE, RtNetlink
 
 __all__ = [
     "NETNS_DIR",
@@ -42,7 +40,6 @@ __all__ = [
 NETNS_DIR = "/var/run/netns"
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 _CLONE_NEWNET = 0x40000000
-_NETLINK_ROUTE = 0
 # What `ip netns` accepts: no slashes, not "." or "..", a sane length.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # matched whole (fullmatch)
 
@@ -53,7 +50,7 @@ class KernelError(OSError):
 
 @contextlib.contextmanager
 def kernel_errors(what: str) -> Iterator[None]:
-    """Re-raises pyroute2's NetlinkError (not an OSError) as KernelError with context."""
+    """Re-raises a refused netlink request as KernelError naming what was being done."""
     try:
         yield
     except NetlinkError as e:
@@ -99,8 +96,8 @@ def ensure_netns(name: str) -> bool:
     path = netns_path(name)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # stale mount point of a namespace that is gone
-    # iproute2 in a child that execs, not pyroute2's netns.create: that forks this threaded process
-    # without exec, and such children crash (the drift repair re-creates the netns while serving).
+    # iproute2 in a child that execs (it mounts the namespace file): never a fork of this threaded
+    # process without exec, whose children crash (the drift repair re-creates the netns while serving).
     r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise KernelError(errno.EIO, f"netns {name}: ip netns add: {r.stderr.strip()}")
@@ -108,8 +105,8 @@ def ensure_netns(name: str) -> bool:
         raise KernelError(errno.EIO, f"netns {name}: created but not usable")
     # A fresh namespace has loopback down; the probe and local traffic want it up.
     with netns_iproute(name) as ipr, kernel_errors(f"netns {name}: lo up"):
-        (lo,) = ipr.link_lookup(ifname="lo")
-        ipr.link("set", index=lo, state="up")
+        (lo,) = ipr.link_lookup("lo")
+        ipr.set_link(lo, up=True)
     return True
 
 
@@ -118,18 +115,21 @@ def delete_netns(name: str) -> bool:
     path = netns_path(name)
     if not os.path.exists(path):
         return False
-    pyr_netns.remove(name)
+    r = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True, check=False)
+    if r.returncode != 0 and os.path.exists(path):
+        raise KernelError(errno.EIO, f"netns {name}: ip netns delete: {r.stderr.strip()}")
     return True
 
 
-def host_iproute() -> IPRoute:
-    """Netlink in the current ("host") network namespace."""
-    return IPRoute()
+def host_iproute() -> RtNetlink:
+    """rtnetlink in the current ("host") network namespace."""
+    return RtNetlink()
 
 
-def netns_iproute(name: str) -> IPRoute:
-    """Netlink inside the named netns; never creates it, FileNotFoundError when absent."""
-    return IPRoute(use_socket=netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE))
+def netns_iproute(name: str) -> RtNetlink:
+    """rtnetlink inside the named netns; never creates it, FileNotFoundError when absent."""
+    return RtNetlink(netns_socket(name, socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE))
 
 
 def netns_socket(

@@ -4,7 +4,7 @@ Liqo's table left out), as the `node` part of the current `plan.protect.Protecti
 
 Read at start and again after every netlink change: a netlink socket joined to the link, IPv4
 address and IPv4 route multicast groups wakes a daemon thread, which re-reads everything with one
-pyroute2 dump each (a dump, not the event itself: events can be lost when the socket buffer overflows,
+full dump each (a dump, not the event itself: events can be lost when the socket buffer overflows,
 a dump cannot). Everything happens in the calling process's network namespace: nothing forks.
 """
 
@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
 
+from services.netagent.kernel.netlink.rtnl import table_of
 from services.netagent.kernel.netns import host_iproute, kernel_errors
 from services.netagent.plan.protect import NodeAddresses, Protection
 
@@ -50,8 +51,8 @@ def read_node_addresses(excluded_links: Iterable[str] = (), excluded_prefix: str
     subnets: set[IPv4Network] = set()
     routes: set[IPv4Network] = set()
     with host_iproute() as ipr, kernel_errors("read the node's addresses and routes"):
-        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.link("dump")}
-        for msg in ipr.addr("dump", family=socket.AF_INET):
+        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.links()}
+        for msg in ipr.addrs():
             if skip(names.get(msg["index"])):
                 continue
             local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
@@ -60,9 +61,8 @@ def read_node_addresses(excluded_links: Iterable[str] = (), excluded_prefix: str
             addresses.add(IPv4Address(local))
             if msg["prefixlen"] > 0:
                 subnets.add(IPv4Network(f"{local}/{msg['prefixlen']}", strict=False))
-        for msg in ipr.route("dump", family=socket.AF_INET):
-            table = msg.get_attr("RTA_TABLE") or msg["table"]
-            if table != MAIN_TABLE or msg["dst_len"] == 0:
+        for msg in ipr.routes():
+            if table_of(msg) != MAIN_TABLE or msg["dst_len"] == 0:
                 continue
             oif = msg.get_attr("RTA_OIF")
             if oif is not None and skip(names.get(oif)):

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
-
-from pyroute2.iproute import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import Any, Literal
 
 from services.common.tunnelspec import TunnelSpec
 from services.netagent.config import AgentConfig
+from services.netagent.kernel.netlink.codec import Message, NetlinkError
+from services.netagent.kernel.netlink.rtnl import RtNetlink, table_of
 from services.netagent.kernel.netns import (
     KernelError,
     host_iproute,
@@ -55,18 +53,18 @@ FR_ACT_TO_TBL = 1
 # ---- reading the kernel ------------------------------------------------------------------------------
 
 
-def _names(ipr: IPRoute) -> dict[int, str]:
-    return {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.link("dump")}
+def _names(ipr: RtNetlink) -> dict[int, str]:
+    return {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.links()}
 
 
-def _route_of(msg: Any, names: dict[int, str]) -> Route:
+def _route_of(msg: Message, names: dict[int, str]) -> Route:
     """The Route a kernel message describes. Anything we never write (multipath, another type or
     scope) gets a device name no desired route has, so an owned one is deleted, never kept."""
     oif = msg.get_attr("RTA_OIF")
     dst = msg.get_attr("RTA_DST") or "0.0.0.0"
     gw = msg.get_attr("RTA_GATEWAY")
     route = Route(
-        table=msg.get_attr("RTA_TABLE") or msg["table"],
+        table=table_of(msg),
         dst=IPv4Network(f"{dst}/{msg['dst_len']}"),
         dev=names.get(oif, f"?if{oif}") if oif is not None else "?multipath",
         gateway=IPv4Address(gw) if gw else None,
@@ -83,12 +81,12 @@ def _route_of(msg: Any, names: dict[int, str]) -> Route:
     return route
 
 
-def _read_routes(ipr: IPRoute, table: int, dev: str | None = None) -> list[tuple[Route, Any]]:
+def _read_routes(ipr: RtNetlink, table: int, dev: str | None = None) -> list[tuple[Route, Message]]:
     """The IPv4 routes of `table` (only those through `dev` when given), with their messages."""
     names = _names(ipr)
     out = []
-    for msg in ipr.route("dump", family=socket.AF_INET, table=table):
-        if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+    for msg in ipr.routes():
+        if table_of(msg) != table:
             continue
         if dev is not None and names.get(msg.get_attr("RTA_OIF") or -1) != dev:
             continue
@@ -96,10 +94,10 @@ def _read_routes(ipr: IPRoute, table: int, dev: str | None = None) -> list[tuple
     return out
 
 
-def _read_rules(ipr: IPRoute, table: int) -> list[Rule]:
+def _read_rules(ipr: RtNetlink, table: int) -> list[Rule]:
     rules = []
-    for msg in ipr.rule("dump", family=socket.AF_INET):
-        if (msg.get_attr("FRA_TABLE") or msg["table"]) != table:
+    for msg in ipr.rules():
+        if table_of(msg) != table:
             continue
         src, dst = msg.get_attr("FRA_SRC"), msg.get_attr("FRA_DST")
         rules.append(
@@ -137,7 +135,6 @@ def _route_args(route: Route, ifindex: int) -> dict[str, Any]:
 
 def _rule_args(rule: Rule) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "family": socket.AF_INET,
         "table": rule.table,
         "priority": rule.priority,
         "action": FR_ACT_TO_TBL,
@@ -155,14 +152,14 @@ def _rule_args(rule: Rule) -> dict[str, Any]:
     return args
 
 
-def _ifindex(ipr: IPRoute, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
+def _ifindex(ipr: RtNetlink, name: str) -> int:
+    found = ipr.link_lookup(name)
     if not found:
         raise FileNotFoundError(f"link {name} does not exist")
     return int(found[0])
 
 
-def _delete_route_msg(ipr: IPRoute, route: Route, msg: Any) -> None:
+def _delete_route_msg(ipr: RtNetlink, route: Route, msg: Message) -> None:
     """Deletes exactly the route `msg` describes (every key the kernel matches on)."""
     args: dict[str, Any] = {
         "dst": f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}",
@@ -184,7 +181,7 @@ def _delete_route_msg(ipr: IPRoute, route: Route, msg: Any) -> None:
             raise KernelError(e.code, f"route del {route}: {os.strerror(e.code)}") from e
 
 
-def _converge_routes(ipr: IPRoute, current: Sequence[tuple[Route, Any]], desired: set[Route]) -> bool:
+def _converge_routes(ipr: RtNetlink, current: Sequence[tuple[Route, Message]], desired: set[Route]) -> bool:
     """Adds/replaces missing routes, then deletes owned routes not desired (add first: no gap)."""
     to_add, _ = plan((r for r, _ in current), desired)
     _write_routes(ipr, to_add, [])
@@ -209,7 +206,7 @@ def sync_netns_routes(cfg: AgentConfig, specs: Iterable[TunnelSpec]) -> bool:
             raise FileNotFoundError(f"netns {cfg.netns_name} does not exist")
         return False
     with netns_iproute(cfg.netns_name) as ipr:
-        if not ipr.link_lookup(ifname=cfg.wg_device):
+        if not ipr.link_lookup(cfg.wg_device):
             if desired:
                 raise FileNotFoundError(f"{cfg.wg_device} does not exist in {cfg.netns_name}")
             return False  # no device, so no route through it either
@@ -247,7 +244,7 @@ def update_routing(cfg: AgentConfig, before: Iterable[TunnelSpec], after: Iterab
     return bool(ns_add or ns_del or host_add or host_del or rule_add or rule_del)
 
 
-def _write_routes(ipr: IPRoute, add: Sequence[Route], remove: Sequence[Route]) -> None:
+def _write_routes(ipr: RtNetlink, add: Sequence[Route], remove: Sequence[Route]) -> None:
     """Replaces `add` first (no gap), then deletes what `remove` names and `add` did not rewrite."""
     for route in add:
         with kernel_errors(f"route replace {route}"):
@@ -264,9 +261,11 @@ def _write_routes(ipr: IPRoute, add: Sequence[Route], remove: Sequence[Route]) -
                     raise
 
 
-def _write_rules(ipr: IPRoute, add: Sequence[Rule], remove: Sequence[Rule]) -> None:
+def _write_rules(ipr: RtNetlink, add: Sequence[Rule], remove: Sequence[Rule]) -> None:
     """Adds then removes rules; one already there (or already gone) is what was wanted."""
-    for op, rules, done in (("add", add, errno.EEXIST), ("del", remove, errno.ENOENT)):
+    steps: tuple[tuple[Literal["add", "del"], Sequence[Rule], int], ...] = (
+        ("add", add, errno.EEXIST), ("del", remove, errno.ENOENT))
+    for op, rules, done in steps:
         for rule in rules:
             with kernel_errors(f"rule {op} {rule}"):
                 try:

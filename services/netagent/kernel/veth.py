@@ -15,11 +15,10 @@ import errno
 import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
-
-from pyroute2.iproute import IPRoute
 
 from services.netagent.config import AgentConfig
+from services.netagent.kernel.netlink.codec import Message
+from services.netagent.kernel.netlink.rtnl import IFF_NOARP, IFF_UP, RtNetlink
 from services.netagent.kernel.netns import (
     KernelError,
     host_iproute,
@@ -34,8 +33,6 @@ from services.netagent.plan.routes import MAIN_TABLE, RT_SCOPE_LINK, Route, desi
 
 __all__ = ["VethInfo", "delete_veth", "ensure_veth", "refresh_neighbours"]
 
-IFF_UP = 0x1
-IFF_NOARP = 0x80
 NUD_PERMANENT = 0x80
 
 
@@ -48,30 +45,22 @@ class VethInfo:
     created: bool  # False when an existing pair was adopted
 
 
-def _link(ipr: IPRoute, name: str) -> Any:
-    """The link's message, or None."""
-    found = ipr.link("dump", ifname=name)
-    return found[0] if found else None
-
-
-def _kind(msg: Any) -> str | None:
+def _kind(msg: Message) -> str | None:
     info = msg.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
-def _netns_id(ipr: IPRoute, name: str) -> int | None:
+def _netns_id(ipr: RtNetlink, name: str) -> int | None:
     """The id under which the host knows the named netns (what IFLA_LINK_NETNSID refers to)."""
     fd = os.open(netns_path(name), os.O_RDONLY)
     try:
         with kernel_errors(f"netns id of {name}"):
-            got = ipr.get_netnsid(fd=fd)
+            return ipr.get_netnsid(fd)
     finally:
         os.close(fd)
-    nsid = got.get("nsid") if got else None
-    return None if nsid is None or nsid < 0 else int(nsid)
 
 
-def _is_pair(host: Any, gw: Any, nsid: int | None) -> bool:
+def _is_pair(host: Message | None, gw: Message | None, nsid: int | None) -> bool:
     """Both ends exist, are veths and point at each other: IFLA_LINK is the peer's ifindex, and the
     host end's peer lives in the netns (indexes alone coincide easily across namespaces)."""
     if host is None or gw is None or _kind(host) != "veth" or _kind(gw) != "veth":
@@ -84,29 +73,29 @@ def _is_pair(host: Any, gw: Any, nsid: int | None) -> bool:
     )
 
 
-def _fix_link(ipr: IPRoute, msg: Any, mtu: int) -> bool:
+def _fix_link(ipr: RtNetlink, msg: Message, mtu: int) -> bool:
     """MTU, ARP off, up: writes only what differs."""
     changed = False
     idx = msg["index"]
     with kernel_errors(f"link {msg.get_attr('IFLA_IFNAME')}"):
         if msg.get_attr("IFLA_MTU") != mtu:
-            ipr.link("set", index=idx, mtu=mtu)
+            ipr.set_link(idx, mtu=mtu)
             changed = True
         flags = msg["flags"]
         if not flags & IFF_NOARP or not flags & IFF_UP:
-            ipr.link("set", index=idx, arp=False, state="up")
+            ipr.set_link(idx, arp=False, up=True)
             changed = True
     return changed
 
 
-def _ensure_routes(ipr: IPRoute, routes: list[Route]) -> bool:
+def _ensure_routes(ipr: RtNetlink, routes: list[Route]) -> bool:
     """Adds the given main-table routes when missing; other routes of the table are left alone."""
     have = {r for r, _ in _read_routes(ipr, MAIN_TABLE)}
     changed = False
     for route in routes:
         if route in have:
             continue
-        (idx,) = ipr.link_lookup(ifname=route.dev)
+        (idx,) = ipr.link_lookup(route.dev)
         args = _route_args(route, idx)
         if route.gateway is None:
             args["scope"] = RT_SCOPE_LINK
@@ -116,30 +105,28 @@ def _ensure_routes(ipr: IPRoute, routes: list[Route]) -> bool:
     return changed
 
 
-def _ensure_neighbour(ipr: IPRoute, ifindex: int, ip: IPv4Address, mac: str) -> bool:
-    for msg in ipr.neigh("dump", ifindex=ifindex):
+def _ensure_neighbour(ipr: RtNetlink, ifindex: int, ip: IPv4Address, mac: str) -> bool:
+    for msg in ipr.neighbours(ifindex):
         if msg.get_attr("NDA_DST") == str(ip) and msg.get_attr("NDA_LLADDR") == mac \
                 and msg["state"] & NUD_PERMANENT:
             return False
     with kernel_errors(f"neighbour {ip} -> {mac}"):
-        ipr.neigh("replace", ifindex=ifindex, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
+        ipr.replace_neighbour(ifindex, str(ip), mac, NUD_PERMANENT)
     return True
 
 
-def _create_pair(cfg: AgentConfig, host_ipr: IPRoute, gw_ipr: IPRoute) -> None:
+def _create_pair(cfg: AgentConfig, host_ipr: RtNetlink, gw_ipr: RtNetlink) -> None:
     """Creates the pair with the gateway end born inside the netns (no transient link in the host)."""
     for ipr, name in ((host_ipr, cfg.host_veth), (gw_ipr, cfg.gateway_veth)):
-        stale = ipr.link_lookup(ifname=name)
+        stale = ipr.link_lookup(name)
         if stale:  # a half pair or something else with a Liqo-owned name
             with kernel_errors(f"delete stale {name}"):
-                ipr.link("del", index=stale[0])
+                ipr.del_link(stale[0])
     fd = os.open(netns_path(cfg.netns_name), os.O_RDONLY)
     try:
         with kernel_errors(f"create veth {cfg.host_veth}/{cfg.gateway_veth}"):
-            host_ipr.link(
-                "add", ifname=cfg.host_veth, kind="veth", mtu=cfg.mtu,
-                peer={"ifname": cfg.gateway_veth, "net_ns_fd": fd, "mtu": cfg.mtu},
-            )
+            host_ipr.add_link(cfg.host_veth, "veth", mtu=cfg.mtu, peer_name=cfg.gateway_veth,
+                              peer_netns_fd=fd)
     finally:
         os.close(fd)
 
@@ -150,11 +137,12 @@ def ensure_veth(cfg: AgentConfig) -> VethInfo:
         raise FileNotFoundError(errno.ENOENT, f"netns {cfg.netns_name} does not exist")
     with host_iproute() as h, netns_iproute(cfg.netns_name) as g:
         created = False
-        if not _is_pair(_link(h, cfg.host_veth), _link(g, cfg.gateway_veth), _netns_id(h, cfg.netns_name)):
+        pair = h.link_by_name(cfg.host_veth), g.link_by_name(cfg.gateway_veth)
+        if not _is_pair(*pair, _netns_id(h, cfg.netns_name)):
             _create_pair(cfg, h, g)
             created = True
-        host, gw = _link(h, cfg.host_veth), _link(g, cfg.gateway_veth)
-        if not _is_pair(host, gw, _netns_id(h, cfg.netns_name)):
+        host, gw = h.link_by_name(cfg.host_veth), g.link_by_name(cfg.gateway_veth)
+        if host is None or gw is None or not _is_pair(host, gw, _netns_id(h, cfg.netns_name)):
             raise KernelError(errno.EIO, f"veth {cfg.host_veth}/{cfg.gateway_veth} not paired after creation")
         _fix_link(h, host, cfg.mtu)
         _fix_link(g, gw, cfg.mtu)
@@ -178,8 +166,8 @@ def refresh_neighbours(cfg: AgentConfig) -> bool:
     """Re-installs both static neighbours from the current MACs (call when a MAC changed, e.g. by
     udev); True when an entry was rewritten."""
     with host_iproute() as h, netns_iproute(cfg.netns_name) as g:
-        host, gw = _link(h, cfg.host_veth), _link(g, cfg.gateway_veth)
-        if not _is_pair(host, gw, _netns_id(h, cfg.netns_name)):
+        host, gw = h.link_by_name(cfg.host_veth), g.link_by_name(cfg.gateway_veth)
+        if host is None or gw is None or not _is_pair(host, gw, _netns_id(h, cfg.netns_name)):
             raise FileNotFoundError(errno.ENOENT, f"veth {cfg.host_veth}/{cfg.gateway_veth} is missing")
         a = _ensure_neighbour(h, host["index"], cfg.gateway_veth_ip, gw.get_attr("IFLA_ADDRESS"))
         b = _ensure_neighbour(g, gw["index"], cfg.host_veth_ip, host.get_attr("IFLA_ADDRESS"))
@@ -190,14 +178,14 @@ def delete_veth(cfg: AgentConfig) -> bool:
     """Deletes the pair (its routes and neighbours go with it); absent is fine. True when deleted."""
     deleted = False
     with host_iproute() as h:
-        for idx in h.link_lookup(ifname=cfg.host_veth):
+        for idx in h.link_lookup(cfg.host_veth):
             with kernel_errors(f"delete {cfg.host_veth}"):
-                h.link("del", index=idx)
+                h.del_link(idx)
             deleted = True
     if netns_exists(cfg.netns_name):
         with netns_iproute(cfg.netns_name) as g:
-            for idx in g.link_lookup(ifname=cfg.gateway_veth):
+            for idx in g.link_lookup(cfg.gateway_veth):
                 with kernel_errors(f"delete {cfg.gateway_veth}"):
-                    g.link("del", index=idx)
+                    g.del_link(idx)
                 deleted = True
     return deleted

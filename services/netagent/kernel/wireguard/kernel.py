@@ -1,6 +1,6 @@
-"""The kernel WireGuard backend, through pyroute2's netlink (rtnetlink for the link, the generic
-netlink family "wireguard" for keys and peers), on sockets born in the netns without forking. The
-netlink boundary is injectable for unit tests; tests/kernel runs it on a real kernel in a guest."""
+"""The kernel WireGuard backend, through netlink (rtnetlink for the link, the generic netlink family
+"wireguard" for keys and peers), on sockets born in the netns without forking. The netlink boundary
+is injectable for unit tests; tests/kernel runs it on a real kernel in a guest."""
 
 from __future__ import annotations
 
@@ -10,47 +10,23 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyroute2.netlink.generic.wireguard import AsyncWireGuard, WireGuard
-
 from services.common.keys import decode_b64, public_key_of
 from services.netagent.config import AgentConfig
+from services.netagent.kernel.netlink.codec import Message
+from services.netagent.kernel.netlink.wireguard import NETLINK_GENERIC, PeerChange, WireGuard
 from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_iproute, netns_socket
 from services.netagent.kernel.wireguard import link as wglink
 from services.netagent.kernel.wireguard.model import PeerConfig, PeerState
 
 __all__ = ["KernelDevice", "kernel_module_available"]
 
-WGPEER_F_REMOVE_ME = 0x1
-NETLINK_GENERIC = 16
 
 
-class _AsyncPeerBatchWireGuard(AsyncWireGuard):  # type: ignore[misc]
-    def _wg_set_peer(self, msg: Any, peer: Any) -> None:
-        """`peer` may be a list: several peer changes in one WG_CMD_SET_DEVICE, which the kernel
-        applies in order under the device lock. pyroute2 gives each peer a WGDEVICE_A_PEERS of its
-        own, of which the kernel reads only the last: they are merged into one."""
-        if not isinstance(peer, list):
-            super()._wg_set_peer(msg, peer)
-            return
-        for one in peer:
-            super()._wg_set_peer(msg, one)
-        attrs = msg["attrs"]
-        merged = [entry for name, value in attrs if name == "WGDEVICE_A_PEERS" for entry in value]
-        attrs[:] = [a for a in attrs if a[0] != "WGDEVICE_A_PEERS"] + [["WGDEVICE_A_PEERS", merged]]
-
-
-class PeerBatchWireGuard(WireGuard):  # type: ignore[misc]
-    """pyroute2's WireGuard whose `set(peer=[...])` also takes a list of peers (see above)."""
-
-    async_class = _AsyncPeerBatchWireGuard
-
-
-def netns_wireguard(netns: str) -> PeerBatchWireGuard:
+def netns_wireguard(netns: str) -> WireGuard:
     """The generic netlink family "wireguard" inside `netns` (the kernel looks the device up by name
-    there), on a socket a thread opens in it: pyroute2's own `netns=` forks a child per socket, and
-    such children of the threaded gRPC server died of SIGSEGV."""
-    return PeerBatchWireGuard(use_socket=netns_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                                      NETLINK_GENERIC))
+    there), on a socket a thread opens in it: never a forked child of the threaded gRPC server."""
+    return WireGuard(netns_socket(netns, socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                  NETLINK_GENERIC))
 
 
 def kernel_module_available(sys_root: str = "/sys", lib_root: str = "/lib/modules",
@@ -73,20 +49,15 @@ def kernel_module_available(sys_root: str = "/sys", lib_root: str = "/lib/module
         return False
 
 
-def _key(value: Any) -> str:
-    """pyroute2 decodes keys to base64 bytes; normalize to str."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def peer_state_of(nla: Any) -> PeerState:
-    """A PeerState from a WGDEVICE_A_PEERS entry of pyroute2's `info()` reply."""
+def peer_state_of(nla: Message) -> PeerState:
+    """A PeerState from a WGDEVICE_A_PEERS entry of a WG_CMD_GET_DEVICE reply."""
     endpoint = nla.get_attr("WGPEER_A_ENDPOINT")
     hs = nla.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
     allowed = []
     for a in nla.get_attr("WGPEER_A_ALLOWEDIPS") or []:
-        addr = a.get("addr")
-        if addr and ":" not in addr:
-            allowed.append(IPv4Network(addr, strict=False))
+        if a.get_attr("WGALLOWEDIP_A_FAMILY") == socket.AF_INET:
+            allowed.append(IPv4Network(f"{a.get_attr('WGALLOWEDIP_A_IPADDR')}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}",
+                                       strict=False))
     ep_ip: IPv4Address | None = None
     ep_port: int | None = None
     if endpoint is not None and ":" not in str(endpoint.get("addr", ":")):
@@ -95,7 +66,7 @@ def peer_state_of(nla: Any) -> PeerState:
     if hs is not None and hs.get("tv_sec"):
         last = hs["tv_sec"] + hs.get("tv_nsec", 0) / 1e9
     return PeerState(
-        public_key=_key(nla.get_attr("WGPEER_A_PUBLIC_KEY")),
+        public_key=nla.get_attr("WGPEER_A_PUBLIC_KEY"),
         endpoint_ip=ep_ip,
         endpoint_port=ep_port,
         allowed_ips=tuple(allowed),
@@ -106,7 +77,7 @@ def peer_state_of(nla: Any) -> PeerState:
     )
 
 
-def _peer_spec(peer: PeerConfig) -> dict[str, Any]:
+def _peer_spec(peer: PeerConfig) -> PeerChange:
     return {
         "public_key": peer.public_key,
         "endpoint_addr": str(peer.endpoint_ip),
@@ -135,7 +106,7 @@ class KernelDevice:
 
     # ---- device ----
 
-    def _info(self) -> list[Any]:
+    def _info(self) -> list[Message]:
         with self._wg() as wg, kernel_errors(f"wireguard info {self.cfg.wg_device}"):
             return list(wg.info(self.cfg.wg_device))
 
@@ -154,22 +125,19 @@ class KernelDevice:
             where = None
         if where is None:
             with self._host() as h, kernel_errors(f"create {self.cfg.wg_device}"):
-                h.link("add", ifname=self.cfg.wg_device, kind="wireguard")
+                h.add_link(self.cfg.wg_device, "wireguard")
             changed = True
         changed |= wglink.place_link(self.cfg, mtu, self._host, self._gw)
         info = self._info()
         attrs = info[0] if info else None
         have_port = attrs.get_attr("WGDEVICE_A_LISTEN_PORT") if attrs is not None else None
         have_pub = attrs.get_attr("WGDEVICE_A_PUBLIC_KEY") if attrs is not None else None
-        args: dict[str, Any] = {}
-        if have_port != listen_port:
-            args["listen_port"] = listen_port
-        if private_key_b64 is not None and (have_pub is None
-                                            or _key(have_pub) != public_key_of(private_key_b64)):
-            args["private_key"] = private_key_b64
-        if args:
+        port = listen_port if have_port != listen_port else None
+        key = private_key_b64 if private_key_b64 is not None and have_pub != public_key_of(private_key_b64) \
+            else None
+        if port is not None or key is not None:
             with self._wg() as wg, kernel_errors(f"configure {self.cfg.wg_device}"):
-                wg.set(self.cfg.wg_device, **args)
+                wg.set(self.cfg.wg_device, private_key=key, listen_port=port)
             changed = True
         return changed
 
@@ -181,7 +149,7 @@ class KernelDevice:
         if not info:
             return None
         pub = info[0].get_attr("WGDEVICE_A_PUBLIC_KEY")
-        return _key(pub) if pub else None
+        return str(pub) if pub else None
 
     def delete(self) -> bool:
         return wglink.delete_link(self.cfg, self._host, self._gw)
@@ -197,18 +165,18 @@ class KernelDevice:
 
     def set_peer(self, peer: PeerConfig) -> None:
         with self._wg() as wg, kernel_errors(f"set peer on {self.cfg.wg_device}"):
-            wg.set(self.cfg.wg_device, peer=_peer_spec(peer))
+            wg.set(self.cfg.wg_device, peers=[_peer_spec(peer)])
 
     def reset_peer(self, peer: PeerConfig) -> None:
         remove = {"public_key": peer.public_key, "remove": True}
         with self._wg() as wg, kernel_errors(f"reset peer on {self.cfg.wg_device}"):
-            wg.set(self.cfg.wg_device, peer=[remove, _peer_spec(peer)])
+            wg.set(self.cfg.wg_device, peers=[remove, _peer_spec(peer)])
 
     def remove_peer(self, public_key: str) -> bool:
         if all(p.public_key != public_key for p in self.peers()):
             return False
         with self._wg() as wg, kernel_errors(f"remove peer on {self.cfg.wg_device}"):
-            wg.set(self.cfg.wg_device, peer={"public_key": public_key, "remove": True})
+            wg.set(self.cfg.wg_device, peers=[{"public_key": public_key, "remove": True}])
         return True
 
     def remove_all_peers(self) -> None:
@@ -216,5 +184,5 @@ class KernelDevice:
         removals = [{"public_key": p.public_key, "remove": True} for p in self.peers()]
         if removals:
             with self._wg() as wg, kernel_errors(f"remove all peers on {self.cfg.wg_device}"):
-                wg.set(self.cfg.wg_device, peer=removals)
+                wg.set(self.cfg.wg_device, peers=removals)
 

@@ -3,19 +3,23 @@ into the gateway netns, then up with its MTU and the tunnel address. Shared by b
 
 from __future__ import annotations
 
-import socket
+import os
 from collections.abc import Callable
-from typing import Any
-
-from pyroute2.iproute import IPRoute
 
 from services.netagent.config import AgentConfig
-from services.netagent.kernel.netns import host_iproute, kernel_errors, netns_exists, netns_iproute
+from services.netagent.kernel.netlink.codec import Message
+from services.netagent.kernel.netlink.rtnl import IFF_UP, RtNetlink
+from services.netagent.kernel.netns import (
+    host_iproute,
+    kernel_errors,
+    netns_exists,
+    netns_iproute,
+    netns_path,
+)
 
 __all__ = ["Location", "delete_link", "find_link", "place_link"]
 
-IFF_UP = 0x1
-IpFactory = Callable[[], IPRoute]
+IpFactory = Callable[[], RtNetlink]
 
 
 class Location:
@@ -23,7 +27,7 @@ class Location:
     NETNS = "netns"
 
 
-def link_kind(msg: Any) -> str | None:
+def link_kind(msg: Message) -> str | None:
     info = msg.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
@@ -36,23 +40,27 @@ def find_link(cfg: AgentConfig, host: IpFactory | None = None,
         gw = lambda: netns_iproute(cfg.netns_name)  # noqa: E731
     if gw is not None:
         with gw() as g:
-            found = g.link("dump", ifname=cfg.wg_device)
-            if found:
-                return Location.NETNS, link_kind(found[0])
+            found = g.link_by_name(cfg.wg_device)
+            if found is not None:
+                return Location.NETNS, link_kind(found)
     with (host or host_iproute)() as h:
-        found = h.link("dump", ifname=cfg.wg_device)
-        if found:
-            return Location.HOST, link_kind(found[0])
+        found = h.link_by_name(cfg.wg_device)
+        if found is not None:
+            return Location.HOST, link_kind(found)
     return None, None
 
 
-def prepare_in_host(h: IPRoute, cfg: AgentConfig, mtu: int) -> None:
+def prepare_in_host(h: RtNetlink, cfg: AgentConfig, mtu: int) -> None:
     """MTU and up while still in the host (wireguard-go only sees link events there), then the move."""
-    (idx,) = h.link_lookup(ifname=cfg.wg_device)
+    (idx,) = h.link_lookup(cfg.wg_device)
     with kernel_errors(f"{cfg.wg_device}: mtu/up in host"):
-        h.link("set", index=idx, mtu=mtu, state="up")
-    with kernel_errors(f"{cfg.wg_device}: move into {cfg.netns_name}"):
-        h.link("set", index=idx, net_ns_fd=cfg.netns_name)
+        h.set_link(idx, mtu=mtu, up=True)
+    fd = os.open(netns_path(cfg.netns_name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with kernel_errors(f"{cfg.wg_device}: move into {cfg.netns_name}"):
+            h.set_link(idx, netns_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def place_link(cfg: AgentConfig, mtu: int, host: IpFactory | None = None,
@@ -69,22 +77,24 @@ def place_link(cfg: AgentConfig, mtu: int, host: IpFactory | None = None,
             prepare_in_host(h, cfg, mtu)
         changed = True
     with gw() as g:
-        (msg,) = g.link("dump", ifname=cfg.wg_device)
+        msg = g.link_by_name(cfg.wg_device)
+        if msg is None:
+            raise FileNotFoundError(f"{cfg.wg_device} vanished from {cfg.netns_name}")
         idx = msg["index"]
         with kernel_errors(f"{cfg.wg_device}: mtu/up"):
             if msg.get_attr("IFLA_MTU") != mtu:
-                g.link("set", index=idx, mtu=mtu)
+                g.set_link(idx, mtu=mtu)
                 changed = True
             if not msg["flags"] & IFF_UP:
-                g.link("set", index=idx, state="up")
+                g.set_link(idx, up=True)
                 changed = True
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-            for a in g.addr("dump", index=idx, family=socket.AF_INET)
+            for a in g.addrs(idx)
         }
         if (str(cfg.tunnel_ip), 32) not in have:
             with kernel_errors(f"{cfg.wg_device}: address {cfg.tunnel_ip}/32"):
-                g.addr("add", index=idx, address=str(cfg.tunnel_ip), prefixlen=32)
+                g.add_addr(idx, str(cfg.tunnel_ip), 32)
             changed = True
     return changed
 
@@ -97,8 +107,8 @@ def delete_link(cfg: AgentConfig, host: IpFactory | None = None, gw: IpFactory |
         factories.insert(0, gw or (lambda: netns_iproute(cfg.netns_name)))
     for factory in factories:
         with factory() as ipr:
-            for idx in ipr.link_lookup(ifname=cfg.wg_device):
+            for idx in ipr.link_lookup(cfg.wg_device):
                 with kernel_errors(f"delete {cfg.wg_device}"):
-                    ipr.link("del", index=idx)
+                    ipr.del_link(idx)
                 deleted = True
     return deleted

@@ -17,34 +17,37 @@ import socket
 import threading
 from collections.abc import Callable
 
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
+from services.netagent.kernel.netlink.codec import split_messages
+from services.netagent.kernel.netlink.rtnl import (
+    NETLINK_ROUTE,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+    RTMGRP_LINK,
+    decode_link,
+)
 from services.netagent.kernel.netns import netns_socket
 
 __all__ = ["LinkWatcher", "link_events"]
 
 log = logging.getLogger(__name__)
-_NETLINK_ROUTE = 0
 
 
-def link_events(data: bytes, marshal: MarshalRtnl | None = None) -> list[tuple[int, str]]:
+def link_events(data: bytes) -> list[tuple[int, str]]:
     """(message type, link name) of the RTM_NEWLINK/RTM_DELLINK messages in a netlink datagram."""
     out: list[tuple[int, str]] = []
-    for msg in (marshal or MarshalRtnl()).parse(data):
-        kind = msg["header"]["type"]
-        if kind in (RTM_NEWLINK, RTM_DELLINK):
-            name = msg.get_attr("IFLA_IFNAME")
+    for raw in split_messages(data):
+        if raw.kind in (RTM_NEWLINK, RTM_DELLINK):
+            name = decode_link(raw).get_attr("IFLA_IFNAME")
             if name:
-                out.append((kind, str(name)))
+                out.append((raw.kind, str(name)))
     return out
 
 
 def _link_socket(netns: str | None) -> socket.socket:
     if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     else:
-        sock = netns_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+        sock = netns_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     try:
         sock.bind((0, RTMGRP_LINK))
     except OSError:
@@ -87,19 +90,18 @@ class LinkWatcher:
         self._socks = {}
 
     def _watch(self) -> None:
-        marshal = MarshalRtnl()
         while not self._stopping.is_set():
             try:
                 ready, _, _ = select.select(list(self._socks), [], [], 0.5)
                 for sock in ready:
-                    reason = self._read(sock, self._socks[sock], marshal)
+                    reason = self._read(sock, self._socks[sock])
                     if reason:
                         self.on_event(reason)
             except Exception as e:  # keep watching; the periodic resync is the safety net
                 log.warning("device watch failed", extra={"error": str(e)})
                 self._stopping.wait(0.5)
 
-    def _read(self, sock: socket.socket, where: str, marshal: MarshalRtnl) -> str:
+    def _read(self, sock: socket.socket, where: str) -> str:
         reason = ""
         while True:
             try:
@@ -111,7 +113,7 @@ class LinkWatcher:
                     reason = reason or f"link events lost in the {where} namespace"
                     continue
                 raise
-            for kind, name in link_events(data, marshal):
+            for kind, name in link_events(data):
                 if name != self.device:
                     continue
                 if where == "host" and kind == RTM_NEWLINK:
