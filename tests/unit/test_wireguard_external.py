@@ -4,17 +4,19 @@ that wake the agent when the device vanishes or comes back."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from services.netagent.config import AgentConfig
+from services.netagent.kernel.netlink.codec import encode_attrs, encode_message
+from services.netagent.kernel.netlink.rtnl import IFINFOMSG, LINK_SCHEMA, RTM_DELLINK, RTM_NEWLINK
 from services.netagent.kernel.wireguard import DeviceError, UserspaceDevice
 from services.netagent.kernel.wireguard import userspace as us
-from services.netagent.kernel.wireguard.watch import link_events
+from services.netagent.kernel.wireguard.watch import LinkWatcher, link_events
 
 CFG = AgentConfig(wireguard_go_mode="external")
 
@@ -63,6 +65,7 @@ def test_a_kernel_device_is_refused_not_deleted(monkeypatch: pytest.MonkeyPatch)
 
 
 def _msg(kind: int, name: str) -> bytes:
+    """A link event as pyroute2 encodes it (an implementation independent of ours)."""
     m: Any = ifinfmsg()
     m["header"]["type"] = kind
     m["attrs"] = [("IFLA_IFNAME", name)]
@@ -70,6 +73,43 @@ def _msg(kind: int, name: str) -> bytes:
     return bytes(m.data)
 
 
+def _event(kind: int, name: str | None, index: int = 7) -> bytes:
+    """A link event as the kernel sends it: ifinfomsg, then the name among other attributes."""
+    attrs: list[tuple[str, Any]] = [("IFLA_MTU", 1420), ("IFLA_ADDRESS", "02:00:00:00:00:07")]
+    if name is not None:
+        attrs.insert(0, ("IFLA_IFNAME", name))
+    body = IFINFOMSG.pack({"index": index}) + encode_attrs(LINK_SCHEMA, attrs)
+    return encode_message(kind, 0, 0, body)
+
+
 def test_link_events_name_the_links() -> None:
     data = _msg(RTM_NEWLINK, "liqo.tunnel") + _msg(RTM_DELLINK, "eth0")
     assert link_events(data) == [(RTM_NEWLINK, "liqo.tunnel"), (RTM_DELLINK, "eth0")]
+
+
+def test_link_events_skip_other_messages_and_nameless_links() -> None:
+    new_addr = encode_message(20, 0, 0, bytes(24))  # RTM_NEWADDR: not a link event
+    data = (_event(RTM_NEWLINK, "liqo.tunnel") + new_addr + _event(RTM_DELLINK, None)
+            + _event(RTM_DELLINK, "liqo.tunnel", 9))
+    assert link_events(data) == [(RTM_NEWLINK, "liqo.tunnel"), (RTM_DELLINK, "liqo.tunnel")]
+    assert link_events(data[:-3]) == [(RTM_NEWLINK, "liqo.tunnel")]  # a truncated last message: dropped
+    assert link_events(b"") == []
+
+
+@pytest.mark.parametrize(("where", "events", "reason"), [
+    ("host", [(RTM_NEWLINK, "liqo.tunnel")], "liqo.tunnel appeared in the host namespace"),
+    ("host", [(RTM_DELLINK, "liqo.tunnel")], ""),  # leaving the host: the move into the netns
+    ("netns", [(RTM_DELLINK, "liqo.tunnel")], "liqo.tunnel vanished from liqo-netns"),
+    ("netns", [(RTM_NEWLINK, "liqo.tunnel")], ""),  # arriving in the netns: the agent's own move
+    ("netns", [(RTM_DELLINK, "eth0"), (RTM_DELLINK, "liqo.tunnel")], "liqo.tunnel vanished from liqo-netns"),
+    ("host", [(RTM_NEWLINK, "eth0")], ""),
+])
+def test_the_watcher_wakes_for_its_device_only(where: str, events: list[tuple[int, str]],
+                                               reason: str) -> None:
+    """What LinkWatcher reads off its socket (one datagram per event, as the kernel multicasts them)."""
+    watcher = LinkWatcher("liqo.tunnel", "liqo-netns", lambda _reason: None)
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        for kind, name in events:
+            kernel.send(_event(kind, name))
+        assert watcher._read(ours, where) == reason

@@ -1,20 +1,43 @@
 """The WireGuard backends at their boundaries, without a kernel module: the kernel backend's exact
-pyroute2 calls (rtnetlink + the "wireguard" generic netlink family, mocked), the UAPI protocol text
+netlink calls (rtnetlink + the "wireguard" generic netlink family, mocked), the UAPI protocol text
 of the userspace backend, backend selection and key handling."""
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
-from unittest.mock import MagicMock, call
+from unittest.mock import ANY, MagicMock, call
 
 import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from services.common.keys import InvalidKey, b64_to_hex, generate, hex_to_b64, public_key_of
 from services.netagent.config import AgentConfig
+from services.netagent.kernel.netlink.codec import Message, Raw, encode_attrs, encode_message, split_messages
+from services.netagent.kernel.netlink.nlsocket import NLM_F_ACK
+from services.netagent.kernel.netlink.rtnl import (
+    ADDR_SCHEMA,
+    IFADDRMSG,
+    IFF_UP,
+    IFINFOMSG,
+    LINK_SCHEMA,
+    RTM_NEWLINK,
+    _decode,
+    decode_link,
+)
+from services.netagent.kernel.netlink.wireguard import (
+    WG_CMD_SET_DEVICE,
+    WG_GENL_VERSION,
+    WGPEER_F_REMOVE_ME,
+    WGPEER_F_REPLACE_ALLOWEDIPS,
+    decode_device,
+    encode_set_device,
+)
 from services.netagent.kernel.wireguard import (
     DeviceError,
     KernelDevice,
@@ -24,6 +47,7 @@ from services.netagent.kernel.wireguard import (
     choose_implementation,
 )
 from services.netagent.kernel.wireguard import kernel as k
+from services.netagent.kernel.wireguard import link as wglink
 from services.netagent.kernel.wireguard.kernel import kernel_module_available
 from services.netagent.kernel.wireguard.uapi import (
     UapiError,
@@ -40,96 +64,164 @@ PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="  # a fixed example key
 PUB = public_key_of(PRIV)
 PEER = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 ALLOWED = (IPv4Network("10.60.0.0/16"), IPv4Network("10.70.0.0/16"))
+WG_FAMILY = 0x15  # a generic netlink family id, as the kernel would have assigned to "wireguard"
 
 
-class Msg(dict[str, Any]):
-    """Enough of a pyroute2 message: fields as items, NLAs through get_attr."""
+# ---- what the kernel answers, as the codec decodes it --------------------------------------------------
 
-    def __init__(self, attrs: dict[str, Any] | None = None, **fields: Any) -> None:
-        super().__init__(fields)
-        self.attrs = attrs or {}
 
-    def get_attr(self, name: str) -> Any:
-        return self.attrs.get(name)
+def link_message(name: str, kind: str, index: int, mtu: int, up: bool) -> Message:
+    """What RtNetlink.link_by_name returns for such a link: the bytes a kernel sends, decoded."""
+    body = IFINFOMSG.pack({"index": index, "flags": IFF_UP if up else 0}) + encode_attrs(LINK_SCHEMA, [
+        ("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", [("IFLA_INFO_KIND", kind)]),
+    ])
+    return decode_link(Raw(RTM_NEWLINK, 0, 1, 0, body))
+
+
+def addr_message(index: int, address: str, prefixlen: int) -> Message:
+    """One entry of RtNetlink.addrs: an IPv4 address, decoded as `addrs` decodes it."""
+    body = IFADDRMSG.pack({"family": socket.AF_INET, "prefixlen": prefixlen, "index": index})
+    attrs = encode_attrs(ADDR_SCHEMA, [("IFA_LOCAL", address), ("IFA_ADDRESS", address)])
+    return _decode(Raw(20, 0, 1, 0, body + attrs), IFADDRMSG, ADDR_SCHEMA)
+
+
+def _allowed_ip(cidr: str) -> dict[str, Any]:
+    addr, _, mask = cidr.partition("/")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    return {"attrs": [["WGALLOWEDIP_A_FAMILY", family],
+                      ["WGALLOWEDIP_A_IPADDR", socket.inet_pton(family, addr)],
+                      ["WGALLOWEDIP_A_CIDR_MASK", int(mask)]]}
+
+
+def device_dump(*, listen_port: int | None = None, public_key: str | None = None,
+                peers: Sequence[list[list[Any]]] = ()) -> Message:
+    """One message of a WG_CMD_GET_DEVICE dump, as decode_device reads it (the bytes are built by
+    pyroute2's wgmsg, an implementation independent of ours). A peer: its pyroute2 attributes, with
+    WGPEER_A_ALLOWEDIPS given as CIDR strings."""
+    msg: Any = wgmsg()
+    msg["cmd"], msg["version"], msg["header"]["type"] = 0, WG_GENL_VERSION, WG_FAMILY
+    msg["attrs"] = [["WGDEVICE_A_IFINDEX", 7], ["WGDEVICE_A_IFNAME", CFG.wg_device]]
+    if listen_port is not None:
+        msg["attrs"].append(["WGDEVICE_A_LISTEN_PORT", listen_port])
+    if public_key is not None:
+        msg["attrs"].append(["WGDEVICE_A_PUBLIC_KEY", public_key])
+    if peers:
+        entries = [{"attrs": [[n, [_allowed_ip(c) for c in v] if n == "WGPEER_A_ALLOWEDIPS" else v]
+                              for n, v in p]} for p in peers]
+        msg["attrs"].append(["WGDEVICE_A_PEERS", entries])
+    msg.encode()
+    (raw,) = split_messages(bytes(msg.data))
+    return decode_device(raw.body)
+
+
+# ---- one network namespace's links, behind a recording mock of RtNetlink -------------------------------
+
+
+@dataclass
+class Link:
+    kind: str
+    index: int
+    mtu: int = 1420
+    up: bool = False
 
 
 class Space:
-    """One network namespace's links, behind a MagicMock IPRoute whose calls are recorded."""
+    """One network namespace's links and addresses, behind a MagicMock RtNetlink whose calls are
+    recorded. A link moved with set_link(netns_fd=) lands in the space "netns"; the namespace file the
+    fd was opened on is kept in `moved_via`."""
 
     def __init__(self, name: str, spaces: dict[str, Space]) -> None:
         self.name, self.spaces = name, spaces
-        self.links: dict[str, Msg] = {}
+        self.links: dict[str, Link] = {}
+        self.addresses: list[Message] = []
+        self.moved_via: list[tuple[int, str]] = []
         spaces[name] = self
         self.ipr = MagicMock(name=f"ipr-{name}")
         self.ipr.__enter__.return_value = self.ipr
-        self.ipr.link.side_effect = self.link
-        self.ipr.link_lookup.side_effect = lambda ifname: [m["index"] for n, m in self.links.items()
+        self.ipr.link_by_name.side_effect = self.link_by_name
+        self.ipr.link_lookup.side_effect = lambda ifname: [link.index for n, link in self.links.items()
                                                            if n == ifname]
-        self.ipr.addr.side_effect = lambda cmd, **kw: [] if cmd == "dump" else None
+        self.ipr.add_link.side_effect = lambda name, kind, **kw: self.add(name, kind, 7)
+        self.ipr.set_link.side_effect = self.set_link
+        self.ipr.del_link.side_effect = lambda index: self.links.pop(self._name_of(index))
+        self.ipr.addrs.side_effect = lambda index=None: [a for a in self.addresses
+                                                         if index in (None, a["index"])]
+        self.ipr.add_addr.side_effect = lambda index, address, prefixlen: None
 
     def add(self, name: str, kind: str, index: int, mtu: int = 1420, up: bool = False) -> None:
-        info = Msg({"IFLA_INFO_KIND": kind})
-        self.links[name] = Msg({"IFLA_IFNAME": name, "IFLA_MTU": mtu, "IFLA_LINKINFO": info},
-                               index=index, flags=int(up))
+        self.links[name] = Link(kind, index, mtu, up)
 
-    def link(self, cmd: str, **kw: Any) -> Any:
-        if cmd == "dump":
-            return [m for n, m in self.links.items() if n == kw.get("ifname")]
-        if cmd == "add":
-            self.add(kw["ifname"], kw["kind"], 7)
-        elif cmd == "set" and "net_ns_fd" in kw:  # the kernel brings a moved link down
-            name = next(n for n, m in self.links.items() if m["index"] == kw["index"])
+    def link_by_name(self, name: str) -> Message | None:
+        link = self.links.get(name)
+        return link_message(name, link.kind, link.index, link.mtu, link.up) if link is not None else None
+
+    def _name_of(self, index: int) -> str:
+        return next(n for n, link in self.links.items() if link.index == index)
+
+    def set_link(self, index: int, *, mtu: int | None = None, up: bool | None = None,
+                 arp: bool | None = None, netns_fd: int | None = None) -> None:
+        name = self._name_of(index)
+        if netns_fd is not None:  # the kernel brings a moved link down
+            self.moved_via.append((netns_fd, os.readlink(f"/proc/self/fd/{netns_fd}")))
             self.spaces["netns"].links[name] = moved = self.links.pop(name)
-            moved["flags"] = 0
-        elif cmd == "set":
-            msg = next(m for m in self.links.values() if m["index"] == kw["index"])
-            if "mtu" in kw:
-                msg.attrs["IFLA_MTU"] = kw["mtu"]
-        elif cmd == "del":
-            name = next(n for n, m in self.links.items() if m["index"] == kw["index"])
-            del self.links[name]
-        return None
-
-
-@pytest.fixture
-def kernel() -> tuple[KernelDevice, Space, Space, MagicMock]:
-    spaces: dict[str, Space] = {}
-    host, gw = Space("host", spaces), Space("netns", spaces)
-    wg = MagicMock(name="wireguard-genl")
-    wg.__enter__.return_value = wg
-    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 0})]
-    dev = KernelDevice(CFG, host=lambda: host.ipr, gw=lambda: gw.ipr, wg=lambda: wg)
-    return dev, host, gw, wg
-
-
-def mutations(ipr: MagicMock) -> list[Any]:
-    return [c for c in ipr.mock_calls if c[0] in ("link", "addr") and c.args[0] in ("add", "set", "del")]
+            moved.up = False
+        if mtu is not None:
+            self.links[name].mtu = mtu
+        if up is not None:
+            self.links[name].up = up
 
 
 Kernel = tuple[KernelDevice, Space, Space, MagicMock]
 
 
-def test_kernel_ensure_creates_in_host_moves_then_configures(kernel: Kernel) -> None:
+@pytest.fixture
+def netns_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What /run/netns/liqo-netns is to the code that moves the link (a plain file here)."""
+    path = tmp_path / CFG.netns_name
+    path.write_text("")
+    monkeypatch.setattr(wglink, "netns_path", lambda name: str(tmp_path / name))
+    return str(path)
+
+
+@pytest.fixture
+def kernel(netns_file: str) -> Kernel:
+    spaces: dict[str, Space] = {}
+    host, gw = Space("host", spaces), Space("netns", spaces)
+    wg = MagicMock(name="wireguard-genl")
+    wg.__enter__.return_value = wg
+    wg.info.return_value = [device_dump(listen_port=0)]
+    dev = KernelDevice(CFG, host=lambda: host.ipr, gw=lambda: gw.ipr, wg=lambda: wg)
+    return dev, host, gw, wg
+
+
+def mutations(ipr: MagicMock) -> list[Any]:
+    return [c for c in ipr.mock_calls if c[0] in ("add_link", "set_link", "del_link", "add_addr")]
+
+
+def test_kernel_ensure_creates_in_host_moves_then_configures(kernel: Kernel, netns_file: str) -> None:
     dev, host, gw, wg = kernel
     assert dev.ensure(PRIV, 5871, 1340) is True
     assert mutations(host.ipr) == [
-        call.link("add", ifname="liqo.tunnel", kind="wireguard"),  # born in the host: UDP socket stays there
-        call.link("set", index=7, mtu=1340, state="up"),
-        call.link("set", index=7, net_ns_fd="liqo-netns"),
+        call.add_link("liqo.tunnel", "wireguard"),  # born in the host: UDP socket stays there
+        call.set_link(7, mtu=1340, up=True),
+        call.set_link(7, netns_fd=ANY),
     ]
+    ((fd, target),) = host.moved_via
+    assert target == netns_file  # moved into liqo-netns, named by its file
+    assert not os.path.exists(f"/proc/self/fd/{fd}") or os.readlink(f"/proc/self/fd/{fd}") != netns_file
     assert mutations(gw.ipr) == [
-        call.link("set", index=7, state="up"),  # MTU survived the move, the up state did not
-        call.addr("add", index=7, address="169.254.0.1", prefixlen=32),
+        call.set_link(7, up=True),  # MTU survived the move, the up state did not
+        call.add_addr(7, "169.254.0.1", 32),
     ]
-    assert wg.set.call_args_list == [call("liqo.tunnel", listen_port=5871, private_key=PRIV)]
+    assert wg.set.call_args_list == [call("liqo.tunnel", private_key=PRIV, listen_port=5871)]
     assert dev.implementation == "kernel"
 
 
 def test_kernel_ensure_adopts_a_configured_device_writing_nothing(kernel: Kernel) -> None:
     dev, host, gw, wg = kernel
     gw.add("liqo.tunnel", "wireguard", 7, mtu=1340, up=True)
-    gw.ipr.addr.side_effect = lambda cmd, **kw: [Msg({"IFA_ADDRESS": "169.254.0.1"}, prefixlen=32)]
-    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 5871, "WGDEVICE_A_PUBLIC_KEY": PUB.encode()})]
+    gw.addresses = [addr_message(7, "169.254.0.1", 32)]
+    wg.info.return_value = [device_dump(listen_port=5871, public_key=PUB)]
     assert dev.ensure(PRIV, 5871, 1340) is False
     assert dev.ensure(None, 5871, 1340) is False
     assert mutations(host.ipr) == mutations(gw.ipr) == []
@@ -140,20 +232,36 @@ def test_kernel_ensure_adopts_a_configured_device_writing_nothing(kernel: Kernel
 def test_kernel_ensure_fixes_only_what_differs(kernel: Kernel) -> None:
     dev, _, gw, wg = kernel
     gw.add("liqo.tunnel", "wireguard", 9, mtu=1420, up=True)
-    gw.ipr.addr.side_effect = lambda cmd, **kw: [Msg({"IFA_ADDRESS": "169.254.0.1"}, prefixlen=32)] \
-        if cmd == "dump" else None
-    wg.info.return_value = [Msg({"WGDEVICE_A_LISTEN_PORT": 5871, "WGDEVICE_A_PUBLIC_KEY": PUB.encode()})]
+    gw.addresses = [addr_message(9, "169.254.0.1", 32)]
+    wg.info.return_value = [device_dump(listen_port=5871, public_key=PUB)]
     assert dev.ensure(PRIV, 6000, 1340) is True
-    assert mutations(gw.ipr) == [call.link("set", index=9, mtu=1340)]
-    assert wg.set.call_args_list == [call("liqo.tunnel", listen_port=6000)]  # key unchanged: not rewritten
+    assert mutations(gw.ipr) == [call.set_link(9, mtu=1340)]
+    # key unchanged: not rewritten (None: the message carries no WGDEVICE_A_PRIVATE_KEY)
+    assert wg.set.call_args_list == [call("liqo.tunnel", private_key=None, listen_port=6000)]
+    sent: Any = wgmsg(encode_message(WG_FAMILY, NLM_F_ACK, 1, encode_set_device(
+        *wg.set.call_args.args, **wg.set.call_args.kwargs)))
+    sent.decode()
+    assert [name for name, _ in sent["attrs"]] == ["WGDEVICE_A_IFNAME", "WGDEVICE_A_LISTEN_PORT"]
+    assert sent.get_attr("WGDEVICE_A_LISTEN_PORT") == 6000
+
+
+def test_kernel_ensure_adds_the_address_only_when_missing(kernel: Kernel) -> None:
+    """An address on another link, or of another length, is not the tunnel address."""
+    dev, _, gw, wg = kernel
+    gw.add("liqo.tunnel", "wireguard", 9, mtu=1340, up=True)
+    gw.addresses = [addr_message(9, "169.254.0.1", 24), addr_message(3, "169.254.0.1", 32)]
+    wg.info.return_value = [device_dump(listen_port=5871, public_key=PUB)]
+    assert dev.ensure(PRIV, 5871, 1340) is True
+    assert mutations(gw.ipr) == [call.add_addr(9, "169.254.0.1", 32)]
+    wg.set.assert_not_called()
 
 
 def test_kernel_ensure_replaces_a_userspace_tun(kernel: Kernel) -> None:
     dev, host, gw, _ = kernel
     gw.add("liqo.tunnel", "tun", 4)
     dev.ensure(None, 5871, 1340)
-    assert mutations(gw.ipr)[0] == call.link("del", index=4)
-    assert call.link("add", ifname="liqo.tunnel", kind="wireguard") in host.ipr.mock_calls
+    assert mutations(gw.ipr)[0] == call.del_link(4)
+    assert call.add_link("liqo.tunnel", "wireguard") in host.ipr.mock_calls
 
 
 def test_kernel_rejects_a_bad_key_before_any_call(kernel: Kernel) -> None:
@@ -167,89 +275,112 @@ def test_kernel_rejects_a_bad_key_before_any_call(kernel: Kernel) -> None:
 def test_kernel_peer_messages(kernel: Kernel) -> None:
     dev, _, _, wg = kernel
     dev.set_peer(PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 25))
-    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peer={
+    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peers=[{
         "public_key": PEER, "endpoint_addr": "192.0.2.10", "endpoint_port": 5871,
         "persistent_keepalive": 25, "allowed_ips": ["10.60.0.0/16", "10.70.0.0/16"],
         "replace_allowed_ips": True,
-    })
-    peer_nla = Msg({
-        "WGPEER_A_PUBLIC_KEY": PEER.encode(),
-        "WGPEER_A_ENDPOINT": {"addr": "192.0.2.10", "port": 5871},
-        "WGPEER_A_LAST_HANDSHAKE_TIME": {"tv_sec": 1700000000, "tv_nsec": 500000000},
-        "WGPEER_A_RX_BYTES": 10, "WGPEER_A_TX_BYTES": 20,
-        "WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL": 25,
-        "WGPEER_A_ALLOWEDIPS": [{"addr": "10.60.0.0/16"}, {"addr": "10.70.0.0/16"}, {"addr": "fd00::/64"}],
-    })
-    wg.info.return_value = [Msg({"WGDEVICE_A_PEERS": [peer_nla]})]
+    }])
+    peer_nla: list[list[Any]] = [
+        ["WGPEER_A_PUBLIC_KEY", PEER],
+        ["WGPEER_A_ENDPOINT", {"addr": "192.0.2.10", "port": 5871}],
+        ["WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL", 25],
+        ["WGPEER_A_LAST_HANDSHAKE_TIME", {"tv_sec": 1700000000, "tv_nsec": 500000000}],
+        ["WGPEER_A_RX_BYTES", 10], ["WGPEER_A_TX_BYTES", 20],
+        ["WGPEER_A_ALLOWEDIPS", ["10.60.0.0/16", "10.70.0.0/16", "fd00::/64"]],
+    ]
+    wg.info.return_value = [device_dump(peers=[peer_nla])]
     (state,) = dev.peers()
     assert state == PeerState(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 25, 1700000000.5, 10, 20)
     assert PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED[::-1], 25).matches(state)
     assert not PeerConfig(PEER, IPv4Address("192.0.2.11"), 5871, ALLOWED, 25).matches(state)
 
     assert dev.remove_peer(PEER) is True
-    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peer={"public_key": PEER, "remove": True})
-    wg.info.return_value = [Msg({})]
+    assert wg.set.call_args_list[-1] == call("liqo.tunnel", peers=[{"public_key": PEER, "remove": True}])
+    wg.info.return_value = [device_dump()]
     n = wg.set.call_count
     assert dev.remove_peer(PEER) is False and wg.set.call_count == n  # absent: nothing sent
+
+
+def test_kernel_peers_span_dump_messages_and_skip_ipv6_endpoints(kernel: Kernel) -> None:
+    """A large peer list comes in several messages; a peer with an IPv6 endpoint and no handshake yet
+    has no endpoint and no last handshake for the agent (which is IPv4 only)."""
+    dev, _, _, wg = kernel
+    other = generate().public_key
+    wg.info.return_value = [
+        device_dump(listen_port=5871, peers=[[["WGPEER_A_PUBLIC_KEY", PEER]]]),
+        device_dump(peers=[[["WGPEER_A_PUBLIC_KEY", other],
+                            ["WGPEER_A_ENDPOINT", {"addr": "fd00::1", "port": 5871}],
+                            ["WGPEER_A_LAST_HANDSHAKE_TIME", {"tv_sec": 0, "tv_nsec": 0}]]]),
+    ]
+    assert dev.peers() == [PeerState(PEER, None, None, (), 0, None, 0, 0),
+                           PeerState(other, None, None, (), 0, None, 0, 0)]
 
 
 def test_kernel_remove_all_peers_is_one_message(kernel: Kernel) -> None:
     dev, _, _, wg = kernel
     other = generate().public_key
-    wg.info.return_value = [Msg({"WGDEVICE_A_PEERS": [Msg({"WGPEER_A_PUBLIC_KEY": k.encode()})
-                                                      for k in (PEER, other)]})]
+    wg.info.return_value = [device_dump(peers=[[["WGPEER_A_PUBLIC_KEY", key]] for key in (PEER, other)])]
     dev.remove_all_peers()
-    assert wg.set.call_args_list == [call("liqo.tunnel", peer=[
+    assert wg.set.call_args_list == [call("liqo.tunnel", peers=[
         {"public_key": PEER, "remove": True}, {"public_key": other, "remove": True}])]
-    wg.info.return_value = [Msg({})]
+    wg.info.return_value = [device_dump()]
     dev.remove_all_peers()
     assert wg.set.call_count == 1  # none left: nothing sent
 
 
 def test_kernel_reset_peer_is_one_message_with_one_peer_list(kernel: Kernel) -> None:
     """Remove and re-add travel in one WG_CMD_SET_DEVICE, in one WGDEVICE_A_PEERS list (the kernel
-    keeps only the last attribute of a type: two lists would lose the removal)."""
+    keeps only the last attribute of a type: two lists would lose the removal). The message our codec
+    builds is read back by pyroute2's wgmsg, an independent implementation."""
     dev, _, _, wg = kernel
     peer = PeerConfig(PEER, IPv4Address("192.0.2.10"), 5871, ALLOWED, 0)
     dev.reset_peer(peer)
     (sent,) = wg.set.call_args_list
     kwargs = sent.kwargs
-    assert sent.args == ("liqo.tunnel",) and kwargs["peer"][0] == {"public_key": PEER, "remove": True}
+    assert sent.args == ("liqo.tunnel",) and kwargs["peers"][0] == {"public_key": PEER, "remove": True}
+    assert kwargs.keys() == {"peers"}
 
-    msg = wgmsg()
-    msg["attrs"].append(["WGDEVICE_A_IFNAME", "liqo.tunnel"])
-    builder = object.__new__(k._AsyncPeerBatchWireGuard)  # no socket: only the message is built
-    builder._wg_set_peer(msg, kwargs["peer"])
-    msg["cmd"], msg["version"], msg["header"]["type"] = 1, 1, 0x20
-    msg.encode()
-    decoded = wgmsg(msg.data)
+    body = encode_set_device("liqo.tunnel", peers=kwargs["peers"])
+    decoded: Any = wgmsg(encode_message(WG_FAMILY, NLM_F_ACK, 1, body))
     decoded.decode()
+    assert (decoded["cmd"], decoded["version"]) == (WG_CMD_SET_DEVICE, WG_GENL_VERSION)
+    assert decoded.get_attr("WGDEVICE_A_IFNAME") == "liqo.tunnel"
     (peers,) = decoded.get_attrs("WGDEVICE_A_PEERS")
-    assert [p.get_attr("WGPEER_A_FLAGS") for p in peers] == [k.WGPEER_F_REMOVE_ME, 0x2]  # REPLACE_ALLOWEDIPS
-    assert {p.get_attr("WGPEER_A_PUBLIC_KEY") for p in peers} == {PEER.encode()}
+    assert [p.get_attr("WGPEER_A_FLAGS") for p in peers] == [WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS]
+    assert [p.get_attr("WGPEER_A_PUBLIC_KEY") for p in peers] == [PEER.encode()] * 2
+    assert peers[0].get_attr("WGPEER_A_ALLOWEDIPS") is None  # a removal carries nothing else
+    assert peers[0].get_attr("WGPEER_A_ENDPOINT") is None
     assert [a["addr"] for a in peers[1].get_attr("WGPEER_A_ALLOWEDIPS")] == ["10.60.0.0/16", "10.70.0.0/16"]
+    endpoint = peers[1].get_attr("WGPEER_A_ENDPOINT")
+    assert (endpoint["family"], endpoint["addr"], endpoint["port"]) == (socket.AF_INET, "192.0.2.10", 5871)
+    assert peers[1].get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") == 0
 
 
 def test_kernel_genl_socket_is_born_in_the_netns_without_forking(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyroute2's `WireGuard(netns=...)` forks a child per call to open its socket: inside the
+    """pyroute2's `WireGuard(netns=...)` forked a child per call to open its socket: inside the
     threaded gRPC server those children died of SIGSEGV. The socket comes from `netns_socket` (a
-    thread enters the netns) and pyroute2 only gets it."""
+    thread enters the netns) and the generic netlink client only gets it."""
     sockets: list[tuple[Any, ...]] = []
-    made: list[dict[str, Any]] = []
+    made: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def fake_socket(*args: Any) -> str:
         sockets.append(args)
         return "genl-socket"
 
-    def fake_wireguard(**kw: Any) -> MagicMock:
-        made.append(kw)
+    def fake_wireguard(*args: Any, **kw: Any) -> MagicMock:
+        made.append((args, kw))
         return MagicMock()
 
+    def no_fork() -> int:
+        raise AssertionError("forked")
+
     monkeypatch.setattr(k, "netns_socket", fake_socket)
-    monkeypatch.setattr(k, "PeerBatchWireGuard", fake_wireguard)
+    monkeypatch.setattr(k, "WireGuard", fake_wireguard)
+    monkeypatch.setattr(os, "fork", no_fork)
     KernelDevice(CFG)._wg()
-    assert sockets == [("liqo-netns", socket.AF_NETLINK, socket.SOCK_DGRAM, 16)]  # NETLINK_GENERIC
-    assert made == [{"use_socket": "genl-socket"}]
+    # NETLINK_GENERIC, close-on-exec (no child process inherits it)
+    assert sockets == [("liqo-netns", socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 16)]
+    assert made == [(("genl-socket",), {})]
 
 
 # ---- backend choice -----------------------------------------------------------------------------------
@@ -289,8 +420,9 @@ def test_forced_userspace_never_creates_a_kernel_link(tmp_path: Path) -> None:
                           host=lambda: host.ipr, gw=lambda: gw.ipr)
     with pytest.raises(DeviceError, match="did not answer"):
         dev.ensure(None, 5871, 1340)
-    assert mutations(gw.ipr) == [call.link("del", index=3)]
-    assert all(c.kwargs.get("kind") != "wireguard" for c in host.ipr.mock_calls + gw.ipr.mock_calls)
+    assert mutations(gw.ipr) == [call.del_link(3)]
+    assert not [c for c in host.ipr.mock_calls + gw.ipr.mock_calls
+                if c[0] == "add_link" and "wireguard" in (*c.args, *c.kwargs.values())]
 
 
 def test_kernel_module_detection(tmp_path: Path) -> None:
