@@ -107,9 +107,34 @@ def test_link_events_skip_other_messages_and_nameless_links() -> None:
 def test_the_watcher_wakes_for_its_device_only(where: str, events: list[tuple[int, str]],
                                                reason: str) -> None:
     """What LinkWatcher reads off its socket (one datagram per event, as the kernel multicasts them)."""
+    assert _read_from(KERNEL, where, events) == reason
+
+
+@pytest.mark.parametrize("where", ["host", "netns"])
+def test_the_watcher_ignores_events_not_from_the_kernel(where: str) -> None:
+    """Another process with CAP_NET_ADMIN can write to the watcher's socket: only the kernel counts."""
+    events = [(RTM_NEWLINK, "liqo.tunnel"), (RTM_DELLINK, "liqo.tunnel")]
+    assert _read_from(KERNEL, where, events)  # the same datagrams from the kernel do wake it
+    assert _read_from(4242, where, events) == ""
+
+
+KERNEL = 0  # the netlink port id the kernel sends from
+
+
+class _From:
+    """A datagram socket whose `recvfrom` names `port` as the netlink sender."""
+
+    def __init__(self, sock: socket.socket, port: int) -> None:
+        self.sock, self.port = sock, port
+
+    def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, tuple[int, int]]:
+        return self.sock.recv(size, flags), (self.port, 0)
+
+
+def _read_from(port: int, where: str, events: list[tuple[int, str]]) -> str:
     watcher = LinkWatcher("liqo.tunnel", "liqo-netns", lambda _reason: None)
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, kernel:
         for kind, name in events:
             kernel.send(_event(kind, name))
-        assert watcher._read(ours, where) == reason
+        return watcher._read(_From(ours, port), where)  # type: ignore[arg-type]

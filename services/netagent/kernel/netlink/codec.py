@@ -8,6 +8,7 @@ attributes it knows by number, name and type. An attribute not in the table is s
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import socket
 import struct
@@ -61,7 +62,8 @@ class Struct:
         return self._st.pack(*(values.get(n, 0) if n else 0 for n in self.names))
 
     def unpack(self, data: bytes | memoryview) -> dict[str, int]:
-        raw = self._st.unpack_from(data)
+        """The fields; a body shorter than the struct reads as zeros past its end."""
+        raw = self._st.unpack_from(bytes(data[: self.size]).ljust(self.size, b"\0"))
         return {n: v for n, v in zip(self.names, raw, strict=True) if n}
 
 
@@ -82,6 +84,10 @@ class Schema:
     by_name: dict[str, tuple[int, Kind]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name, kind in self.attrs.values():
+            inner = kind[1] if isinstance(kind, tuple) and kind[0] == "array" else kind
+            if not isinstance(inner, Schema) and inner not in _SCALARS:
+                raise ValueError(f"{name}: unknown attribute kind {kind!r}")
         object.__setattr__(self, "by_name", {n: (t, k) for t, (n, k) in self.attrs.items()})
 
 
@@ -89,6 +95,7 @@ _INTS = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "s32": "i", "s64": "q", 
 _SOCKADDR_IN = struct.Struct("=H2s4s8x")  # family (host order), port (network order), address
 _SOCKADDR_IN6 = struct.Struct("=H2s4s16s4s")  # family, port, flowinfo, address, scope id
 _TIMESPEC = struct.Struct("=qq")
+_SCALARS = {*_INTS, "str", "ip", "mac", "b64", "sockaddr", "timespec", "bytes"}
 
 
 def _decode_value(kind: Kind, data: bytes) -> Any:
@@ -184,8 +191,13 @@ def decode_attrs(schema: Schema, data: bytes | memoryview) -> Message:
     attrs: list[Attr] = []
     for number, payload in _iter_attrs(data):
         known = schema.attrs.get(number)
-        if known is not None:
-            attrs.append((known[0], _decode_value(known[1], payload)))
+        if known is None:
+            continue
+        try:
+            value = _decode_value(known[1], payload)
+        except (struct.error, ValueError):  # too short for its kind: malformed, so left out
+            continue
+        attrs.append((known[0], value))
     return Message({}, attrs)
 
 
@@ -242,6 +254,8 @@ def split_messages(data: bytes | memoryview) -> Iterator[Raw]:
 
 def error_of(raw: Raw) -> NetlinkError | None:
     """The error an NLMSG_ERROR carries (None for an ack): errno and the extended-ack text."""
+    if len(raw.body) < 4 + HEADER.size:
+        return NetlinkError(errno.EPROTO, "malformed netlink error message")
     (negated,) = struct.unpack_from("=i", raw.body)
     if negated == 0:
         return None

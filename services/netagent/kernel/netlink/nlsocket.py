@@ -26,6 +26,7 @@ NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
+KERNEL_PORT = 0  # the sender address of what the kernel sends
 TIMEOUT = 30.0  # seconds: a kernel that never answers must not hang a caller forever
 _FIRST_RECV = 1 << 15
 
@@ -82,9 +83,12 @@ class NetlinkSocket:
                 replies.append(raw)
 
     def _receive(self) -> list[Raw]:
-        """The messages of the next datagram, whatever its size."""
+        """The messages of the next datagram, whatever its size; one not from the kernel (another
+        process with CAP_NET_ADMIN can write to this socket) is dropped."""
         size = self.sock.recv_into(self._buf, len(self._buf), socket.MSG_PEEK | socket.MSG_TRUNC)
         if size > len(self._buf):
             self._buf = bytearray(size)
-        size = self.sock.recv_into(self._buf, len(self._buf))
+        size, (port, _) = self.sock.recvfrom_into(self._buf, len(self._buf))
+        if port != KERNEL_PORT:
+            return []
         return list(split_messages(memoryview(self._buf)[:size]))

@@ -105,7 +105,7 @@ class LinkWatcher:
         reason = ""
         while True:
             try:
-                data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                data, (port, _) = sock.recvfrom(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return reason
             except OSError as e:
@@ -113,6 +113,8 @@ class LinkWatcher:
                     reason = reason or f"link events lost in the {where} namespace"
                     continue
                 raise
+            if port != 0:  # not the kernel: another privileged process writing to this socket
+                continue
             for kind, name in link_events(data):
                 if name != self.device:
                     continue
