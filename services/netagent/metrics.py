@@ -15,13 +15,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
-
-from services.common.httpendpoint import HttpEndpoint, Reply
+from services.common.httpendpoint import HttpEndpoint
 from services.common.httpendpoint import parse_address as _parse_address
+from services.common.prometheus import (
+    Collector,
+    CollectorRegistry,
+    Counter,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Histogram,
+    Metric,
+    exposition,
+    metrics_route,
+)
 
 __all__ = [
     "MetricsEndpoint", "NetagentMetrics", "PeerRecord", "metrics_route", "parse_address", "peer_records",
@@ -229,11 +235,6 @@ def parse_address(address: str) -> tuple[str, int]:
     return _parse_address(address, "metrics address")
 
 
-def metrics_route(registry: CollectorRegistry) -> Callable[[], Reply]:
-    """GET /metrics: the registry in Prometheus' text format."""
-    return lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST)
-
-
 class MetricsEndpoint:
     """A running /metrics HTTP server; call it to stop (joins its thread, closes its socket)."""
 
@@ -300,7 +301,7 @@ class NetagentMetrics:
         )
 
     def exposition(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        return exposition(self.registry)
 
     def serve(self, address: str) -> MetricsEndpoint:
         """Serves /metrics on `address` ("host:port", port 0 picks one: see `.port`)."""

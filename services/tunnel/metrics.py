@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from services.common.prometheus import CollectorRegistry, Histogram
 
 # The probe ticks every 2 s and a handshake takes a round trip: most land under a few seconds; the
 # tail covers a peer that comes up late.

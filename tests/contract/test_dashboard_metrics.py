@@ -17,13 +17,14 @@ from types import ModuleType
 
 import pytest
 from kubernetes import client as k8s_client
-from prometheus_client import generate_latest
+from prometheus_client.exposition import generate_latest
 
 from sandbox.testkit import promql
 from sandbox.testkit.chart import CHART
 from services.common.component import Component, Runtime, parse_config
 from services.common.kube import KubeClient, Manager
 from services.common.netagent_client import NetAgentClient
+from services.common.prometheus import exposition
 from services.labeler import main as labeler_main
 from services.natmap import main as natmap_main
 from services.netagent.metrics import NetagentMetrics, PeerRecord
@@ -60,14 +61,15 @@ def unexported(dashboard: dict[str, object], exported: set[str]) -> dict[str, li
 # --- what the processes export -------------------------------------------------------------------
 
 
-def netagent_exposition() -> str:
+def netagent_exposition() -> tuple[str, str]:
+    """(what the netagent serves, what the library writes for the same registry)."""
     m = NetagentMetrics()
     peer = PeerRecord(cluster_id="c1", cluster_name="one", connected=True, latency_s=0.001, rx_bytes=1,
                       tx_bytes=2, handshake_age_s=3.0)
     m.bind_sources(lambda: [peer], implementation=lambda: "wireguard-go", role=lambda: "active")
     m.observe_rpc("GetInfo", "OK", 0.001)
     m.observe_apply("iptables", 0.001)
-    return m.exposition().decode()
+    return m.exposition().decode(), generate_latest(m.registry).decode()
 
 
 CONTROLLERS: dict[str, tuple[ModuleType, Callable[[ModuleType], Component]]] = {
@@ -77,9 +79,9 @@ CONTROLLERS: dict[str, tuple[ModuleType, Callable[[ModuleType], Component]]] = {
 }
 
 
-def controller_exposition(name: str, sock_dir: str) -> str:
+def controller_exposition(name: str, sock_dir: str) -> tuple[str, str]:
     """The /metrics text of a controller wired by its own `build` (nothing started: no API server or
-    netagent is contacted; the registries are complete once built)."""
+    netagent is contacted; the registries are complete once built), and the library's for it."""
     module, component = CONTROLLERS[name]
     _args, cfg = parse_config(component(module), ["--netagent-socket", f"{sock_dir}/{name}.sock"])
     cfg_api = k8s_client.Configuration()
@@ -89,20 +91,37 @@ def controller_exposition(name: str, sock_dir: str) -> str:
     try:
         mgr = Manager(f"liqo-{name}", kube)
         module.build(Runtime(_args, cfg, mgr, netagent))
-        return generate_latest(mgr.metrics.registry).decode()
+        registry = mgr.metrics.registry
+        return exposition(registry).decode(), generate_latest(registry).decode()
     finally:
         netagent.close()
         kube.close()
 
 
 @pytest.fixture(scope="module")
-def expositions() -> Iterator[dict[str, str]]:
+def both_expositions() -> Iterator[dict[str, tuple[str, str]]]:
     with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory(prefix="liqo-dash-") as tmp:
         for var, value in (("POD_NAME", "gw-0"), ("POD_NAMESPACE", "liqo"), ("POD_IP", "192.0.2.1")):
             mp.setenv(var, value)
         out = {"netagent": netagent_exposition()}
         out.update({name: controller_exposition(name, tmp) for name in CONTROLLERS})
         yield out
+
+
+@pytest.fixture(scope="module")
+def expositions(both_expositions: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """What each process serves on /metrics."""
+    return {name: ours for name, (ours, _library) in both_expositions.items()}
+
+
+@pytest.mark.parametrize("process", ["netagent", *CONTROLLERS])
+def test_each_process_serves_what_the_library_would_write(
+        both_expositions: dict[str, tuple[str, str]], process: str) -> None:
+    """The processes write the text format themselves (services.common.prometheus, to leave out the
+    library's HTTP modules): byte for byte the library's `generate_latest`."""
+    ours, library = both_expositions[process]
+    assert "# TYPE" in ours
+    assert ours == library
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,9 @@ from services.common.kube.backoff import Backoff
 from services.common.kube.client import JSON, KubeClient, object_key
 from services.common.kube.events import EventRecorder
 from services.common.kube.informer import Informer
-from services.common.kube.metrics import ControllerMetrics, health_endpoint, metrics_endpoint, metrics_route
+from services.common.kube.metrics import ControllerMetrics, health_endpoint, metrics_endpoint
 from services.common.kube.workqueue import ShutDown, WorkQueue
+from services.common.prometheus import metrics_route
 from services.common.vocabulary import ResourceRef
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from services.common.httpendpoint import HttpEndpoint, Reply, health_routes
+from services.common.httpendpoint import HttpEndpoint, health_routes
+from services.common.prometheus import CollectorRegistry, Counter, Gauge, Histogram, metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +48,6 @@ class ControllerMetrics:
             ["resource"],
             registry=self.registry,
         )
-
-
-def metrics_route(registry: CollectorRegistry) -> Callable[[], Reply]:
-    """GET /metrics: the registry in Prometheus' text format."""
-    return lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
 def metrics_endpoint(address: str, registry: CollectorRegistry, *,
