@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # A module is heavy if it (or a submodule of it) appears here: the official client's package, whose
 # `__init__` imports the client, config, dynamic, watch, stream and informer packages.
 HEAVY = ("kubernetes",)
+# HTTP servers no process needs: prometheus_client's package __init__ would load them all.
+HTTP_LIBRARIES = ("http.server", "wsgiref", "urllib.request", "prometheus_client.exposition")
 
 
 CONTROLLER = """
@@ -92,6 +94,7 @@ def test_a_controller_loads_no_kubernetes_package(name: str, tmp_path: Path) -> 
     modules = loaded_modules(CONTROLLER.format(name=name), tmp_path)
     assert f"services.{name}.main" in modules and "services.common.kube.transport" in modules
     assert heavy(modules, HEAVY) == []
+    assert heavy(modules, HTTP_LIBRARIES) == []  # (urllib3, its API client, brings http.client)
 
 
 def test_the_netagent_loads_no_kubernetes_module(tmp_path: Path) -> None:
@@ -101,6 +104,8 @@ def test_the_netagent_loads_no_kubernetes_module(tmp_path: Path) -> None:
     assert [m for m in modules if "kube" in m] == []
     # Its own netlink, not a general library's: pyroute2 alone cost it 5 MB of modules.
     assert heavy(modules, ("pyroute2",)) == []
+    # No HTTP library: its endpoints are services.common.httpendpoint, its exposition is ours.
+    assert heavy(modules, HTTP_LIBRARIES + ("http.client", "email")) == []
 
 
 @pytest.mark.parametrize("name", ["tunnel", "netagent"])

@@ -44,6 +44,8 @@ def test_every_contract_holds() -> None:
 PLANTS = [
     ("netagent-no-kube", "services/netagent/config.py", "import services.common.kube"),
     ("netagent-no-kube", "services/netagent/config.py", "import kubernetes.client"),
+    ("services-own-netlink", "services/netagent/kernel/netlink/rtnl.py", "import pyroute2.iproute"),
+    ("services-own-netlink", "services/common/netns.py", "from pyroute2 import IPRoute"),
     ("services-layers", "services/natmap/mapping.py", "import services.tunnel.controller"),
     ("services-layers", "services/tunnel/status.py", "import services.netagent.agent"),
     ("services-layers", "services/common/logging.py", "import services.labeler.elector"),
