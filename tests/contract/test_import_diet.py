@@ -105,7 +105,7 @@ def test_the_netagent_loads_no_kubernetes_module(tmp_path: Path) -> None:
     # Its own netlink, not a general library's: pyroute2 alone cost it 5 MB of modules.
     assert heavy(modules, ("pyroute2",)) == []
     # No HTTP library: its endpoints are services.common.httpendpoint, its exposition is ours.
-    assert heavy(modules, HTTP_LIBRARIES + ("http.client", "email")) == []
+    assert heavy(modules, (*HTTP_LIBRARIES, "http.client", "email")) == []
 
 
 @pytest.mark.parametrize("name", ["tunnel", "netagent"])

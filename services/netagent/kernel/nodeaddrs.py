@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
 
-from services.netagent.kernel.netlink.rtnl import table_of
+from services.netagent.kernel.netlink.rtnl import NETLINK_ROUTE, RTMGRP_LINK, table_of
 from services.netagent.kernel.netns import host_iproute, kernel_errors
 from services.netagent.plan.protect import NodeAddresses, Protection
 
@@ -27,10 +27,8 @@ __all__ = ["NodeAddrs", "read_node_addresses"]
 
 log = logging.getLogger(__name__)
 
-RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
-_NETLINK_ROUTE = 0
 MAIN_TABLE = 254
 LIQO_LINK_PREFIX = "liqo."
 # A burst of changes (an interface coming up with its addresses and routes) is read once.
@@ -112,7 +110,7 @@ class NodeAddrs:
     def start(self) -> None:
         if self._thread is not None:
             return
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
         except OSError:

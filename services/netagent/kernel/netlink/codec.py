@@ -213,9 +213,6 @@ class Message:
     def __getitem__(self, name: str) -> int:
         return self.fields[name]
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.fields.get(name, default)
-
     def get_attr(self, name: str, default: Any = None) -> Any:
         for key, value in self.attrs:
             if key == name:

@@ -21,7 +21,6 @@ from services.netagent.kernel.wireguard.model import PeerConfig, PeerState
 __all__ = ["KernelDevice", "kernel_module_available"]
 
 
-
 def netns_wireguard(netns: str) -> WireGuard:
     """The generic netlink family "wireguard" inside `netns` (the kernel looks the device up by name
     there), on a socket a thread opens in it: never a forked child of the threaded gRPC server."""
@@ -56,8 +55,8 @@ def peer_state_of(nla: Message) -> PeerState:
     allowed = []
     for a in nla.get_attr("WGPEER_A_ALLOWEDIPS") or []:
         if a.get_attr("WGALLOWEDIP_A_FAMILY") == socket.AF_INET:
-            allowed.append(IPv4Network(f"{a.get_attr('WGALLOWEDIP_A_IPADDR')}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}",
-                                       strict=False))
+            cidr = f"{a.get_attr('WGALLOWEDIP_A_IPADDR')}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}"
+            allowed.append(IPv4Network(cidr, strict=False))
     ep_ip: IPv4Address | None = None
     ep_port: int | None = None
     if endpoint is not None and ":" not in str(endpoint.get("addr", ":")):
