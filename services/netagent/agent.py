@@ -163,6 +163,9 @@ class Agent:
         self._peers_role = Role.STANDBY
         self._state_since: dict[str, float] = {}
         self._private_key_set = False
+        # The device was not there at start (the wireguard container starts after us): programming
+        # it when it appears completes the start-up, it repairs no drift.
+        self._device_pending = False
         # The private key ConfigureDevice last gave, in memory only (never logged, persisted nor
         # returned): with it a device that came back empty (wireguard-go restarted) is re-keyed at
         # once; without it (the agent restarted since) the tunnel controller is told over WatchRole.
@@ -281,6 +284,7 @@ class Agent:
                 # The wireguard container may start after us: serve, and program the device when
                 # its TUN appears (the link watcher), or at the next resync.
                 log.error("WireGuard device not ready: serving without it", extra={"error": str(e)})
+                self._device_pending = True
             self._private_key_set = self.device.public_key() is not None
             try:
                 self._converge_all(persisted)
@@ -487,6 +491,7 @@ class Agent:
             st = self._state
             self._iptables.invalidate()
             specs = list(st.tunnels.values())
+            first_device = self._device_pending
             layers = {
                 "veth": self._timed("veth", lambda: veth.ensure_veth(self._effective(st)).created),
                 "device": self._ensure_device(st),
@@ -494,8 +499,11 @@ class Agent:
                 "iptables": self._converge_iptables(st),
                 "peers": self._sync_peers(st),
             }
+            self._device_pending = False  # _ensure_device raises while the device is still missing
         repaired = [name for name, changed in layers.items() if changed]
-        if repaired:
+        if first_device and repaired:
+            log.info("WireGuard device ready: start-up completed on it", extra={"layers": repaired})
+        elif repaired:
             log.warning("repaired drift in Liqo-owned kernel state", extra={"layers": repaired})
         return bool(repaired)
 
@@ -514,7 +522,10 @@ class Agent:
         self._device_generation += 1
         self._private_key_set = configured
         self._routing_known = False  # routes on a re-created device are gone
-        if configured:
+        if self._device_pending:
+            log.info("WireGuard device appeared: programmed", extra={"generation": self._device_generation,
+                                                                      "configured": configured})
+        elif configured:
             log.warning("WireGuard device re-programmed", extra={"generation": self._device_generation})
         else:
             log.error("WireGuard device re-created without a private key (the agent restarted since "

@@ -233,10 +233,13 @@ def test_drift_is_repaired(pair: Pair) -> None:
     wait_for("tunnel up", lambda: ping_ok(pair.a.pod, "10.60.2.7", count=2), 20)
     before = kernel_snapshot(node)
     chain = f"LIQO-PSTRT-CLS-{chain_suffix(ID_B)}"
-    node.exec_in_netns("liqo-netns", ["iptables-legacy", "-t", "nat", "-F", chain])
-    node.exec_in_netns("liqo-netns", ["ip", "route", "del", "10.60.0.0/16"])
-    node.run("ip", "rule", "del", "priority", "18952", "lookup", "18952")
-    assert kernel_snapshot(node) != before
+    # Frozen while the damage is done and looked at: its 1 s resync can otherwise repair it first
+    # (a CI run in the slow kernel guest saw the snapshot already whole).
+    with pair.a.agent.paused():
+        node.exec_in_netns("liqo-netns", ["iptables-legacy", "-t", "nat", "-F", chain])
+        node.exec_in_netns("liqo-netns", ["ip", "route", "del", "10.60.0.0/16"])
+        node.run("ip", "rule", "del", "priority", "18952", "lookup", "18952")
+        assert kernel_snapshot(node) != before
     wait_for("drift repaired", lambda: kernel_snapshot(node) == before, 10)
     assert ping_ok(pair.a.pod, "10.60.2.7", count=2)
 

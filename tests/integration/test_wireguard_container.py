@@ -300,3 +300,24 @@ def test_a_missing_wireguard_container_is_a_clear_unavailable(gw: Gateways) -> N
     finally:
         gw.a.wireguard.start()
     _wait_same(gw.a, before, "device back as before")
+
+
+def test_a_wireguard_container_starting_after_the_agent_completes_its_start_up(gw: Gateways) -> None:
+    """A pod's containers start one by one, so the agent may serve before wireguard-go's TUN exists.
+    Programming the device when it appears completes the start-up: it is not reported as repaired
+    drift (which would read as a second writer of Liqo's kernel state)."""
+    before = _steady(gw)
+    agent = gw.a.cluster.netagent_process
+    agent.stop(signal.SIGTERM)
+    gw.a.wireguard.stop(signal.SIGTERM)
+    logged = len(agent.log.read_bytes())
+    try:
+        agent.start()
+        assert not agent.api.GetInfo(pb.GetInfoRequest()).device_configured
+    finally:
+        gw.a.wireguard.start()
+    _wait_same(gw.a, before, "device programmed and configured once wireguard-go started")
+    log = agent.log.read_bytes()[logged:].decode(errors="replace")
+    assert "WireGuard device not ready: serving without it" in log  # the case under test happened
+    assert "WireGuard device appeared: programmed" in log
+    assert "repaired drift" not in log, log
