@@ -70,9 +70,9 @@ class Struct:
 # An attribute's type: how its payload is read and written.
 # "u8".."u64", "s32", "s64": integers (host order); "be16": network order; "str": NUL-terminated;
 # "ip": an IPv4/IPv6 address as text; "mac": a hardware address as aa:bb:..; "bytes": as is;
-# a Schema: nested attributes; ("array", Schema): a list of nested entries, each a Schema;
-# "b64": a 32-byte key as base64 text;
-# "sockaddr": struct sockaddr_in/in6 as {"addr", "port"}; "timespec": {"tv_sec", "tv_nsec"}.
+# "b64": a key as base64 text; a Schema: nested attributes; ("array", Schema): a list of nested
+# entries, each a Schema; "sockaddr": struct sockaddr_in/in6 as {"addr", "port"};
+# "timespec": {"tv_sec", "tv_nsec"}.
 Kind = Any
 
 
