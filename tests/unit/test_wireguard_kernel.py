@@ -18,6 +18,7 @@ from pyroute2.netlink.generic.wireguard import wgmsg
 
 from services.common.keys import InvalidKey, b64_to_hex, generate, hex_to_b64, public_key_of
 from services.netagent.config import AgentConfig
+from services.netagent.kernel import netns as kernel_netns
 from services.netagent.kernel.netlink.codec import Message, Raw, encode_attrs, encode_message, split_messages
 from services.netagent.kernel.netlink.nlsocket import NLM_F_ACK
 from services.netagent.kernel.netlink.rtnl import (
@@ -47,7 +48,6 @@ from services.netagent.kernel.wireguard import (
     choose_implementation,
 )
 from services.netagent.kernel.wireguard import kernel as k
-from services.netagent.kernel.wireguard import link as wglink
 from services.netagent.kernel.wireguard.kernel import kernel_module_available
 from services.netagent.kernel.wireguard.uapi import (
     UapiError,
@@ -179,7 +179,7 @@ def netns_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """What /run/netns/liqo-netns is to the code that moves the link (a plain file here)."""
     path = tmp_path / CFG.netns_name
     path.write_text("")
-    monkeypatch.setattr(wglink, "netns_path", lambda name: str(tmp_path / name))
+    monkeypatch.setattr(kernel_netns, "netns_path", lambda name: str(tmp_path / name))  # netns_fd's
     return str(path)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "host_iproute",
     "kernel_errors",
     "netns_exists",
+    "netns_fd",
     "netns_iproute",
     "netns_path",
     "netns_socket",
@@ -67,6 +68,17 @@ def netns_path(name: str) -> str:
     """The file naming the netns: what setns() and `nsenter --net=` take. The one place the
     namespace directory is joined to a name (which is checked here)."""
     return os.path.join(NETNS_DIR, check_name(name))
+
+
+@contextlib.contextmanager
+def netns_fd(name: str) -> Iterator[int]:
+    """A descriptor of the named netns, for the kernel calls that take one (a veth peer born there,
+    a link moved there, its netns id); closed on exit."""
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def netns_exists(name: str) -> bool:

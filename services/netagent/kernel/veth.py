@@ -12,7 +12,6 @@ would cut the traffic a previous agent left flowing.
 from __future__ import annotations
 
 import errno
-import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -24,8 +23,8 @@ from services.netagent.kernel.netns import (
     host_iproute,
     kernel_errors,
     netns_exists,
+    netns_fd,
     netns_iproute,
-    netns_path,
     write_sysctl,
 )
 from services.netagent.kernel.routes import _read_routes, _route_args
@@ -52,12 +51,8 @@ def _kind(msg: Message) -> str | None:
 
 def _netns_id(ipr: RtNetlink, name: str) -> int | None:
     """The id under which the host knows the named netns (what IFLA_LINK_NETNSID refers to)."""
-    fd = os.open(netns_path(name), os.O_RDONLY)
-    try:
-        with kernel_errors(f"netns id of {name}"):
-            return ipr.get_netnsid(fd)
-    finally:
-        os.close(fd)
+    with netns_fd(name) as fd, kernel_errors(f"netns id of {name}"):
+        return ipr.get_netnsid(fd)
 
 
 def _is_pair(host: Message | None, gw: Message | None, nsid: int | None) -> bool:
@@ -122,13 +117,8 @@ def _create_pair(cfg: AgentConfig, host_ipr: RtNetlink, gw_ipr: RtNetlink) -> No
         if stale:  # a half pair or something else with a Liqo-owned name
             with kernel_errors(f"delete stale {name}"):
                 ipr.del_link(stale[0])
-    fd = os.open(netns_path(cfg.netns_name), os.O_RDONLY)
-    try:
-        with kernel_errors(f"create veth {cfg.host_veth}/{cfg.gateway_veth}"):
-            host_ipr.add_link(cfg.host_veth, "veth", mtu=cfg.mtu, peer_name=cfg.gateway_veth,
-                              peer_netns_fd=fd)
-    finally:
-        os.close(fd)
+    with netns_fd(cfg.netns_name) as fd, kernel_errors(f"create veth {cfg.host_veth}/{cfg.gateway_veth}"):
+        host_ipr.add_link(cfg.host_veth, "veth", mtu=cfg.mtu, peer_name=cfg.gateway_veth, peer_netns_fd=fd)
 
 
 def ensure_veth(cfg: AgentConfig) -> VethInfo:

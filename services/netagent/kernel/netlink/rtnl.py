@@ -3,6 +3,7 @@ reads and writes, and nothing else (no traffic control, no bridges, no IPv6 rout
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Literal
 
@@ -112,7 +113,7 @@ class RtNetlink(NetlinkSocket):
         try:
             replies = self.request(RTM_GETLINK, body)
         except NetlinkError as e:
-            if e.code == 19:  # ENODEV
+            if e.code == errno.ENODEV:
                 return None
             raise
         return decode_link(replies[0]) if replies else None

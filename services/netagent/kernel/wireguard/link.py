@@ -3,7 +3,6 @@ into the gateway netns, then up with its MTU and the tunnel address. Shared by b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from services.netagent.config import AgentConfig
@@ -13,8 +12,8 @@ from services.netagent.kernel.netns import (
     host_iproute,
     kernel_errors,
     netns_exists,
+    netns_fd,
     netns_iproute,
-    netns_path,
 )
 
 __all__ = ["Location", "delete_link", "find_link", "place_link"]
@@ -55,12 +54,8 @@ def prepare_in_host(h: RtNetlink, cfg: AgentConfig, mtu: int) -> None:
     (idx,) = h.link_lookup(cfg.wg_device)
     with kernel_errors(f"{cfg.wg_device}: mtu/up in host"):
         h.set_link(idx, mtu=mtu, up=True)
-    fd = os.open(netns_path(cfg.netns_name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with kernel_errors(f"{cfg.wg_device}: move into {cfg.netns_name}"):
-            h.set_link(idx, netns_fd=fd)
-    finally:
-        os.close(fd)
+    with netns_fd(cfg.netns_name) as fd, kernel_errors(f"{cfg.wg_device}: move into {cfg.netns_name}"):
+        h.set_link(idx, netns_fd=fd)
 
 
 def place_link(cfg: AgentConfig, mtu: int, host: IpFactory | None = None,
